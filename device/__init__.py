@@ -1,0 +1,1 @@
+"""DermEdge device side: runs on a Raspberry Pi without TensorFlow."""

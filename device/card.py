@@ -1,0 +1,261 @@
+"""The model card: the one contract between the workstation and the device.
+
+``models/<name>/card.json`` is written by ``quantize`` and read here. Loading
+validates every field the device relies on and names the field that is wrong,
+so a bad card is refused before an interpreter is ever built.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+DISCLAIMER = "Screening aid, not a diagnosis. See a dermatologist about any lesion that worries you."
+INPUT_DTYPES = ("int8", "uint8", "float32")
+PREPROCESS_POLICIES = ("center_crop_resize",)
+
+
+class CardError(ValueError):
+    """A card that is missing, unreadable or inconsistent; the message names the field or file."""
+
+
+@dataclass(frozen=True)
+class Label:
+    code: str
+    name: str
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Interpreter tensor facts the device checks at load time."""
+
+    dtype: str
+    scale: float = 0.0
+    zero_point: int = 0
+
+
+@dataclass(frozen=True)
+class InputSpec(TensorSpec):
+    height: int = 0
+    width: int = 0
+    channels: int = 3
+    layout: str = "NHWC"
+    color_order: str = "RGB"
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Applied by ``device.preprocess.normalize`` on 0-255 pixels, never inside the model."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    policy: str = "center_crop_resize"
+    interpolation: str = "area"
+    description: str = (
+        "Centre-crop the frame to the model's aspect ratio, resize to height x width, "
+        "RGB uint8, then (x - mean) / std per channel."
+    )
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    path: str
+    sha256: str
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    name: str
+    labels: tuple[Label, ...]
+    input: InputSpec
+    output: TensorSpec
+    normalization: Normalization
+    preprocessing: Preprocessing
+    model_file: ModelFile
+    architecture: dict[str, Any] = field(default_factory=dict)  # params, macs, family
+    metrics: dict[str, Any] = field(default_factory=dict)  # {"float": {...}, "int8": {...}}
+    split: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    dataset: dict[str, Any] = field(default_factory=dict)
+    quantization: dict[str, Any] = field(default_factory=dict)
+    float_file: ModelFile | None = None
+    description: str = ""
+    disclaimer: str = DISCLAIMER
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def codes(self) -> tuple[str, ...]:
+        return tuple(label.code for label in self.labels)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "ModelCard":
+        return _parse_card(data)
+
+    @classmethod
+    def load(cls, path: Path) -> "ModelCard":
+        path = Path(path)
+        if not path.is_file():
+            raise CardError(f"model card not found: {path}")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise CardError(f"{path}: not valid JSON ({err})") from err
+        try:
+            return _parse_card(data)
+        except CardError as err:
+            raise CardError(f"{path}: {err}") from err
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_model_file(card: ModelCard, model_dir: Path) -> Path:
+    """Path of the card's int8 model after checking it exists and its sha256 matches."""
+    path = Path(model_dir) / card.model_file.path
+    if not path.is_file():
+        raise CardError(f"model file not found: {path}")
+    actual = sha256_file(path)
+    if actual != card.model_file.sha256:
+        raise CardError(
+            f"{path}: sha256 {actual[:12]}... does not match the card's "
+            f"model_file.sha256 {card.model_file.sha256[:12]}..."
+        )
+    return path
+
+
+# --- validation -------------------------------------------------------------------
+
+
+def _get(data: dict, key: str, kind, where: str, default=...):
+    path = f"{where}.{key}" if where else key
+    if key not in data:
+        if default is ...:
+            raise CardError(f"missing field '{path}'")
+        return default
+    value = data[key]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+        raise CardError(f"field '{path}': expected {names}, got {type(value).__name__}")
+    return value
+
+
+def _section(data: dict, key: str, optional: bool = False) -> dict | None:
+    if optional and data.get(key) is None:
+        return None
+    return _get(data, key, dict, "")
+
+
+def _triple(section: dict, key: str, where: str) -> tuple[float, float, float]:
+    values = _get(section, key, list, where)
+    if len(values) != 3 or not all(isinstance(v, (int, float)) for v in values):
+        raise CardError(f"field '{where}.{key}': expected 3 numbers, got {values!r}")
+    return tuple(float(v) for v in values)  # type: ignore[return-value]
+
+
+def _model_file(section: dict, where: str) -> ModelFile:
+    sha = _get(section, "sha256", str, where)
+    if len(sha) != 64:
+        raise CardError(f"field '{where}.sha256': expected 64 hex digits")
+    return ModelFile(
+        path=_get(section, "path", str, where),
+        sha256=sha,
+        size_bytes=_get(section, "size_bytes", int, where),
+    )
+
+
+def _tensor(section: dict, where: str) -> dict:
+    dtype = _get(section, "dtype", str, where)
+    if dtype not in INPUT_DTYPES:
+        raise CardError(f"field '{where}.dtype': expected one of {INPUT_DTYPES}, got {dtype!r}")
+    scale = _get(section, "scale", float, where, 0.0)
+    if dtype != "float32" and scale <= 0:
+        raise CardError(f"field '{where}.scale': must be > 0 for {dtype} tensors")
+    return {"dtype": dtype, "scale": scale, "zero_point": _get(section, "zero_point", int, where, 0)}
+
+
+def _parse_card(data: Any) -> ModelCard:
+    if not isinstance(data, dict):
+        raise CardError("card must be a JSON object")
+    version = _get(data, "schema_version", int, "")
+    if version != SCHEMA_VERSION:
+        raise CardError(f"field 'schema_version': expected {SCHEMA_VERSION}, got {version}")
+    labels_raw = _get(data, "labels", list, "")
+    if not labels_raw:
+        raise CardError("field 'labels': must not be empty")
+    labels = []
+    for i, item in enumerate(labels_raw):
+        if not isinstance(item, dict):
+            raise CardError(f"field 'labels[{i}]': expected object")
+        labels.append(Label(_get(item, "code", str, f"labels[{i}]"), _get(item, "name", str, f"labels[{i}]")))
+    if len({label.code for label in labels}) != len(labels):
+        raise CardError("field 'labels': codes must be unique")
+
+    inp = _section(data, "input")
+    spec = InputSpec(
+        **_tensor(inp, "input"),
+        height=_get(inp, "height", int, "input"),
+        width=_get(inp, "width", int, "input"),
+        channels=_get(inp, "channels", int, "input"),
+        layout=_get(inp, "layout", str, "input", "NHWC"),
+        color_order=_get(inp, "color_order", str, "input", "RGB"),
+    )
+    if spec.height <= 0 or spec.width <= 0 or spec.channels != 3:
+        raise CardError("field 'input': height and width must be > 0 and channels 3")
+    if spec.layout != "NHWC" or spec.color_order != "RGB":
+        raise CardError("field 'input': only NHWC RGB input is supported")
+
+    norm = _section(data, "normalization")
+    normalization = Normalization(_triple(norm, "mean", "normalization"), _triple(norm, "std", "normalization"))
+    if min(normalization.std) <= 0:
+        raise CardError("field 'normalization.std': must be > 0")
+
+    pre = _section(data, "preprocessing")
+    policy = _get(pre, "policy", str, "preprocessing")
+    if policy not in PREPROCESS_POLICIES:
+        raise CardError(f"field 'preprocessing.policy': expected one of {PREPROCESS_POLICIES}, got {policy!r}")
+
+    float_file = _section(data, "float_file", optional=True)
+    return ModelCard(
+        schema_version=version,
+        name=_get(data, "name", str, ""),
+        description=_get(data, "description", str, "", ""),
+        disclaimer=_get(data, "disclaimer", str, "", DISCLAIMER),
+        labels=tuple(labels),
+        input=spec,
+        output=TensorSpec(**_tensor(_section(data, "output"), "output")),
+        normalization=normalization,
+        preprocessing=Preprocessing(
+            policy=policy,
+            interpolation=_get(pre, "interpolation", str, "preprocessing", "area"),
+            description=_get(pre, "description", str, "preprocessing", Preprocessing.description),
+        ),
+        model_file=_model_file(_section(data, "model_file"), "model_file"),
+        float_file=_model_file(float_file, "float_file") if float_file else None,
+        architecture=_get(data, "architecture", dict, "", {}),
+        metrics=_get(data, "metrics", dict, "", {}),
+        split=_get(data, "split", dict, "", {}),
+        training=_get(data, "training", dict, "", {}),
+        dataset=_get(data, "dataset", dict, "", {}),
+        quantization=_get(data, "quantization", dict, "", {}),
+    )

@@ -1,0 +1,74 @@
+"""The small typed objects that flow one way through the device pipeline:
+
+    capture -> Frame -> preprocess/engine -> Inference -> postprocess -> Result -> (overlay, publish, api)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+STATES = ("ok", "uncertain", "poor_quality")
+
+
+@dataclass(frozen=True)
+class Frame:
+    frame_id: int  # increases by one per captured frame; gaps mean dropped frames
+    timestamp: float  # wall clock (time.time()) at capture, for the ISO timestamp
+    t_capture: float  # time.monotonic() at capture, for latency
+    rgb: np.ndarray  # HxWx3 uint8, RGB by contract (capture converts)
+
+
+@dataclass(frozen=True)
+class Inference:
+    """What the engine returns: dequantized class scores in card label order, and timings."""
+
+    probabilities: np.ndarray  # float32 (num_classes,), sums to ~1
+    preprocess_ms: float
+    inference_ms: float
+
+
+@dataclass(frozen=True)
+class Quality:
+    brightness: float  # mean luma 0..255
+    sharpness: float  # variance of the Laplacian
+    ok: bool
+    reason: str = ""  # "too dark" | "too bright" | "too blurry" | ""
+
+
+@dataclass(frozen=True)
+class Result:
+    """One classification, the same object everywhere (MQTT, HTTP, CLI)."""
+
+    class_code: str
+    class_name: str
+    class_index: int
+    confidence: float
+    all_probabilities: dict[str, float]  # code -> probability, card label order
+    top3: tuple[tuple[str, float], ...]
+    state: str  # one of STATES
+    model: str
+    frame_id: int
+    timestamp: str  # ISO 8601 UTC
+    latency_ms: dict[str, float]  # preprocess, inference, total
+    fps: float
+    quality: dict[str, float | str] = field(default_factory=dict)
+    disclaimer: str = "Screening aid, not a diagnosis."
+
+    def to_dict(self) -> dict:
+        return {
+            "class_code": self.class_code,
+            "class_name": self.class_name,
+            "class_index": self.class_index,
+            "confidence": round(self.confidence, 6),
+            "all_probabilities": {k: round(v, 6) for k, v in self.all_probabilities.items()},
+            "top3": [{"class_code": c, "confidence": round(p, 6)} for c, p in self.top3],
+            "state": self.state,
+            "model": self.model,
+            "frame_id": self.frame_id,
+            "timestamp": self.timestamp,
+            "latency_ms": {k: round(v, 3) for k, v in self.latency_ms.items()},
+            "fps": round(self.fps, 2),
+            "quality": self.quality,
+            "disclaimer": self.disclaimer,
+        }

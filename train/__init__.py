@@ -1,0 +1,1 @@
+"""DermEdge workstation training (Keras 3, any backend)."""

@@ -1,0 +1,215 @@
+"""HAM10000 loading, lesion-grouped splitting and the decoded-image cache.
+
+The loader accepts the official layout (``HAM10000_images_part_1/2``) and any copy
+that keeps ``HAM10000_metadata.csv`` and the images somewhere under one root: images
+are found by ``image_id`` anywhere below it.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+import random
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from device.preprocess import fit_to_input, load_image
+
+_log = logging.getLogger(__name__)
+
+# Output order of every model: the original predictor's (alphabetical) order.
+CLASSES: tuple[tuple[str, str], ...] = (
+    ("akiec", "Actinic keratoses / intraepithelial carcinoma"),
+    ("bcc", "Basal cell carcinoma"),
+    ("bkl", "Benign keratosis-like lesion"),
+    ("df", "Dermatofibroma"),
+    ("mel", "Melanoma"),
+    ("nv", "Melanocytic nevus"),
+    ("vasc", "Vascular lesion"),
+)
+CLASS_CODES = tuple(code for code, _ in CLASSES)
+METADATA_NAME = "HAM10000_metadata.csv"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+SPLITS = ("train", "val", "test")
+CITATION = (
+    "Tschandl, P., Rosendahl, C. & Kittler, H. The HAM10000 dataset, a large collection of "
+    "multi-source dermatoscopic images of common pigmented skin lesions. Sci. Data 5, 180161 "
+    "(2018). https://doi.org/10.1038/sdata.2018.161"
+)
+LICENSE = "CC BY-NC-SA 4.0"
+
+
+class DatasetError(RuntimeError):
+    """The dataset folder or metadata is not usable; the message says what is wrong."""
+
+
+@dataclass(frozen=True)
+class Record:
+    image_id: str
+    lesion_id: str
+    dx: str
+    path: Path
+    split: str = ""
+
+    @property
+    def label(self) -> int:
+        return CLASS_CODES.index(self.dx)
+
+
+def load_records(root: Path, metadata: Path | None = None) -> list[Record]:
+    """All metadata rows of ``root`` with the path of each image.
+
+    Raises DatasetError for a missing CSV, missing images (how many, first few) or
+    unknown ``dx`` codes.
+    """
+    root = Path(root)
+    csv_path = Path(metadata) if metadata else root / METADATA_NAME
+    if not csv_path.is_file():
+        raise DatasetError(f"metadata CSV not found: {csv_path}")
+    with open(csv_path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    needed = {"lesion_id", "image_id", "dx"}
+    if not rows or not needed <= set(rows[0]):
+        raise DatasetError(f"{csv_path}: expected columns {sorted(needed)}")
+    unknown = sorted({r["dx"] for r in rows} - set(CLASS_CODES))
+    if unknown:
+        raise DatasetError(f"{csv_path}: unknown dx codes {unknown}; expected {list(CLASS_CODES)}")
+    paths = _index_images(root)
+    missing = [r["image_id"] for r in rows if r["image_id"] not in paths]
+    if missing:
+        raise DatasetError(
+            f"{len(missing)} of {len(rows)} images listed in {csv_path.name} were not found "
+            f"under {root}; first: {', '.join(missing[:5])}"
+        )
+    return [Record(r["image_id"], r["lesion_id"], r["dx"], paths[r["image_id"]]) for r in rows]
+
+
+def _index_images(root: Path) -> dict[str, Path]:
+    return {
+        p.stem: p
+        for p in sorted(root.rglob("*"))
+        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+    }
+
+
+# --- splitting --------------------------------------------------------------------
+
+
+def split_records(
+    records: list[Record],
+    *,
+    fractions: tuple[float, float, float] = (0.70, 0.15, 0.15),
+    seed: int = 42,
+    method: str = "lesion",
+) -> list[Record]:
+    """Assign train/val/test to every record.
+
+    ``lesion`` (default) keeps all images of a lesion in one split and stratifies
+    lesions by class. ``random`` is the seeds' leaky image-level split, kept only to
+    compare with their published numbers.
+    """
+    if abs(sum(fractions) - 1.0) > 1e-6:
+        raise ValueError(f"split fractions must sum to 1, got {fractions}")
+    if method == "random":
+        groups = {r.image_id: [r] for r in records}
+    elif method == "lesion":
+        groups = defaultdict(list)
+        for r in records:
+            groups[r.lesion_id].append(r)
+    else:
+        raise ValueError(f"unknown split method {method!r}; use 'lesion' or 'random'")
+
+    by_class: dict[str, list[str]] = defaultdict(list)
+    for key, members in groups.items():
+        # A lesion's class is its majority diagnosis (HAM10000 has one per lesion).
+        by_class[Counter(m.dx for m in members).most_common(1)[0][0]].append(key)
+    rng = random.Random(seed)
+    assignment: dict[str, str] = {}
+    for dx in sorted(by_class):
+        keys = sorted(by_class[dx])
+        rng.shuffle(keys)
+        n_val = round(len(keys) * fractions[1])
+        n_test = round(len(keys) * fractions[2])
+        for i, key in enumerate(keys):
+            assignment[key] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
+    return [
+        Record(r.image_id, r.lesion_id, r.dx, r.path, assignment[r.image_id if method == "random" else r.lesion_id])
+        for r in records
+    ]
+
+
+def write_split(records: list[Record], path: Path) -> None:
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["image_id", "lesion_id", "dx", "split"])
+        for r in records:
+            writer.writerow([r.image_id, r.lesion_id, r.dx, r.split])
+
+
+def read_split(path: Path, root: Path) -> list[Record]:
+    """Records of a split CSV written by :func:`write_split`, with image paths under ``root``."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"split file not found: {path}")
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    paths = _index_images(Path(root))
+    missing = [r["image_id"] for r in rows if r["image_id"] not in paths]
+    if missing:
+        raise DatasetError(f"{len(missing)} images of {path} not under {root}; first: {', '.join(missing[:5])}")
+    return [Record(r["image_id"], r["lesion_id"], r["dx"], paths[r["image_id"]], r["split"]) for r in rows]
+
+
+def select(records: list[Record], split: str) -> list[Record]:
+    return [r for r in records if r.split == split]
+
+
+def split_counts(records: list[Record]) -> dict[str, dict[str, int]]:
+    counts = {s: dict(Counter(r.dx for r in records if r.split == s)) for s in SPLITS}
+    return {s: {c: counts[s].get(c, 0) for c in CLASS_CODES} for s in SPLITS}
+
+
+# --- decoded images ---------------------------------------------------------------
+
+
+def load_pixels(
+    records: list[Record], height: int, width: int, cache_dir: Path | None = None
+) -> np.ndarray:
+    """Decode, crop and resize every record once -> uint8 array (N, H, W, 3).
+
+    With ``cache_dir`` the array is kept as ``.npy`` keyed by image ids and size, so
+    later runs (and quantization, benchmarks) skip decoding.
+    """
+    cache_path = None
+    if cache_dir is not None:
+        key = hashlib.sha1("\n".join(str(r.path) for r in records).encode()).hexdigest()[:16]
+        cache_path = Path(cache_dir) / f"pixels-{height}x{width}-{key}.npy"
+        if cache_path.is_file():
+            return np.load(cache_path, mmap_mode="r")
+    out = np.empty((len(records), height, width, 3), dtype=np.uint8)
+    for i, r in enumerate(tqdm(records, desc=f"decode {height}x{width}", unit="img", leave=False)):
+        out[i] = fit_to_input(load_image(r.path), height, width)
+    if cache_path is not None:
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_path.with_suffix(".tmp.npy")
+        np.save(tmp, out)
+        tmp.replace(cache_path)
+    return out
+
+
+def channel_stats(pixels: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std (0-255 units) of a uint8 image array."""
+    flat = np.asarray(pixels, dtype=np.float64).reshape(-1, 3)
+    return flat.mean(axis=0).round(4).tolist(), flat.std(axis=0).round(4).tolist()
+
+
+def class_weights(labels: np.ndarray, power: float = 1.0) -> dict[int, float]:
+    """Inverse-frequency weights ``(n / (k * count)) ** power``, normalised to mean 1 over samples."""
+    counts = np.bincount(labels, minlength=len(CLASS_CODES)).astype(np.float64)
+    raw = np.where(counts > 0, (counts.sum() / (len(counts) * np.maximum(counts, 1))) ** power, 0.0)
+    raw /= (raw[labels]).mean()
+    return {i: float(w) for i, w in enumerate(raw)}

@@ -1,0 +1,70 @@
+"""Batches for ``model.fit``: cached uint8 pixels -> augmentation -> shared normalization."""
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+
+from device.preprocess import normalize
+from train.augment import AugmentConfig, augment_batch
+
+SAMPLING = ("shuffle", "balanced")
+
+
+class Batches(keras.utils.PyDataset):
+    """One epoch of (normalized images, one-hot labels).
+
+    ``sampling="balanced"`` draws each epoch's indices with probability proportional to
+    ``count(class) ** -power`` instead of a plain shuffle, for class-imbalance handling.
+    """
+
+    def __init__(self, pixels: np.ndarray, labels: np.ndarray, *, batch_size: int, mean, std,
+                 num_classes: int = 7, augment: AugmentConfig | None = None, shuffle: bool = True,
+                 sampling: str = "shuffle", balance_power: float = 0.5, seed: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        if sampling not in SAMPLING:
+            raise ValueError(f"unknown sampling {sampling!r}; choose from {SAMPLING}")
+        self.pixels, self.labels = pixels, np.asarray(labels)
+        self.batch_size, self.mean, self.std = batch_size, mean, std
+        self.num_classes, self.augment, self.shuffle = num_classes, augment, shuffle
+        self.sampling, self.balance_power, self.seed = sampling, balance_power, seed
+        self.epoch = 0
+        self.order = self._order()
+
+    def _order(self) -> np.ndarray:
+        n = len(self.labels)
+        if not self.shuffle:
+            return np.arange(n)
+        rng = np.random.default_rng([self.seed, self.epoch])
+        if self.sampling == "balanced":
+            counts = np.bincount(self.labels, minlength=self.num_classes).astype(np.float64)
+            p = counts[self.labels] ** -self.balance_power
+            return rng.choice(n, size=n, replace=True, p=p / p.sum())
+        return rng.permutation(n)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.labels) / self.batch_size)
+
+    def __getitem__(self, i: int):
+        idx = np.sort(self.order[i * self.batch_size : (i + 1) * self.batch_size])
+        x = np.asarray(self.pixels[idx])
+        if self.augment is not None:
+            x = augment_batch(x, self.augment, np.random.default_rng([self.seed, self.epoch, i]))
+        y = np.eye(self.num_classes, dtype=np.float32)[self.labels[idx]]
+        return normalize(x, self.mean, self.std), y
+
+    def on_epoch_end(self):
+        self.epoch += 1
+        self.order = self._order()
+
+
+def predict_probs(model: keras.Model, pixels: np.ndarray, mean, std, *, batch_size: int = 64,
+                  tta: bool = False) -> np.ndarray:
+    """Softmax outputs for uint8 images; ``tta`` averages over the four flips."""
+    out = []
+    for start in range(0, len(pixels), batch_size):
+        x = normalize(np.asarray(pixels[start : start + batch_size]), mean, std)
+        views = [x, x[:, :, ::-1], x[:, ::-1], x[:, ::-1, ::-1]] if tta else [x]
+        out.append(np.mean([np.asarray(model(v, training=False)) for v in views], axis=0))
+    return np.concatenate(out) if out else np.zeros((0, model.output_shape[-1]), np.float32)

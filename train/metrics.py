@@ -1,0 +1,92 @@
+"""Classification metrics in plain numpy, shared by training, evaluation, quantize and benchmarks."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """Rows are true classes, columns predicted classes."""
+    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(cm, (np.asarray(y_true), np.asarray(y_pred)), 1)
+    return cm
+
+
+def per_class(cm: np.ndarray) -> dict[str, np.ndarray]:
+    tp = np.diag(cm).astype(np.float64)
+    support = cm.sum(axis=1)
+    predicted = cm.sum(axis=0)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
+    return {"precision": precision, "recall": recall, "f1": f1, "support": support}
+
+
+def roc_auc(y_true_binary: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve via the Mann-Whitney U statistic (ties count half); NaN if one class is absent."""
+    y = np.asarray(y_true_binary).astype(bool)
+    n_pos, n_neg = y.sum(), (~y).sum()
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores), dtype=np.float64)
+    sorted_scores = np.asarray(scores)[order]
+    # average ranks over ties
+    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
+    avg = first + (counts + 1) / 2.0
+    ranks[order] = np.repeat(avg, counts)
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def roc_curve(y_true_binary: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(false positive rate, true positive rate) at every distinct threshold, for plotting."""
+    order = np.argsort(-np.asarray(scores), kind="mergesort")
+    y = np.asarray(y_true_binary).astype(bool)[order]
+    tps = np.concatenate([[0], np.cumsum(y)])
+    fps = np.concatenate([[0], np.cumsum(~y)])
+    return fps / max(fps[-1], 1), tps / max(tps[-1], 1)
+
+
+def expected_calibration_error(probs: np.ndarray, y_true: np.ndarray, bins: int = 15) -> float:
+    """Top-1 ECE: the confidence-weighted gap between confidence and accuracy over equal-width bins."""
+    conf = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == y_true
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    ece = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        mask = (conf > lo) & (conf <= hi)
+        if mask.any():
+            ece += mask.mean() * abs(conf[mask].mean() - correct[mask].mean())
+    return float(ece)
+
+
+def classification_report(probs: np.ndarray, y_true: np.ndarray, labels: tuple[str, ...]) -> dict:
+    """Every metric the project reports, as plain JSON-ready values."""
+    probs = np.asarray(probs, dtype=np.float64)
+    y_true = np.asarray(y_true)
+    y_pred = probs.argmax(axis=1)
+    k = len(labels)
+    cm = confusion_matrix(y_true, y_pred, k)
+    pc = per_class(cm)
+    aucs = [roc_auc(y_true == i, probs[:, i]) for i in range(k)]
+    present = pc["support"] > 0
+    return {
+        "n": int(len(y_true)),
+        "accuracy": float((y_pred == y_true).mean()),
+        "balanced_accuracy": float(pc["recall"][present].mean()),
+        "macro_f1": float(pc["f1"][present].mean()),
+        "macro_auc": float(np.nanmean(aucs)) if not np.all(np.isnan(aucs)) else float("nan"),
+        "ece": expected_calibration_error(probs, y_true),
+        "per_class": {
+            code: {
+                "precision": float(pc["precision"][i]),
+                "recall": float(pc["recall"][i]),
+                "f1": float(pc["f1"][i]),
+                "support": int(pc["support"][i]),
+                "auc": aucs[i],
+            }
+            for i, code in enumerate(labels)
+        },
+        "confusion_matrix": cm.tolist(),
+        "labels": list(labels),
+    }

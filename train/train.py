@@ -1,0 +1,282 @@
+"""Train a DermEdge classifier on HAM10000.
+
+    python -m train --data PATH/TO/ham10000 --arch edgenet --epochs 40
+    python -m train --resume runs/<run>            # continue an interrupted run
+
+Every run gets ``runs/<timestamp>-<name>/``: the resolved config, the split CSV, the
+normalization statistics (meta.json), ``best.keras`` (by validation balanced
+accuracy), ``last.keras`` + ``state.json`` (every epoch, for ``--resume``),
+``history.csv`` and ``train.log``. Works on any Keras 3 backend.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import yaml
+
+from train import data as ds
+from train.augment import AugmentConfig
+from train.dataset import Batches, predict_probs
+from train.metrics import classification_report
+from train.models import build_model, describe
+from train.schedules import CYCLIC_MODES, LRPolicy, cosine_lr, cyclic_lr
+
+_log = logging.getLogger("train")
+
+DEFAULT_INPUT = {"seed_cnn": (90, 120), "concat_resnet": (90, 120), "edgenet": (150, 200)}
+LR_POLICIES = CYCLIC_MODES + ("cosine", "constant")
+
+
+@dataclass
+class TrainConfig:
+    data: str = "data/ham10000"  # HAM10000 root: metadata CSV + images anywhere below
+    arch: str = "edgenet"  # seed_cnn | concat_resnet | edgenet
+    name: str = ""  # run name; defaults to arch
+    height: int = 0  # model input; 0 = the architecture's default
+    width: int = 0
+    width_mult: float = 1.0
+    epochs: int = 30
+    batch_size: int = 32
+    optimizer: str = "adamw"  # adam | adamw | rmsprop
+    weight_decay: float = 1e-4  # adamw only
+    lr_policy: str = "triangular2"  # triangular | triangular2 | exp_range | cosine | constant
+    base_lr: float = 1e-4
+    max_lr: float = 2e-3
+    cycle_epochs: float = 4.0  # half-cycle length of the cyclic policies, in epochs
+    gamma: float = 0.99994  # exp_range decay per iteration
+    loss: str = "crossentropy"  # crossentropy | focal
+    focal_gamma: float = 2.0
+    label_smoothing: float = 0.0
+    imbalance: str = "weights"  # none | weights | sampling
+    balance_power: float = 0.5  # 1 = fully inverse-frequency, 0 = none
+    augment: bool = True
+    split: str = "lesion"  # lesion | random (the seeds' leaky protocol, for comparison only)
+    split_file: str = ""  # reuse an existing split CSV instead of drawing one
+    split_seed: int = 42
+    seed: int = 1
+    limit: int = 0  # use only the first N images of each split (smoke runs)
+    runs_dir: str = "runs"
+    cache_dir: str = "cache"
+    workers: int = 2
+
+    def input_hw(self) -> tuple[int, int]:
+        default = DEFAULT_INPUT.get(self.arch, (90, 120))
+        return (self.height or default[0], self.width or default[1])
+
+
+# --- building blocks --------------------------------------------------------------
+
+
+def make_optimizer(cfg: TrainConfig) -> keras.optimizers.Optimizer:
+    if cfg.optimizer == "adam":
+        return keras.optimizers.Adam(cfg.base_lr)
+    if cfg.optimizer == "adamw":
+        return keras.optimizers.AdamW(cfg.base_lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "rmsprop":
+        return keras.optimizers.RMSprop(cfg.base_lr)
+    raise ValueError(f"optimizer: unknown {cfg.optimizer!r}; use adam, adamw or rmsprop")
+
+
+def make_loss(cfg: TrainConfig) -> keras.losses.Loss:
+    if cfg.loss == "crossentropy":
+        return keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
+    if cfg.loss == "focal":
+        return keras.losses.CategoricalFocalCrossentropy(gamma=cfg.focal_gamma, label_smoothing=cfg.label_smoothing)
+    raise ValueError(f"loss: unknown {cfg.loss!r}; use crossentropy or focal")
+
+
+def make_lr_fn(cfg: TrainConfig, steps_per_epoch: int):
+    if cfg.lr_policy in CYCLIC_MODES:
+        step_size = max(1, int(cfg.cycle_epochs * steps_per_epoch))
+        return lambda s: cyclic_lr(s, base_lr=cfg.base_lr, max_lr=cfg.max_lr, step_size=step_size,
+                                   mode=cfg.lr_policy, gamma=cfg.gamma)
+    if cfg.lr_policy == "cosine":
+        total = cfg.epochs * steps_per_epoch
+        return lambda s: cosine_lr(s, max_lr=cfg.max_lr, total_steps=total, warmup_steps=steps_per_epoch,
+                                   min_lr=cfg.base_lr)
+    if cfg.lr_policy == "constant":
+        return lambda s: cfg.max_lr
+    raise ValueError(f"lr_policy: unknown {cfg.lr_policy!r}; choose from {LR_POLICIES}")
+
+
+class Checkpointer(keras.callbacks.Callback):
+    """Scores the validation split each epoch, keeps best.keras by balanced accuracy and
+    last.keras + state.json for resuming. Writes are atomic so an interrupt never corrupts them."""
+
+    def __init__(self, run_dir: Path, val_pixels, val_labels, mean, std, labels, best: float = -1.0):
+        super().__init__()
+        self.run_dir, self.val_pixels, self.val_labels = run_dir, val_pixels, val_labels
+        self.mean, self.std, self.labels, self.best = mean, std, labels, best
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        probs = predict_probs(self.model, self.val_pixels, self.mean, self.std)
+        report = classification_report(probs, self.val_labels, self.labels)
+        eps = 1e-7
+        logs["val_loss"] = float(-np.mean(np.log(probs[np.arange(len(probs)), self.val_labels] + eps)))
+        for key in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc"):
+            logs[f"val_{key}"] = report[key]
+        if report["balanced_accuracy"] > self.best:
+            self.best = report["balanced_accuracy"]
+            _save_atomic(self.model, self.run_dir / "best.keras")
+        _save_atomic(self.model, self.run_dir / "last.keras")
+        state = {"epoch": epoch, "best_val_balanced_accuracy": self.best, "time": time.time()}
+        (self.run_dir / "state.json").write_text(json.dumps(state, indent=2))
+        _log.info("epoch %d: %s", epoch + 1,
+                  " ".join(f"{k}={v:.4f}" for k, v in logs.items() if isinstance(v, float)))
+
+
+def _save_atomic(model: keras.Model, path: Path) -> None:
+    tmp = path.with_name(path.stem + ".tmp.keras")
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+# --- the run ----------------------------------------------------------------------
+
+
+def prepare_split(cfg: TrainConfig, run_dir: Path) -> list[ds.Record]:
+    """The run's split: reused from ``split_file`` or drawn now; always written to the run."""
+    if cfg.split_file:
+        records = ds.read_split(Path(cfg.split_file), Path(cfg.data))
+    else:
+        records = ds.split_records(ds.load_records(Path(cfg.data)), method=cfg.split, seed=cfg.split_seed)
+    ds.write_split(records, run_dir / "split.csv")
+    return records
+
+
+def fit(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> Path:
+    """Train into ``run_dir`` (continuing from last.keras when ``resume``); returns run_dir."""
+    keras.utils.set_random_seed(cfg.seed)
+    h, w = cfg.input_hw()
+    if resume:
+        records = ds.read_split(run_dir / "split.csv", Path(cfg.data))
+    else:
+        records = prepare_split(cfg, run_dir)
+    by_split = {s: ds.select(records, s) for s in ds.SPLITS}
+    if cfg.limit:
+        by_split = {s: r[: cfg.limit] for s, r in by_split.items()}
+    pixels = {s: ds.load_pixels(r, h, w, Path(cfg.cache_dir)) for s, r in by_split.items() if s != "test"}
+    labels = {s: np.array([r.label for r in by_split[s]], dtype=np.int64) for s in ("train", "val")}
+
+    meta_path = run_dir / "meta.json"
+    if resume:
+        meta = json.loads(meta_path.read_text())
+        mean, std = meta["normalization"]["mean"], meta["normalization"]["std"]
+        model = keras.models.load_model(run_dir / "last.keras")
+        state = json.loads((run_dir / "state.json").read_text())
+        initial_epoch, best = state["epoch"] + 1, state["best_val_balanced_accuracy"]
+    else:
+        mean, std = ds.channel_stats(pixels["train"])
+        model = build_model(cfg.arch, (h, w, 3), width=cfg.width_mult)
+        model.compile(optimizer=make_optimizer(cfg), loss=make_loss(cfg), metrics=["accuracy"])
+        meta = {
+            "arch": cfg.arch,
+            "input": {"height": h, "width": w},
+            "labels": [{"code": c, "name": n} for c, n in ds.CLASSES],
+            "normalization": {"mean": mean, "std": std},
+            "model": describe(model),
+            "split": {"method": cfg.split, "seed": cfg.split_seed, "counts": ds.split_counts(records)},
+            "dataset": {"name": "HAM10000", "citation": ds.CITATION, "license": ds.LICENSE},
+            "backend": keras.backend.backend(),
+        }
+        meta_path.write_text(json.dumps(meta, indent=2))
+        initial_epoch, best = 0, -1.0
+    _log.info("%s: %d params, %.1f M MACs, input %dx%d, train/val %d/%d, start epoch %d",
+              cfg.arch, meta["model"]["params"], meta["model"]["macs"] / 1e6, h, w,
+              len(labels["train"]), len(labels["val"]), initial_epoch + 1)
+    if initial_epoch >= cfg.epochs:
+        _log.info("run already has %d epochs; nothing to do", cfg.epochs)
+        return run_dir
+
+    train_batches = Batches(
+        pixels["train"], labels["train"], batch_size=cfg.batch_size, mean=mean, std=std,
+        augment=AugmentConfig() if cfg.augment else None,
+        sampling="balanced" if cfg.imbalance == "sampling" else "shuffle",
+        balance_power=cfg.balance_power, seed=cfg.seed, workers=cfg.workers,
+    )
+    # Resume must see the same epoch order as an uninterrupted run would.
+    train_batches.epoch = initial_epoch
+    train_batches.order = train_batches._order()
+    class_weight = (ds.class_weights(labels["train"], cfg.balance_power) if cfg.imbalance == "weights" else None)
+    callbacks = [
+        LRPolicy(make_lr_fn(cfg, len(train_batches))),
+        Checkpointer(run_dir, pixels["val"], labels["val"], mean, std, ds.CLASS_CODES, best),
+        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=resume),
+    ]
+    model.fit(train_batches, epochs=cfg.epochs, initial_epoch=initial_epoch, class_weight=class_weight,
+              callbacks=callbacks, verbose=1)
+    return run_dir
+
+
+def new_run_dir(cfg: TrainConfig) -> Path:
+    run_dir = Path(cfg.runs_dir) / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.name or cfg.arch}"
+    run_dir.mkdir(parents=True, exist_ok=False)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+    return run_dir
+
+
+def load_config(run_dir: Path) -> TrainConfig:
+    raw = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ValueError(f"{run_dir}/config.yaml: unknown keys {unknown}")
+    return TrainConfig(**raw)
+
+
+def _setup_logging(run_dir: Path) -> None:
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    for handler in (logging.StreamHandler(), logging.FileHandler(run_dir / "train.log")):
+        handler.setFormatter(fmt)
+        root.addHandler(handler)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m train", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--resume", type=Path, help="run directory to continue from its last checkpoint")
+    parser.add_argument("--config", type=Path, help="YAML file of TrainConfig keys (flags override it)")
+    parser.add_argument("--no-evaluate", action="store_true", help="skip the test-split evaluation at the end")
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type == "bool":
+            parser.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=None,
+                                metavar="BOOL")
+        else:
+            parser.add_argument(flag, type={"int": int, "float": float}.get(f.type, str), default=None)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> Path:
+    args = parse_args(argv)
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+                 if getattr(args, f.name) is not None}
+    if args.resume:
+        run_dir = args.resume
+        cfg = load_config(run_dir)
+        # Only the epoch budget and data location may change on resume.
+        cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if k in ("epochs", "data", "workers")})
+    else:
+        base = yaml.safe_load(args.config.read_text()) if args.config else {}
+        cfg = TrainConfig(**{**base, **overrides})
+        run_dir = new_run_dir(cfg)
+    _setup_logging(run_dir)
+    _log.info("run directory %s (backend %s)", run_dir, keras.backend.backend())
+    fit(cfg, run_dir, resume=bool(args.resume))
+    if not args.no_evaluate:
+        from train.evaluate import evaluate_run
+
+        evaluate_run(run_dir)
+    return run_dir
