@@ -1,0 +1,251 @@
+"""Typed device configuration: one YAML file in, frozen dataclasses (one per section) out.
+
+Validation is strict so a typo in the YAML is an error, not a silent default: an unknown
+key, a wrong type or a bad value raises :class:`ConfigError` naming the dotted path
+(``mqtt.port: expected int, got str``). Every field has a default, so a Pi with no config
+file runs as is. Whether the model folder exists is checked separately
+(:func:`check_model_dir`), because the defaults must load on a machine without the model.
+"""
+from __future__ import annotations
+
+import dataclasses
+import socket
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+
+CARD_FILE = "card.json"
+
+
+class ConfigError(ValueError):
+    """A bad config value or file; the message starts with the dotted key or the path."""
+
+
+def _default_device_id() -> str:
+    host = socket.gethostname().split(".")[0] or "device"
+    return f"dermedge-{host}"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    dir: str = "models/dermnet-edge"  # folder with card.json and the int8 .tflite it names
+    threads: int = 2  # interpreter threads
+
+
+@dataclass(frozen=True)
+class CameraConfig:
+    source: Literal["picamera2", "opencv", "folder"] = "picamera2"
+    device: int = 0  # opencv: USB camera index, used when path is empty
+    path: str = ""  # opencv: video file; folder: image folder
+    loop: bool = True  # replay a video file or folder forever
+    fps: float = 10.0  # folder/video replay rate; 0 = as fast as possible
+    width: int = 640  # main (display) stream
+    height: int = 480
+    lores_width: int = 320  # picamera2 lores stream fed to the model
+    lores_height: int = 240
+    retry_initial_s: float = 0.5  # reopen backoff after a capture failure
+    retry_max_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class PostprocessConfig:
+    smoothing: int = 1  # frames averaged; 1 = off
+    min_confidence: float = 0.5  # below -> "uncertain"
+    min_brightness: float = 40.0  # mean luma 0..255; below -> "poor_quality" (too dark)
+    max_brightness: float = 220.0  # above -> "poor_quality" (too bright)
+    min_sharpness: float = 20.0  # variance of the Laplacian; below -> "poor_quality" (too blurry)
+
+
+@dataclass(frozen=True)
+class OverlayConfig:
+    mode: Literal["none", "opencv", "drm"] = "none"
+    fullscreen: bool = True  # opencv window only
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    enabled: bool = True
+    host: str = "localhost"
+    port: int = 1883
+    prefix: str = "dermedge"
+    qos: int = 0
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+    ca_certs: str | None = None
+    certfile: str | None = None
+    keyfile: str | None = None
+    keepalive: int = 30
+    max_rate_hz: float = 2.0  # results per second at most, besides class/state changes
+    home_assistant: bool = False
+    discovery_prefix: str = "homeassistant"
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 5000  # 0 picks a free port (tests)
+    token: str | None = None  # bearer token for every route but /health
+    max_upload_mb: float = 8.0
+    stream_fps: float = 10.0  # MJPEG frames per second at most
+
+
+@dataclass(frozen=True)
+class Config:
+    device_id: str = field(default_factory=_default_device_id)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    camera: CameraConfig = field(default_factory=CameraConfig)
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+    overlay: OverlayConfig = field(default_factory=OverlayConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+
+
+# Value rules beyond the type: dotted key -> (check, what it must be).
+_RULES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
+    "device_id": (lambda v: bool(v) and not any(c in v for c in "/#+"), "non-empty, without / # +"),
+    "model.dir": (bool, "non-empty"),
+    "model.threads": (lambda v: v >= 1, ">= 1"),
+    "camera.device": (lambda v: v >= 0, ">= 0"),
+    "camera.fps": (lambda v: v >= 0, ">= 0"),
+    "camera.width": (lambda v: v > 0, "> 0"),
+    "camera.height": (lambda v: v > 0, "> 0"),
+    "camera.lores_width": (lambda v: v > 0, "> 0"),
+    "camera.lores_height": (lambda v: v > 0, "> 0"),
+    "camera.retry_initial_s": (lambda v: v > 0, "> 0"),
+    "camera.retry_max_s": (lambda v: v > 0, "> 0"),
+    "postprocess.smoothing": (lambda v: v >= 1, ">= 1"),
+    "postprocess.min_confidence": (lambda v: 0 <= v <= 1, "between 0 and 1"),
+    "postprocess.min_brightness": (lambda v: 0 <= v <= 255, "between 0 and 255"),
+    "postprocess.max_brightness": (lambda v: 0 <= v <= 255, "between 0 and 255"),
+    "postprocess.min_sharpness": (lambda v: v >= 0, ">= 0"),
+    "mqtt.host": (bool, "non-empty"),
+    "mqtt.port": (lambda v: 1 <= v <= 65535, "between 1 and 65535"),
+    "mqtt.prefix": (lambda v: bool(v) and not any(c in v for c in "#+"), "non-empty, without # +"),
+    "mqtt.qos": (lambda v: v in (0, 1, 2), "0, 1 or 2"),
+    "mqtt.keepalive": (lambda v: v >= 5, ">= 5"),
+    "mqtt.max_rate_hz": (lambda v: v > 0, "> 0"),
+    "http.port": (lambda v: 0 <= v <= 65535, "between 0 and 65535"),
+    "http.max_upload_mb": (lambda v: v > 0, "> 0"),
+    "http.stream_fps": (lambda v: v > 0, "> 0"),
+}
+
+
+def config_from_dict(data: Mapping[str, Any] | None) -> Config:
+    """Validate a parsed YAML mapping (None = empty) and build the :class:`Config`."""
+    cfg = _build(Config, {} if data is None else data, "")
+    _check_cross_fields(cfg)
+    return cfg
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Read and validate a YAML config file; ``None`` gives the defaults."""
+    if path is None:
+        return config_from_dict({})
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from err
+    try:
+        return config_from_dict(data)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from err
+
+
+def with_overrides(cfg: Config, **flat: Any) -> Config:
+    """A copy of ``cfg`` with CLI overrides applied and validated again.
+
+    Keys are ``<section>_<field>`` (``camera_source``, ``http_port``) or a top-level field
+    (``device_id``); ``None`` values mean "flag not given" and are skipped.
+    """
+    data = to_dict(cfg)
+    for key, value in flat.items():
+        if value is None:
+            continue
+        if key in data and not isinstance(data[key], dict):
+            data[key] = value
+            continue
+        section, _, name = key.partition("_")
+        if not isinstance(data.get(section), dict) or name not in data[section]:
+            raise ConfigError(f"unknown override '{key}'")
+        data[section][name] = value
+    return config_from_dict(data)
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """Plain nested dict of a config (what :func:`config_from_dict` accepts)."""
+    return dataclasses.asdict(cfg)
+
+
+def check_model_dir(model: ModelConfig) -> Path:
+    """The model folder as a Path after checking it and its card exist (errors name the path)."""
+    folder = Path(model.dir)
+    if not folder.is_dir():
+        raise ConfigError(f"model.dir: model folder not found: {folder}")
+    if not (folder / CARD_FILE).is_file():
+        raise ConfigError(f"model.dir: model card not found: {folder / CARD_FILE}")
+    return folder
+
+
+# --- validation -------------------------------------------------------------------
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            dotted = f"{where}.{key}" if where else str(key)
+            raise ConfigError(f"{dotted}: unknown key (allowed: {', '.join(sorted(names))})")
+    values = {}
+    for name in names & set(data):
+        dotted = f"{where}.{name}" if where else name
+        kind = hints[name]
+        if dataclasses.is_dataclass(kind):
+            values[name] = _build(kind, data[name], dotted)
+        else:
+            values[name] = _check_value(data[name], kind, dotted)
+    return cls(**values)
+
+
+def _check_value(value: Any, kind: Any, dotted: str) -> Any:
+    optional = isinstance(kind, types.UnionType) and type(None) in typing.get_args(kind)
+    if optional:
+        if value is None:
+            return None
+        kind = next(k for k in typing.get_args(kind) if k is not type(None))
+    if typing.get_origin(kind) is Literal:
+        allowed = typing.get_args(kind)
+        if value not in allowed:
+            raise ConfigError(f"{dotted}: expected one of {', '.join(map(str, allowed))}, got {value!r}")
+        return value
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        raise ConfigError(f"{dotted}: expected {kind.__name__}, got {type(value).__name__}")
+    rule = _RULES.get(dotted)
+    if rule and not rule[0](value):
+        raise ConfigError(f"{dotted}: must be {rule[1]}, got {value!r}")
+    return value
+
+
+def _check_cross_fields(cfg: Config) -> None:
+    if cfg.mqtt.password is not None and cfg.mqtt.username is None:
+        raise ConfigError("mqtt.password: set without mqtt.username")
+    if cfg.camera.retry_max_s < cfg.camera.retry_initial_s:
+        raise ConfigError("camera.retry_max_s: must be >= camera.retry_initial_s")
+    if cfg.postprocess.max_brightness <= cfg.postprocess.min_brightness:
+        raise ConfigError("postprocess.max_brightness: must be > postprocess.min_brightness")
+    if cfg.camera.source == "folder" and not cfg.camera.path:
+        raise ConfigError("camera.path: required when camera.source is folder")
