@@ -1,0 +1,55 @@
+# DermEdge. `make demo` runs the daemon on bundled sample images; `make test` runs the tests.
+# Both create the virtual environment on first use.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+DATA   ?= ../shared/data/ham10000
+MODEL  ?= models/dermnet-edge
+RUN    ?=
+NAME   ?=
+export TF_CPP_MIN_LOG_LEVEL ?= 3
+export PYTHONUNBUFFERED := 1
+
+.PHONY: setup setup-device test demo predict train evaluate gradcam quantize bench bench-quick install-pi clean
+
+$(VENV)/.installed-%: requirements/%.txt requirements/device.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements/$*.txt
+	touch $@
+
+setup: $(VENV)/.installed-dev             ## everything: training, device, tests
+setup-device: $(VENV)/.installed-device   ## the device side only (no TensorFlow)
+
+test: setup                               ## the whole test suite (needs mosquitto installed)
+	$(PY) -m pytest -q
+
+demo: setup-device                        ## daemon, headless, on the bundled sample images; HTTP on 127.0.0.1:5000
+	$(PY) -m device run --model $(MODEL) --source folder --path tests/fixtures/ham10000_mini/images --overlay none
+
+predict: setup-device                     ## classify the sample images once, one JSON line each
+	$(PY) -m device predict --model $(MODEL) --json tests/fixtures/ham10000_mini/images
+
+train: setup                              ## train the default edge model (make train DATA=path/to/ham10000)
+	$(PY) -m train --config train/configs/edgenet.yaml --data $(DATA)
+
+evaluate: setup                           ## make evaluate RUN=runs/<run>
+	$(PY) -m train.evaluate $(RUN) --tta
+
+gradcam: setup                            ## make gradcam RUN=runs/<run>
+	$(PY) -m train.gradcam $(RUN)
+
+quantize: setup                           ## make quantize RUN=runs/<run> NAME=<model name>
+	$(PY) -m quantize $(RUN) --name $(NAME) --data $(DATA)
+
+bench: setup                              ## full benchmark run; writes benchmarks/results/
+	$(PY) -m benchmarks --data $(DATA)
+
+bench-quick: setup
+	$(PY) -m benchmarks --quick
+
+install-pi:                               ## on a Raspberry Pi: install the service (sudo)
+	sudo device/systemd/install.sh
+
+clean:
+	rm -rf $(VENV) .pytest_cache cache
