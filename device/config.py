@@ -247,5 +247,7 @@ def _check_cross_fields(cfg: Config) -> None:
         raise ConfigError("camera.retry_max_s: must be >= camera.retry_initial_s")
     if cfg.postprocess.max_brightness <= cfg.postprocess.min_brightness:
         raise ConfigError("postprocess.max_brightness: must be > postprocess.min_brightness")
+    if cfg.overlay.mode == "drm" and cfg.camera.source != "picamera2":
+        raise ConfigError("overlay.mode: drm needs camera.source picamera2 (its DRM preview)")
     if cfg.camera.source == "folder" and not cfg.camera.path:
         raise ConfigError("camera.path: required when camera.source is folder")
