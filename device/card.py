@@ -128,16 +128,19 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def verify_model_file(card: ModelCard, model_dir: Path) -> Path:
-    """Path of the card's int8 model after checking it exists and its sha256 matches."""
-    path = Path(model_dir) / card.model_file.path
+def verify_model_file(card: ModelCard, model_dir: Path, model_file: ModelFile | None = None) -> Path:
+    """Path of one of the card's model files (default: the int8 ``model_file``) after checking
+    it exists and its sha256 matches."""
+    model_file = model_file or card.model_file
+    field_name = "float_file" if model_file is card.float_file else "model_file"
+    path = Path(model_dir) / model_file.path
     if not path.is_file():
         raise CardError(f"model file not found: {path}")
     actual = sha256_file(path)
-    if actual != card.model_file.sha256:
+    if actual != model_file.sha256:
         raise CardError(
             f"{path}: sha256 {actual[:12]}... does not match the card's "
-            f"model_file.sha256 {card.model_file.sha256[:12]}..."
+            f"{field_name}.sha256 {model_file.sha256[:12]}..."
         )
     return path
 

@@ -1,0 +1,193 @@
+"""The TFLite inference engine: one interpreter, built once, one call per frame.
+
+    engine = Engine.from_model_dir("models/edgenet")
+    inference = engine.infer(rgb)          # any-size HxWx3 uint8 RGB -> Inference
+
+The interpreter comes from ``ai_edge_litert``, else ``tflite_runtime``, else
+TensorFlow (the workstation). At load the interpreter's input and output tensors are
+checked against the model card and a mismatch is refused naming the card field, so a
+card and a model file that do not belong together never produce scores. Quantization
+uses the tensors' own scale and zero point. Thresholds, top-k and the uncertain state
+are not decided here (see postprocess).
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from device.card import CardError, ModelCard, verify_model_file
+from device.preprocess import dequantize, fit_to_input, normalize, quantize
+from device.types import Inference
+
+_log = logging.getLogger(__name__)
+
+# (backend name, module, attribute holding the Interpreter class), in order of preference.
+BACKENDS: tuple[tuple[str, str, str], ...] = (
+    ("ai_edge_litert", "ai_edge_litert.interpreter", "Interpreter"),
+    ("tflite_runtime", "tflite_runtime.interpreter", "Interpreter"),
+    ("tensorflow", "tensorflow", "lite.Interpreter"),
+)
+VARIANTS = ("int8", "float")
+# The card stores the converter's float32 scale as a JSON double; allow for that rounding.
+_SCALE_RTOL = 1e-5
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """What the engine needs to know about one interpreter tensor."""
+
+    index: int
+    shape: tuple[int, ...]
+    dtype: str  # numpy dtype name: "int8", "uint8", "float32"
+    scale: float  # 0.0 for float tensors
+    zero_point: int
+
+    @classmethod
+    def from_detail(cls, detail: dict) -> "TensorInfo":
+        scale, zero_point = detail.get("quantization", (0.0, 0))
+        return cls(
+            index=int(detail["index"]),
+            shape=tuple(int(d) for d in detail["shape"]),
+            dtype=np.dtype(detail["dtype"]).name,
+            scale=float(scale),
+            zero_point=int(zero_point),
+        )
+
+
+def interpreter_class(backends=BACKENDS) -> tuple[str, type]:
+    """The first importable ``(backend name, Interpreter class)`` of ``backends``."""
+    tried = []
+    for name, module_name, attr in backends:
+        try:
+            obj = importlib.import_module(module_name)
+        except ImportError as err:
+            tried.append(f"{module_name} ({err})")
+            continue
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+        return name, obj
+    raise ImportError(
+        "no TFLite interpreter found; install ai-edge-litert (or tflite-runtime). Tried: " + "; ".join(tried)
+    )
+
+
+def open_interpreter(model_path: Path, *, num_threads: int = 2):
+    """``(interpreter with tensors allocated, backend name)`` for a ``.tflite`` file."""
+    backend, cls = interpreter_class()
+    try:
+        interpreter = cls(model_path=str(model_path), num_threads=num_threads)
+        interpreter.allocate_tensors()
+    except ValueError as err:
+        raise CardError(f"{model_path}: not a loadable TFLite model ({err})") from err
+    return interpreter, backend
+
+
+def model_io(interpreter) -> tuple[TensorInfo, TensorInfo]:
+    """The single input and single output tensor of a classifier interpreter."""
+    inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise CardError(f"expected one input and one output tensor, got {len(inputs)} and {len(outputs)}")
+    return TensorInfo.from_detail(inputs[0]), TensorInfo.from_detail(outputs[0])
+
+
+class Engine:
+    """A TFLite classifier checked against its model card.
+
+    ``infer`` may be called from several threads (daemon loop and HTTP uploads); a
+    lock serialises access to the interpreter, which is not thread-safe.
+    """
+
+    def __init__(self, model_path: Path, card: ModelCard, *, num_threads: int = 2, variant: str = "int8"):
+        if variant not in VARIANTS:
+            raise ValueError(f"variant: expected one of {VARIANTS}, got {variant!r}")
+        self.card = card
+        self.model_path = Path(model_path)
+        self.variant = variant
+        self._interpreter, self.backend = open_interpreter(self.model_path, num_threads=num_threads)
+        self._input, self._output = model_io(self._interpreter)
+        self._check_against_card()
+        self._lock = threading.Lock()
+        _log.info("loaded %s (%s) with %s, %d threads, input %s %s",
+                  self.model_path, variant, self.backend, num_threads, self._input.shape, self._input.dtype)
+
+    @classmethod
+    def from_model_dir(cls, model_dir, *, variant: str = "int8", num_threads: int = 2) -> "Engine":
+        """Load ``model_dir/card.json``, verify the sha256 of the variant's file, build the engine."""
+        model_dir = Path(model_dir)
+        if not model_dir.is_dir():
+            raise FileNotFoundError(f"model folder not found: {model_dir}")
+        card = ModelCard.load(model_dir / "card.json")
+        if variant == "float" and card.float_file is None:
+            raise CardError(f"{model_dir / 'card.json'}: field 'float_file' is missing; no float model shipped")
+        model_file = card.float_file if variant == "float" else card.model_file
+        path = verify_model_file(card, model_dir, model_file)
+        return cls(path, card, num_threads=num_threads, variant=variant)
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self.card.input.height, self.card.input.width
+
+    def infer(self, rgb: np.ndarray) -> Inference:
+        """Any-size HxWx3 uint8 RGB frame -> class probabilities in card label order, with timings."""
+        t0 = time.perf_counter()
+        tensor = self._to_input(fit_to_input(rgb, *self.input_size))
+        t1 = time.perf_counter()
+        probabilities = self._run(tensor)
+        t2 = time.perf_counter()
+        return Inference(probabilities, preprocess_ms=(t1 - t0) * 1e3, inference_ms=(t2 - t1) * 1e3)
+
+    def infer_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """An already fitted (H, W, 3) uint8 image -> float32 probabilities (batch evaluation)."""
+        expected = (*self.input_size, 3)
+        if pixels.shape != expected:
+            raise ValueError(f"expected fitted pixels of shape {expected}, got {pixels.shape}")
+        return self._run(self._to_input(pixels))
+
+    # --- internals ----------------------------------------------------------------
+
+    def _to_input(self, pixels: np.ndarray) -> np.ndarray:
+        x = normalize(pixels, self.card.normalization.mean, self.card.normalization.std)
+        if self._input.dtype != "float32":
+            x = quantize(x, self._input.scale, self._input.zero_point, self._input.dtype)
+        return x[np.newaxis]
+
+    def _run(self, tensor: np.ndarray) -> np.ndarray:
+        with self._lock:
+            self._interpreter.set_tensor(self._input.index, tensor)
+            self._interpreter.invoke()
+            raw = self._interpreter.get_tensor(self._output.index)[0]
+        if self._output.dtype == "float32":
+            return raw.astype(np.float32, copy=True)
+        return dequantize(raw, self._output.scale, self._output.zero_point)
+
+    def _check_against_card(self) -> None:
+        card, inp, out = self.card, self._input, self._output
+        where = f"{self.model_path} does not match its card"
+        expected_shape = (1, card.input.height, card.input.width, card.input.channels)
+        if inp.shape != expected_shape:
+            raise CardError(f"{where}: field 'input' says shape {expected_shape[1:]}, model has {inp.shape[1:]}")
+        if out.shape != (1, len(card.labels)):
+            raise CardError(f"{where}: field 'labels' has {len(card.labels)} classes, model output is {out.shape}")
+        if self.variant == "float":
+            for field, info in (("input", inp), ("output", out)):
+                if info.dtype != "float32":
+                    raise CardError(f"{where}: float variant expects float32 {field}, model has {info.dtype}")
+            return
+        for field, spec, info in (("input", card.input, inp), ("output", card.output, out)):
+            if info.dtype != spec.dtype:
+                raise CardError(f"{where}: field '{field}.dtype' is {spec.dtype}, model has {info.dtype}")
+            if spec.dtype == "float32":
+                continue
+            if not math.isclose(info.scale, spec.scale, rel_tol=_SCALE_RTOL):
+                raise CardError(f"{where}: field '{field}.scale' is {spec.scale}, model has {info.scale}")
+            if info.zero_point != spec.zero_point:
+                raise CardError(
+                    f"{where}: field '{field}.zero_point' is {spec.zero_point}, model has {info.zero_point}"
+                )

@@ -1,0 +1,1 @@
+"""Workstation side: Keras checkpoint -> gated full-integer int8 TFLite model + card.json."""

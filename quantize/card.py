@@ -1,0 +1,135 @@
+"""Build ``card.json`` (``device.card.ModelCard``) from a training run and its converted models.
+
+Everything the device relies on comes from the artefacts themselves: labels and
+normalization from the run's ``meta.json``, tensor shapes, dtypes, scales and zero
+points from the converted ``.tflite`` as the interpreter reads it, sha256 and size
+from the file on disk.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from device.card import (
+    CardError,
+    InputSpec,
+    Label,
+    ModelCard,
+    ModelFile,
+    Normalization,
+    Preprocessing,
+    TensorSpec,
+    sha256_file,
+)
+from device.engine import model_io, open_interpreter
+from train.train import TrainConfig, load_config
+
+# Config keys that describe the workstation, not the model; left out of the card.
+_LOCAL_KEYS = ("data", "split_file", "runs_dir", "cache_dir", "workers")
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """The parts of a ``train`` run directory that quantization reads."""
+
+    path: Path
+    meta: dict[str, Any]
+    config: TrainConfig
+    state: dict[str, Any]
+
+    @classmethod
+    def load(cls, run_dir: Path) -> "TrainingRun":
+        run_dir = Path(run_dir)
+        for name in ("meta.json", "config.yaml", "split.csv"):
+            if not (run_dir / name).is_file():
+                raise FileNotFoundError(f"{run_dir}: not a training run ({name} missing)")
+        state_path = run_dir / "state.json"
+        return cls(
+            path=run_dir,
+            meta=json.loads((run_dir / "meta.json").read_text()),
+            config=load_config(run_dir),
+            state=json.loads(state_path.read_text()) if state_path.is_file() else {},
+        )
+
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        return int(self.meta["input"]["height"]), int(self.meta["input"]["width"])
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return tuple(label["code"] for label in self.meta["labels"])
+
+    @property
+    def normalization(self) -> tuple[list[float], list[float]]:
+        return self.meta["normalization"]["mean"], self.meta["normalization"]["std"]
+
+    def checkpoint(self, which: str) -> Path:
+        if which not in ("best", "last"):
+            raise ValueError(f"checkpoint: expected 'best' or 'last', got {which!r}")
+        path = self.path / f"{which}.keras"
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint not found: {path}")
+        return path
+
+
+def model_file(path: Path) -> ModelFile:
+    """The card's record of a model file in the same folder as the card."""
+    path = Path(path)
+    return ModelFile(path=path.name, sha256=sha256_file(path), size_bytes=path.stat().st_size)
+
+
+def build_card(run: TrainingRun, *, name: str, int8_path: Path, float_path: Path | None = None,
+               checkpoint: str = "best", metrics: dict | None = None,
+               quantization: dict | None = None) -> ModelCard:
+    """A complete card for ``int8_path`` (and optionally ``float_path``), all in one folder."""
+    interpreter, _ = open_interpreter(int8_path, num_threads=1)
+    inp, out = model_io(interpreter)
+    height, width = run.input_hw
+    if inp.shape[1:] != (height, width, 3):
+        raise CardError(f"{int8_path}: input shape {inp.shape[1:]} differs from the run's "
+                        f"meta.json input {height}x{width}x3")
+    mean, std = run.normalization
+    cfg = run.config
+    return ModelCard(
+        name=name,
+        description=(f"{run.meta['arch']} (width {cfg.width_mult}) at {height}x{width}, trained on "
+                     f"{run.meta['dataset']['name']}, full-integer {inp.dtype} TFLite"),
+        labels=tuple(Label(label["code"], label["name"]) for label in run.meta["labels"]),
+        input=InputSpec(dtype=inp.dtype, scale=inp.scale, zero_point=inp.zero_point,
+                        height=height, width=width, channels=3),
+        output=TensorSpec(dtype=out.dtype, scale=out.scale, zero_point=out.zero_point),
+        normalization=Normalization(tuple(mean), tuple(std)),
+        preprocessing=Preprocessing(),
+        model_file=model_file(int8_path),
+        float_file=model_file(float_path) if float_path else None,
+        architecture={"arch": run.meta["arch"], "width_mult": cfg.width_mult, **run.meta["model"]},
+        metrics=json_safe(metrics or {}),
+        split=dict(run.meta["split"]),
+        training=training_summary(run, checkpoint),
+        dataset=dict(run.meta["dataset"]),
+        quantization=json_safe(quantization or {}),
+    )
+
+
+def training_summary(run: TrainingRun, checkpoint: str) -> dict[str, Any]:
+    summary = {k: v for k, v in dataclasses.asdict(run.config).items() if k not in _LOCAL_KEYS}
+    summary.update(run=run.path.name, checkpoint=checkpoint, keras_backend=run.meta.get("backend", ""))
+    if run.state:
+        summary.update(epochs_trained=int(run.state["epoch"]) + 1,
+                       best_val_balanced_accuracy=run.state.get("best_val_balanced_accuracy"))
+    return summary
+
+
+def json_safe(value: Any) -> Any:
+    """NaN/inf (e.g. the AUC of a class absent from a small split) -> None, so card.json is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value

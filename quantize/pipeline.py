@@ -1,0 +1,132 @@
+"""A training run -> ``models/<name>/``: convert, gate, card, report.
+
+Everything is built in a staging folder next to the destination; the model files,
+``card.json`` and ``REPORT.md`` are moved into ``models/<name>/`` only when the gate
+passes. A failed gate leaves the destination untouched and writes its report to the
+run directory instead.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from device.engine import Engine
+from quantize.card import TrainingRun, build_card, json_safe
+from quantize.convert import convert_float, convert_int8, representative_set
+from quantize.gate import GateThresholds, check, evaluate, markdown_report
+from train.data import load_pixels, read_split, select
+
+_log = logging.getLogger(__name__)
+
+INT8_NAME = "model_int8.tflite"
+FLOAT_NAME = "model_float.tflite"
+
+
+@dataclass(frozen=True)
+class QuantizeOptions:
+    name: str  # folder name under ``out`` and the card's name
+    out: Path = Path("models")
+    data: Path | None = None  # HAM10000 root; None = the run's config.data
+    checkpoint: str = "best"  # best | last
+    representative: int = 300  # training images used for int8 calibration
+    input_dtype: str = "int8"  # int8 | uint8
+    keep_float: bool = False  # also ship model_float.tflite
+    thresholds: GateThresholds = field(default_factory=GateThresholds)
+    split: str = "test"  # split the gate evaluates on
+    cache_dir: Path | None = None  # decoded-pixel cache; None = no cache
+    num_threads: int = 2
+
+
+def quantize_run(run_dir: Path, options: QuantizeOptions) -> Path:
+    """Quantize the run's checkpoint, gate it and write ``options.out / options.name``.
+
+    Raises :class:`quantize.gate.GateError` when the int8 model fails the gate.
+    """
+    run = TrainingRun.load(run_dir)
+    height, width = run.input_hw
+    mean, std = run.normalization
+    records = read_split(run.path / "split.csv", Path(options.data or run.config.data))
+    checkpoint = run.checkpoint(options.checkpoint)
+    _log.info("loading %s", checkpoint)
+    model = keras.models.load_model(checkpoint)
+
+    rep = representative_set(select(records, "train"), height, width, mean, std,
+                             count=options.representative, seed=run.config.seed, cache_dir=options.cache_dir)
+    evaluated = select(records, options.split)
+    pixels = load_pixels(evaluated, height, width, options.cache_dir)
+    y_true = np.array([r.label for r in evaluated], dtype=np.int64)
+
+    dest = Path(options.out) / options.name
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{options.name}-", dir=dest.parent))
+    try:
+        int8_path, float_path = staging / INT8_NAME, staging / FLOAT_NAME
+        int8_path.write_bytes(convert_int8(model, rep, input_dtype=options.input_dtype))
+        float_path.write_bytes(convert_float(model))
+        card = build_card(run, name=options.name, int8_path=int8_path,
+                          float_path=float_path if options.keep_float else None, checkpoint=options.checkpoint)
+        result = evaluate(Engine(float_path, card, variant="float", num_threads=options.num_threads),
+                          Engine(int8_path, card, num_threads=options.num_threads),
+                          pixels, y_true, options.thresholds)
+        facts = {
+            "run": f"`{run.path.name}` ({options.checkpoint} checkpoint)",
+            "architecture": f"{run.meta['arch']}, {card.architecture['params']:,} params, "
+                            f"{card.architecture['macs'] / 1e6:.1f} M MACs, input {height}x{width}",
+            "int8 file": f"{card.model_file.size_bytes / 1024:.1f} KiB, sha256 `{card.model_file.sha256}`",
+            "split": f"{run.meta['split']['method']} (seed {run.meta['split']['seed']}), evaluated on "
+                     f"'{options.split}'",
+        }
+        report = markdown_report(result, name=options.name, facts=facts)
+        if not result.passed:
+            rejected = run.path / f"quantize-{options.name}-REJECTED.md"
+            rejected.write_text(report)
+            _log.error("gate failed; report written to %s", rejected)
+        check(result, name=options.name)
+
+        card = dataclasses.replace(
+            card,
+            metrics=json_safe({"split": options.split, "n": int(len(y_true)), "float": result.float_report,
+                               "int8": result.int8_report}),
+            quantization=json_safe(_quantization_summary(options, len(rep), run.config.seed, result.summary())),
+        )
+        card.save(staging / "card.json")
+        (staging / "REPORT.md").write_text(report)
+        if not options.keep_float:
+            float_path.unlink()
+        _publish(staging, dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    _log.info("wrote %s (int8 accuracy %.4f, agreement %.4f)", dest, result.int8_report["accuracy"],
+              result.agreement)
+    return dest
+
+
+def _quantization_summary(options: QuantizeOptions, count: int, seed: int, gate: dict) -> dict:
+    return {
+        "method": "post-training full-integer quantization",
+        "quantization_aware_training": False,
+        "supported_ops": "TFLITE_BUILTINS_INT8",
+        "input_dtype": options.input_dtype,
+        "representative": {"split": "train", "count": count, "seed": seed},
+        "converter": f"tensorflow {tf.__version__}, keras {keras.__version__}",
+        "gate": gate,
+    }
+
+
+def _publish(staging: Path, dest: Path) -> None:
+    """Move the staged files into ``dest``; the card goes last so it never names a missing file."""
+    dest.mkdir(parents=True, exist_ok=True)
+    stale = dest / FLOAT_NAME
+    if stale.exists() and not (staging / FLOAT_NAME).exists():
+        stale.unlink()
+    for path in sorted(staging.iterdir(), key=lambda p: p.name == "card.json"):
+        os.replace(path, dest / path.name)
