@@ -1,0 +1,129 @@
+"""Engine scores -> the one Result object: probabilities, top-3, smoothing and the quality gate.
+
+Thresholds live here and in config, never in the engine. A frame that is too dark, too bright
+or too blurry is ``poor_quality``; a prediction whose confidence is below
+``postprocess.min_confidence`` is ``uncertain``. Either way the probabilities are still
+reported, but no consumer should show the class as a confident answer.
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+from datetime import datetime, timezone
+
+import cv2
+import numpy as np
+
+from device.card import ModelCard
+from device.config import PostprocessConfig
+from device.preprocess import center_crop_to_aspect
+from device.types import Inference, Quality, Result
+
+# Quality is measured on a grey copy scaled down to fit this size, so the sharpness
+# threshold means the same for a 640x480 USB frame and a 320x240 lores frame.
+QUALITY_SIZE = (320, 240)
+# Scores that are non-negative and sum to 1 within this are already probabilities
+# (a softmax output, int8 rounding included); anything else gets a softmax.
+_PROB_SUM_TOLERANCE = 0.05
+
+
+def to_probabilities(scores: np.ndarray) -> np.ndarray:
+    """Class probabilities (float32, sum 1) from an engine's probabilities or logits."""
+    scores = np.asarray(scores, dtype=np.float32).reshape(-1)
+    total = float(scores.sum())
+    if scores.min() >= 0 and abs(total - 1.0) <= _PROB_SUM_TOLERANCE:
+        return scores / total
+    shifted = np.exp(scores - scores.max())
+    return shifted / shifted.sum()
+
+
+def measure_quality(rgb: np.ndarray, cfg: PostprocessConfig, *, aspect: tuple[int, int] = (1, 1)) -> Quality:
+    """Brightness (mean luma) and sharpness (variance of the Laplacian) of the part the model sees.
+
+    ``aspect`` is the model input's (height, width): the frame is centre-cropped to it first, so a
+    dark vignette outside the model's view does not fail the gate.
+    """
+    crop = center_crop_to_aspect(rgb, *aspect)
+    h, w = crop.shape[:2]
+    scale = min(QUALITY_SIZE[0] / w, QUALITY_SIZE[1] / h, 1.0)
+    if scale < 1.0:
+        crop = cv2.resize(crop, (max(1, round(w * scale)), max(1, round(h * scale))),
+                          interpolation=cv2.INTER_AREA)
+    grey = cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY)
+    brightness = float(grey.mean())
+    sharpness = float(cv2.Laplacian(grey, cv2.CV_32F).var())
+    reason = ""
+    if brightness < cfg.min_brightness:
+        reason = "too dark"
+    elif brightness > cfg.max_brightness:
+        reason = "too bright"
+    elif sharpness < cfg.min_sharpness:
+        reason = "too blurry"
+    return Quality(brightness=brightness, sharpness=sharpness, ok=not reason, reason=reason)
+
+
+def iso_utc(timestamp: float) -> str:
+    """Wall-clock seconds -> ISO 8601 UTC with milliseconds (``2024-05-01T12:00:00.123Z``)."""
+    text = datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="milliseconds")
+    return text.replace("+00:00", "Z")
+
+
+class Postprocessor:
+    """Builds Results for one model; keeps the smoothing window between frames."""
+
+    def __init__(self, card: ModelCard, cfg: PostprocessConfig, *, smoothing: int | None = None):
+        self.card = card
+        self.cfg = cfg
+        self.smoothing = cfg.smoothing if smoothing is None else smoothing
+        self._history: deque[np.ndarray] = deque(maxlen=max(1, self.smoothing))
+
+    def reset(self) -> None:
+        """Forget the smoothing window (after a camera gap or a model reload)."""
+        self._history.clear()
+
+    def process(self, inference: Inference, *, rgb: np.ndarray, frame_id: int, timestamp: float,
+                t_start: float, fps: float = 0.0) -> Result:
+        """One Result for ``inference`` on ``rgb``.
+
+        ``timestamp`` is the wall-clock capture time; ``t_start`` the monotonic time the frame
+        was captured or the upload arrived, so ``latency_ms.total`` covers the whole path.
+        """
+        labels = self.card.labels
+        probs = to_probabilities(inference.probabilities)
+        if probs.shape[0] != len(labels):
+            raise ValueError(f"engine returned {probs.shape[0]} scores for {len(labels)} labels")
+        quality = measure_quality(rgb, self.cfg, aspect=(self.card.input.height, self.card.input.width))
+        if quality.ok:  # a dark or blurred frame is reported raw and kept out of the window
+            self._history.append(probs)
+            if self.smoothing > 1:
+                probs = np.mean(self._history, axis=0, dtype=np.float32)
+        order = np.argsort(-probs, kind="stable")
+        best = int(order[0])
+        confidence = float(probs[best])
+        if not quality.ok:
+            state = "poor_quality"
+        elif confidence < self.cfg.min_confidence:
+            state = "uncertain"
+        else:
+            state = "ok"
+        return Result(
+            class_code=labels[best].code,
+            class_name=labels[best].name,
+            class_index=best,
+            confidence=confidence,
+            all_probabilities={label.code: float(p) for label, p in zip(labels, probs)},
+            top3=tuple((labels[i].code, float(probs[i])) for i in order[:3]),
+            state=state,
+            model=self.card.name,
+            frame_id=frame_id,
+            timestamp=iso_utc(timestamp),
+            latency_ms={
+                "preprocess": inference.preprocess_ms,
+                "inference": inference.inference_ms,
+                "total": (time.monotonic() - t_start) * 1000.0,
+            },
+            fps=fps,
+            quality={"brightness": round(quality.brightness, 1), "sharpness": round(quality.sharpness, 1),
+                     "reason": quality.reason},
+            disclaimer=self.card.disclaimer,
+        )
