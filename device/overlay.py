@@ -1,0 +1,242 @@
+"""The on-screen overlay and the displays that show it.
+
+:func:`render_overlay` is a pure function: frame + Result -> a new RGB image with the class,
+confidence, state, FPS, top-3 bars and a one-line "screening aid, not a diagnosis" notice.
+The same image feeds HTTP (snapshot, MJPEG). :func:`render_layer` draws the same thing on a
+transparent RGBA canvas for picamera2's DRM preview, which shows the camera itself and only
+takes an overlay. Displays share one interface (as picamera2's previews do), so the daemon
+never branches on the mode: ``none``, ``opencv`` (a full-screen window) or ``drm``.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from device.config import OverlayConfig
+from device.types import Result
+
+_log = logging.getLogger(__name__)
+
+NOTICE = "Screening aid, not a diagnosis"
+STATE_COLORS = {  # RGB
+    "ok": (70, 200, 110),
+    "uncertain": (250, 190, 30),
+    "poor_quality": (230, 70, 70),
+}
+TEXT_COLOR = (255, 255, 255)
+BAR_TRACK = (90, 90, 90)
+BAR_FILL = (90, 170, 250)
+_LAYER_ALPHA = 170  # panel opacity on the RGBA layer
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+_BASE_WIDTH = 640  # sizes below are for a 640-pixel-wide frame and scale with it
+
+
+Rect = tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where everything goes on a frame of a given size (tests read it to check pixels)."""
+
+    scale: float
+    panel: Rect
+    title_origin: tuple[int, int]
+    status_origin: tuple[int, int]
+    label_x: int
+    bars: tuple[Rect, Rect, Rect]  # top-1..3 bar tracks
+    notice: Rect
+
+
+def layout(width: int, height: int) -> Layout:
+    s = max(0.5, width / _BASE_WIDTH)
+    pad, line = round(8 * s), round(26 * s)
+    panel_w = min(width - 2 * pad, round(380 * s))
+    x0, y0 = pad, pad
+    bar_x0 = x0 + round(70 * s)
+    bar_x1 = x0 + panel_w - round(60 * s)
+    bar_h = round(14 * s)
+    bars = tuple(
+        (bar_x0, y0 + 2 * line + round(10 * s) + i * line, bar_x1,
+         y0 + 2 * line + round(10 * s) + i * line + bar_h)
+        for i in range(3)
+    )
+    panel = (x0, y0, x0 + panel_w, bars[-1][3] + pad)
+    notice_h = round(24 * s)
+    return Layout(
+        scale=s,
+        panel=panel,
+        title_origin=(x0 + pad, y0 + line - round(4 * s)),
+        status_origin=(x0 + pad, y0 + 2 * line - round(4 * s)),
+        label_x=x0 + pad,
+        bars=bars,  # type: ignore[arg-type]
+        notice=(0, height - notice_h, width, height),
+    )
+
+
+def title_text(result: Result | None) -> str:
+    if result is None:
+        return "Waiting for frames..."
+    if result.state == "poor_quality":
+        reason = str(result.quality.get("reason", "")) if result.quality else ""
+        return f"Poor image quality{f' ({reason})' if reason else ''}"
+    if result.state == "uncertain":
+        return f"Uncertain: {result.class_name}?"
+    return result.class_name
+
+
+def render_overlay(frame: np.ndarray, result: Result | None) -> np.ndarray:
+    """A new HxWx3 RGB image: ``frame`` (RGB or RGBA, not modified) with the overlay drawn."""
+    out = np.array(frame[..., :3], dtype=np.uint8, order="C", copy=True)
+    _draw(out, result)
+    return out
+
+
+def render_layer(width: int, height: int, result: Result | None) -> np.ndarray:
+    """The overlay alone on a transparent HxWx4 RGBA canvas (picamera2 ``set_overlay``)."""
+    layer = np.zeros((height, width, 4), dtype=np.uint8)
+    _draw(layer, result)
+    return layer
+
+
+def _draw(canvas: np.ndarray, result: Result | None) -> None:
+    h, w = canvas.shape[:2]
+    lay = layout(w, h)
+    s = lay.scale
+    rgba = canvas.shape[2] == 4
+
+    def color(rgb: tuple[int, int, int]) -> tuple[int, ...]:
+        return (*rgb, 255) if rgba else rgb
+
+    def text(value: str, origin: tuple[int, int], size: float, rgb, max_x: int) -> None:
+        font_scale, thick = size * s, max(1, round(1.5 * s))
+        value = _fit_text(value, font_scale, thick, max_x - origin[0])
+        cv2.putText(canvas, value, origin, _FONT, font_scale, color(rgb), thick, cv2.LINE_AA)
+
+    _shade(canvas, lay.panel, rgba)
+    _shade(canvas, lay.notice, rgba)
+    px1 = lay.panel[2] - round(8 * s)
+    state_rgb = STATE_COLORS.get(result.state, TEXT_COLOR) if result else TEXT_COLOR
+    text(title_text(result), lay.title_origin, 0.6, state_rgb, px1)
+    if result is not None:
+        status = f"{result.confidence:.0%}  {result.state.replace('_', ' ')}  {result.fps:.1f} FPS"
+        text(status, lay.status_origin, 0.5, TEXT_COLOR, px1)
+        for (code, prob), (x0, y0, x1, y1) in zip(result.top3, lay.bars):
+            text(code, (lay.label_x, y1), 0.45, TEXT_COLOR, x0)
+            cv2.rectangle(canvas, (x0, y0), (x1 - 1, y1 - 1), color(BAR_TRACK), -1)
+            fill = x0 + round((x1 - x0) * min(max(prob, 0.0), 1.0))
+            if fill > x0:
+                cv2.rectangle(canvas, (x0, y0), (fill - 1, y1 - 1), color(BAR_FILL), -1)
+            text(f"{prob:.0%}", (x1 + round(6 * s), y1), 0.45, TEXT_COLOR, lay.panel[2])
+    nx0, ny0, nx1, ny1 = lay.notice
+    text(NOTICE, (nx0 + round(8 * s), ny1 - round(7 * s)), 0.5, TEXT_COLOR, nx1)
+
+
+def _shade(canvas: np.ndarray, rect: Rect, rgba: bool) -> None:
+    """Darken a region (RGB) or make it a translucent black panel (RGBA)."""
+    x0, y0, x1, y1 = rect
+    region = canvas[max(0, y0):y1, max(0, x0):x1]
+    if rgba:
+        region[...] = (0, 0, 0, _LAYER_ALPHA)
+    else:
+        np.right_shift(region, 1, out=region)  # half brightness: cheaper than a blend
+
+
+def _fit_text(value: str, font_scale: float, thick: int, max_w: int) -> str:
+    """``value`` cut with '...' so it fits ``max_w`` pixels."""
+    if cv2.getTextSize(value, _FONT, font_scale, thick)[0][0] <= max_w:
+        return value
+    while value and cv2.getTextSize(value + "...", _FONT, font_scale, thick)[0][0] > max_w:
+        value = value[:-1]
+    return value + "..."
+
+
+# --- displays ---------------------------------------------------------------------
+
+
+class Display(ABC):
+    """Shows overlaid frames; every mode accepts the same calls."""
+
+    @abstractmethod
+    def show(self, overlaid: np.ndarray, result: Result | None) -> None: ...
+
+    def close(self) -> None:
+        """Release the screen; quiet when nothing is open."""
+
+
+class NullDisplay(Display):
+    """Headless: frames still go to HTTP, nothing to a screen."""
+
+    def show(self, overlaid: np.ndarray, result: Result | None) -> None:
+        return None
+
+
+class OpenCvDisplay(Display):
+    """A (full-screen) OpenCV window: a desktop session or a USB camera setup.
+
+    ``gui`` is the module with OpenCV's highgui calls; the tests pass a stand-in screen,
+    because the headless OpenCV wheel used here has no window support.
+    """
+
+    WINDOW = "DermEdge"
+
+    def __init__(self, *, fullscreen: bool = True, gui=cv2):
+        self._gui = gui
+        self._fullscreen = fullscreen
+        self._open = False
+
+    def show(self, overlaid: np.ndarray, result: Result | None) -> None:
+        gui = self._gui
+        if not self._open:
+            gui.namedWindow(self.WINDOW, gui.WINDOW_NORMAL)
+            if self._fullscreen:
+                gui.setWindowProperty(self.WINDOW, gui.WND_PROP_FULLSCREEN, gui.WINDOW_FULLSCREEN)
+            self._open = True
+        gui.imshow(self.WINDOW, cv2.cvtColor(overlaid, cv2.COLOR_RGB2BGR))
+        gui.waitKey(1)  # lets highgui paint; key presses are ignored
+
+    def close(self) -> None:
+        if self._open:
+            self._gui.destroyWindow(self.WINDOW)
+            self._open = False
+
+
+class DrmDisplay(Display):
+    """picamera2's DRM preview (HDMI, no desktop): the camera draws itself, we set an RGBA overlay.
+
+    ``target`` is anything with ``set_overlay(rgba)`` (``capture.Picamera2Camera``). Building
+    and uploading the layer costs more than drawing on a frame, so it is refreshed at most
+    ``max_hz`` times a second. Only tested against a stand-in here.
+    """
+
+    def __init__(self, target, *, width: int, height: int, max_hz: float = 5.0):
+        self._target = target
+        self._size = (width, height)
+        self._min_interval = 1.0 / max_hz
+        self._last = float("-inf")
+
+    def show(self, overlaid: np.ndarray, result: Result | None) -> None:
+        now = time.monotonic()
+        if now - self._last < self._min_interval:
+            return
+        self._last = now
+        self._target.set_overlay(render_layer(*self._size, result))
+
+    def close(self) -> None:
+        self._target.set_overlay(None)  # picamera2 removes the overlay
+        self._last = float("-inf")
+
+
+def make_display(cfg: OverlayConfig, *, target=None, width: int = 640, height: int = 480) -> Display:
+    """The display ``cfg.mode`` names; ``drm`` draws through ``target.set_overlay``."""
+    if cfg.mode == "opencv":
+        return OpenCvDisplay(fullscreen=cfg.fullscreen)
+    if cfg.mode == "drm":
+        if target is None or not hasattr(target, "set_overlay"):
+            raise ValueError("overlay.mode drm needs camera.source picamera2 (its DRM preview)")
+        return DrmDisplay(target, width=width, height=height)
+    return NullDisplay()
