@@ -134,6 +134,8 @@ def split_records(
         rng.shuffle(keys)
         n_val = round(len(keys) * fractions[1])
         n_test = round(len(keys) * fractions[2])
+        if len(keys) >= 3:  # a rare class with only a few lesions still reaches val and test
+            n_val, n_test = max(n_val, int(fractions[1] > 0)), max(n_test, int(fractions[2] > 0))
         for i, key in enumerate(keys):
             assignment[key] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
     return [

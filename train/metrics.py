@@ -1,6 +1,8 @@
 """Classification metrics in plain numpy, shared by training, evaluation, quantize and benchmarks."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -90,3 +92,14 @@ def classification_report(probs: np.ndarray, y_true: np.ndarray, labels: tuple[s
         "confusion_matrix": cm.tolist(),
         "labels": list(labels),
     }
+
+
+def json_safe(value):
+    """NaN/inf (the AUC of a class absent from a split) -> None, recursively, so the JSON is strict."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value

@@ -34,6 +34,7 @@ _log = logging.getLogger("train")
 
 DEFAULT_INPUT = {"seed_cnn": (90, 120), "concat_resnet": (90, 120), "edgenet": (150, 200)}
 LR_POLICIES = CYCLIC_MODES + ("cosine", "constant")
+_RUN_HANDLER = "train-run"  # name of the log handlers main() installs
 
 
 @dataclass
@@ -238,8 +239,13 @@ def _setup_logging(run_dir: Path) -> None:
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     root = logging.getLogger()
     root.setLevel(logging.INFO)
+    # A second run in the same process (tests, notebooks) must not also log into the first run's file.
+    for handler in [h for h in root.handlers if h.get_name() == _RUN_HANDLER]:
+        root.removeHandler(handler)
+        handler.close()
     for handler in (logging.StreamHandler(), logging.FileHandler(run_dir / "train.log")):
         handler.setFormatter(fmt)
+        handler.set_name(_RUN_HANDLER)
         root.addHandler(handler)
 
 

@@ -1,0 +1,87 @@
+"""The preprocessing shared with the device, seen from training: crop/resize, normalization,
+int8 (de)quantization round trips (device/preprocess.py)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from device.preprocess import (
+    center_crop_to_aspect,
+    denormalize,
+    dequantize,
+    fit_to_input,
+    normalize,
+    quantize,
+)
+
+RED, GREEN = (255, 0, 0), (0, 255, 0)
+
+
+def _banded(height: int, width: int, *, axis: int, keep: slice) -> np.ndarray:
+    """Red image with a green band ``keep`` along ``axis`` (0 = rows, 1 = columns)."""
+    img = np.empty((height, width, 3), np.uint8)
+    img[:] = RED
+    if axis == 0:
+        img[keep] = GREEN
+    else:
+        img[:, keep] = GREEN
+    return img
+
+
+@pytest.mark.parametrize("shape", [(48, 64), (90, 120), (150, 200), (96, 96)])
+def test_fit_to_input_shapes(shape):
+    for src in [(150, 200), (480, 640), (720, 1280), (1000, 500), (20, 30)]:
+        out = fit_to_input(np.full((*src, 3), 77, np.uint8), *shape)
+        assert out.shape == (*shape, 3) and out.dtype == np.uint8
+        assert (out == 77).all()
+
+
+def test_fit_to_input_centre_crops_a_wide_image():
+    # 100x300 (3:1) -> 4:3 keeps the centre 133 columns: x0 = (300 - 133) // 2 = 83
+    img = _banded(100, 300, axis=1, keep=slice(83, 216))
+    crop = center_crop_to_aspect(img, 48, 64)
+    assert crop.shape == (100, 133, 3)
+    assert (crop == GREEN).all()
+    out = fit_to_input(img, 48, 64)
+    assert out.shape == (48, 64, 3)
+    assert (out == GREEN).all()  # nothing of the red sides survives, nothing is squashed in
+
+
+def test_fit_to_input_centre_crops_a_tall_image():
+    # 300x100 -> 4:3 keeps the centre 75 rows: y0 = (300 - 75) // 2 = 112
+    img = _banded(300, 100, axis=0, keep=slice(112, 187))
+    assert center_crop_to_aspect(img, 48, 64).shape == (75, 100, 3)
+    assert (fit_to_input(img, 48, 64) == GREEN).all()
+
+
+def test_fit_to_input_keeps_an_image_of_the_right_size():
+    img = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(fit_to_input(img, 48, 64), img)
+
+
+def test_fit_to_input_rejects_grey():
+    with pytest.raises(ValueError, match="HxWx3"):
+        fit_to_input(np.zeros((10, 10), np.uint8), 5, 5)
+
+
+def test_normalize_denormalize_round_trip():
+    pixels = np.random.default_rng(1).integers(0, 256, (4, 6, 8, 3), dtype=np.uint8)
+    mean, std = [180.5, 140.25, 150.0], [30.0, 41.5, 45.75]
+    x = normalize(pixels, mean, std)
+    assert x.dtype == np.float32
+    assert x[1, 2, 3, 1] == pytest.approx((pixels[1, 2, 3, 1] - 140.25) / 41.5)
+    np.testing.assert_array_equal(denormalize(x, mean, std), pixels)
+
+
+@pytest.mark.parametrize("dtype,scale,zero_point", [("int8", 0.05, -3), ("uint8", 0.02, 128)])
+def test_quantize_dequantize_round_trip_within_one_step(dtype, scale, zero_point):
+    info = np.iinfo(dtype)
+    lo, hi = (info.min - zero_point) * scale, (info.max - zero_point) * scale
+    x = np.random.default_rng(2).uniform(lo, hi, 1000).astype(np.float32)
+    q = quantize(x, scale, zero_point, dtype)
+    assert q.dtype == np.dtype(dtype)
+    back = dequantize(q, scale, zero_point)
+    assert np.abs(back - x).max() <= scale / 2 + 1e-6
+    # out-of-range values saturate instead of wrapping around
+    edges = quantize(np.array([lo - 10, hi + 10], np.float32), scale, zero_point, dtype)
+    assert edges.tolist() == [info.min, info.max]

@@ -1,0 +1,73 @@
+"""End-to-end training on the fixture through ``train.train.main``: run directory, loss, resume."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import keras
+import numpy as np
+import yaml
+
+from train import data as ds
+from train.train import load_config, main
+
+RUN_FILES = ("config.yaml", "split.csv", "meta.json", "best.keras", "last.keras", "state.json", "history.csv",
+             "train.log")
+
+
+def _history(run_dir: Path) -> list[dict]:
+    with open(run_dir / "history.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _iterations(checkpoint: Path) -> int:
+    model = keras.models.load_model(checkpoint)
+    return int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+
+
+def test_run_directory_layout(trained_run, fixture_dir):
+    assert all((trained_run / name).is_file() for name in RUN_FILES)
+    cfg = load_config(trained_run)
+    assert (cfg.arch, cfg.height, cfg.width, cfg.epochs, cfg.augment) == ("seed_cnn", 56, 72, 3, False)
+    assert yaml.safe_load((trained_run / "config.yaml").read_text())["data"] == str(fixture_dir)
+    assert json.loads((trained_run / "state.json").read_text())["epoch"] == 2
+    records = ds.read_split(trained_run / "split.csv", fixture_dir)
+    lesion_splits = {}
+    for r in records:
+        lesion_splits.setdefault(r.lesion_id, set()).add(r.split)
+    assert all(len(s) == 1 for s in lesion_splits.values())
+
+
+def test_normalization_comes_from_the_training_split(trained_run, fixture_dir, tmp_path):
+    meta = json.loads((trained_run / "meta.json").read_text())
+    train_records = ds.select(ds.read_split(trained_run / "split.csv", fixture_dir), "train")
+    mean, std = ds.channel_stats(ds.load_pixels(train_records, 56, 72, tmp_path))
+    assert meta["normalization"] == {"mean": mean, "std": std}
+    assert meta["input"] == {"height": 56, "width": 72}
+    assert meta["model"]["params"] == keras.models.load_model(trained_run / "best.keras").count_params()
+
+
+def test_short_training_lowers_the_loss(trained_run):
+    history = _history(trained_run)
+    assert [int(row["epoch"]) for row in history] == [0, 1, 2]
+    losses = [float(row["loss"]) for row in history]
+    assert losses[-1] < losses[0] - 0.1, losses
+    assert all(np.isfinite(float(row["val_balanced_accuracy"])) for row in history)
+
+
+def test_resume_continues_where_it_stopped(tiny_argv, fixture_dir, tmp_path):
+    run_dir = main(tiny_argv(tmp_path, "--epochs", "1", "--no-evaluate"))
+    assert json.loads((run_dir / "state.json").read_text())["epoch"] == 0
+    n_train = len(ds.select(ds.read_split(run_dir / "split.csv", fixture_dir), "train"))
+    steps = math.ceil(n_train / 16)  # batch size 16
+    assert _iterations(run_dir / "last.keras") == steps
+    split_before = (run_dir / "split.csv").read_text()
+
+    assert main(["--resume", str(run_dir), "--epochs", "2", "--no-evaluate"]) == run_dir
+    assert [int(row["epoch"]) for row in _history(run_dir)] == [0, 1]
+    assert json.loads((run_dir / "state.json").read_text())["epoch"] == 1
+    assert _iterations(run_dir / "last.keras") == 2 * steps  # the optimizer continued, not restarted
+    assert (run_dir / "split.csv").read_text() == split_before
+    assert len(list((tmp_path / "runs").iterdir())) == 1  # no second run directory
