@@ -8,6 +8,8 @@ happens here, not inside the model; the model card records the statistics.
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import cv2
 import numpy as np
 
@@ -70,16 +72,22 @@ def dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
 
 
 def decode_image(data: bytes) -> np.ndarray:
-    """Encoded image bytes (JPEG, PNG, BMP, ...) -> HxWx3 uint8 RGB.
+    """Encoded JPEG, PNG, WebP or BMP bytes -> HxWx3 uint8 RGB.
 
-    Grey and RGBA images become RGB; 16-bit images are scaled to 8 bits. Raises
-    :class:`ImageDecodeError` with a reason for empty, undecodable or oversized input.
+    Grey and RGBA images become RGB; 16-bit images are scaled to 8 bits. The header is read
+    before decoding and other formats are refused, so a small file that declares huge
+    dimensions (a decompression bomb) is turned away without allocating anything. Raises
+    :class:`ImageDecodeError` with a reason for empty, unsupported, undecodable or oversized input.
     """
     if not data:
         raise ImageDecodeError("empty image")
-    buf = np.frombuffer(data, dtype=np.uint8)
-    _check_header_size(data)
-    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    width, height = _declared_size(data)
+    if width * height > MAX_DECODE_PIXELS:
+        raise ImageDecodeError(f"image too large: {width}x{height} pixels (limit {MAX_DECODE_PIXELS})")
+    try:
+        img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as err:  # some codecs raise on corrupt data instead of returning None
+        raise ImageDecodeError("not a decodable image") from err
     if img is None or img.size == 0:
         raise ImageDecodeError("not a decodable image")
     if img.dtype == np.uint16:
@@ -95,32 +103,69 @@ def decode_image(data: bytes) -> np.ndarray:
     raise ImageDecodeError(f"unsupported channel count {img.shape[2]}")
 
 
-def _check_header_size(data: bytes) -> None:
-    """Refuse huge declared dimensions before decoding, so a small file cannot claim gigabytes."""
-    size = _declared_size(data)
-    if size and size[0] * size[1] > MAX_DECODE_PIXELS:
-        raise ImageDecodeError(
-            f"image too large: {size[0]}x{size[1]} pixels (limit {MAX_DECODE_PIXELS})"
-        )
+def _declared_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from the header; refuses formats whose header is not read here."""
+    if data.startswith(b"\xff\xd8"):
+        return _jpeg_size(data)
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        if len(data) < 24 or data[12:16] != b"IHDR":
+            raise ImageDecodeError("corrupt PNG: no IHDR header")
+        return _uint(data, 16, 4, "big"), _uint(data, 20, 4, "big")
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return _webp_size(data)
+    if data[:2] == b"BM" and len(data) >= 26:
+        if _uint(data, 14, 4) == 12:  # OS/2 header: 16-bit dimensions
+            return _uint(data, 18, 2), _uint(data, 20, 2)
+        width = int.from_bytes(data[18:22], "little", signed=True)
+        height = int.from_bytes(data[22:26], "little", signed=True)
+        return abs(width), abs(height)  # the height is negative for top-down bitmaps
+    raise ImageDecodeError("unsupported image format (expected JPEG, PNG, WebP or BMP)")
 
 
-def _declared_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from a PNG or JPEG header, or None when unknown."""
-    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
-        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-    if data[:2] == b"\xff\xd8":
-        i = 2
-        while i + 9 < len(data):
-            if data[i] != 0xFF:
-                return None
-            marker = data[i + 1]
-            length = int.from_bytes(data[i + 2 : i + 4], "big")
-            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-                h = int.from_bytes(data[i + 5 : i + 7], "big")
-                w = int.from_bytes(data[i + 7 : i + 9], "big")
-                return w, h
-            i += 2 + length
-    return None
+def _uint(data: bytes, offset: int, size: int, order: Literal["little", "big"] = "little") -> int:
+    return int.from_bytes(data[offset : offset + size], order)
+
+
+# Start-of-frame markers carry the dimensions; C4, C8 and CC share the range but are not frames.
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int]:
+    """Walk the JPEG segments up to the frame header, as the decoder will."""
+    i, n = 2, len(data)
+    while i < n:
+        if data[i] != 0xFF:
+            raise ImageDecodeError("corrupt JPEG: bad segment marker")
+        while i < n and data[i] == 0xFF:  # any number of fill bytes may precede a marker
+            i += 1
+        if i >= n:
+            break
+        marker = data[i]
+        i += 1
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # standalone markers have no length
+            continue
+        if marker in (0xD9, 0xDA):  # end of image or scan data before any frame header
+            break
+        if i + 7 > n:
+            break
+        if marker in _JPEG_SOF:
+            return _uint(data, i + 5, 2, "big"), _uint(data, i + 3, 2, "big")
+        i += _uint(data, i, 2, "big")
+    raise ImageDecodeError("truncated or corrupt JPEG: no frame header")
+
+
+def _webp_size(data: bytes) -> tuple[int, int]:
+    if len(data) < 30:
+        raise ImageDecodeError("truncated WebP header")
+    chunk = data[12:16]
+    if chunk == b"VP8 ":  # lossy: 14-bit sizes after the frame tag and start code
+        return _uint(data, 26, 2) & 0x3FFF, _uint(data, 28, 2) & 0x3FFF
+    if chunk == b"VP8L":  # lossless: 14-bit (size - 1) fields packed after the signature byte
+        bits = _uint(data, 21, 4)
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if chunk == b"VP8X":  # extended: 24-bit (size - 1) canvas fields
+        return _uint(data, 24, 3) + 1, _uint(data, 27, 3) + 1
+    raise ImageDecodeError(f"unsupported WebP chunk {chunk!r}")
 
 
 def load_image(path) -> np.ndarray:

@@ -1,0 +1,232 @@
+"""MQTT output: results as JSON, a retained online/offline status, Home Assistant discovery.
+
+Topics, under ``<prefix>/<device_id>/``:
+
+- ``result``: :meth:`Result.to_dict` as JSON, not retained. Rate-limited: sent at once when the
+  class or the state changes, otherwise at most ``max_rate_hz`` times a second.
+- ``status``: ``online`` (retained) on every connect; the broker publishes the retained last
+  will ``offline`` if the connection dies, and :meth:`MqttPublisher.stop` publishes it on a
+  clean stop.
+
+paho's own network thread connects, and reconnects with backoff, in the background
+(``connect_async`` + ``loop_start`` + ``reconnect_delay_set``). :meth:`publish_result` only
+queues a message, never waits on the broker and never raises, so a broker that is down
+cannot slow or stop inference; while disconnected it just returns False.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+
+from device.config import ConfigError, MqttConfig
+from device.state import LiveState
+from device.types import Result
+
+_log = logging.getLogger(__name__)
+
+ONLINE = "online"
+OFFLINE = "offline"
+# Reconnect backoff bounds (s): paho doubles the delay per failed attempt up to the maximum,
+# so publishing resumes within about RECONNECT_MAX_S of the broker's return.
+RECONNECT_MIN_S = 1
+RECONNECT_MAX_S = 8
+# QoS 1/2 messages waiting for the broker's ack at most; more are refused, not buffered.
+MAX_QUEUED = 100
+# How long stop() waits for "offline" to leave the socket.
+STOP_TIMEOUT_S = 2.0
+
+
+class MqttPublisher:
+    """Publishes results and status for one device.
+
+    Args:
+        cfg: the ``mqtt`` config section.
+        device_id: topic level and MQTT client id.
+        model_name: shown in the Home Assistant device info.
+        state: when given, receives the ``mqtt`` component status and publish error counts.
+    """
+
+    def __init__(self, cfg: MqttConfig, device_id: str, *, model_name: str, state: LiveState | None = None):
+        self._cfg = cfg
+        self._device_id = device_id
+        self._model_name = model_name
+        self._state = state
+        base = f"{cfg.prefix}/{device_id}"
+        self.result_topic = f"{base}/result"
+        self.status_topic = f"{base}/status"
+        self._min_interval = 1.0 / cfg.max_rate_hz
+        self._client: mqtt.Client | None = None
+        self._connected = False
+        self._stopping = False
+        self._lock = threading.Lock()
+        self._last_key: tuple[str, str] | None = None  # (class_code, state) last sent
+        self._last_sent = -math.inf  # time.monotonic() of the last result sent
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    def discovery_configs(self) -> dict[str, dict]:
+        """Home Assistant MQTT discovery: config topic -> payload, one sensor each for class and confidence."""
+        device = {
+            "identifiers": [self._device_id],
+            "name": f"DermEdge {self._device_id}",
+            "manufacturer": "DermEdge",
+            "model": self._model_name,
+        }
+        common = {
+            "state_topic": self.result_topic,
+            "availability_topic": self.status_topic,
+            "payload_available": ONLINE,
+            "payload_not_available": OFFLINE,
+            "device": device,
+        }
+        prefix = f"{self._cfg.discovery_prefix}/sensor/{self._device_id}"
+        return {
+            f"{prefix}/class/config": {
+                **common,
+                "name": "Lesion class",
+                "unique_id": f"{self._device_id}_class",
+                "value_template": "{{ value_json.class_name }}",
+                # state and disclaimer ride along as attributes: the class alone is not a diagnosis
+                "json_attributes_topic": self.result_topic,
+                "json_attributes_template": (
+                    "{{ {'class_code': value_json.class_code, 'state': value_json.state, "
+                    "'disclaimer': value_json.disclaimer} | tojson }}"
+                ),
+                "icon": "mdi:magnify-scan",
+            },
+            f"{prefix}/confidence/config": {
+                **common,
+                "name": "Confidence",
+                "unique_id": f"{self._device_id}_confidence",
+                "value_template": "{{ (value_json.confidence * 100) | round(1) }}",
+                "unit_of_measurement": "%",
+                "state_class": "measurement",
+                "icon": "mdi:percent",
+            },
+        }
+
+    def start(self) -> None:
+        """Start connecting in the background; returns at once, whether or not the broker is up.
+
+        Raises ConfigError when the TLS certificate files cannot be loaded.
+        """
+        if not self._cfg.enabled:
+            self._set_status("disabled")
+            return
+        if self._client is not None:
+            return
+        cfg = self._cfg
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self._device_id)
+        client.will_set(self.status_topic, OFFLINE, qos=cfg.qos, retain=True)
+        if cfg.username is not None:
+            client.username_pw_set(cfg.username, cfg.password)
+        if cfg.tls:
+            try:
+                client.tls_set(ca_certs=cfg.ca_certs, certfile=cfg.certfile, keyfile=cfg.keyfile)
+            except (OSError, ValueError) as err:
+                raise ConfigError(f"mqtt.tls: cannot load the certificate files ({err})") from err
+        client.reconnect_delay_set(min_delay=RECONNECT_MIN_S, max_delay=RECONNECT_MAX_S)
+        client.max_queued_messages_set(MAX_QUEUED)
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        self._stopping = False
+        self._set_status("connecting")
+        client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive)
+        client.loop_start()
+        self._client = client
+        _log.info(
+            "MQTT: connecting to %s:%d in the background (topics %s/...)",
+            cfg.host,
+            cfg.port,
+            self.result_topic.rsplit("/", 1)[0],
+        )
+
+    def publish_result(self, result: Result) -> bool:
+        """Queue ``result`` on the result topic if the rate limit allows; whether it was queued."""
+        client = self._client
+        if client is None or not self._connected:
+            return False
+        key = (result.class_code, result.state)
+        try:
+            with self._lock:
+                now = time.monotonic()
+                if key == self._last_key and now - self._last_sent < self._min_interval:
+                    return False
+                info = client.publish(self.result_topic, json.dumps(result.to_dict()), qos=self._cfg.qos)
+                if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    self._count_error()
+                    _log.debug("MQTT: result not queued (%s)", mqtt.error_string(info.rc))
+                    return False
+                self._last_key, self._last_sent = key, now
+                return True
+        except Exception:  # noqa: BLE001 - the pipeline must never see a publishing failure
+            self._count_error()
+            _log.warning("MQTT: publishing a result failed", exc_info=True)
+            return False
+
+    def stop(self) -> None:
+        """Publish the retained ``offline`` status, disconnect and stop the network thread."""
+        client, self._client = self._client, None
+        if client is None:
+            return
+        self._stopping = True
+        if self._connected:
+            info = client.publish(self.status_topic, OFFLINE, qos=self._cfg.qos, retain=True)
+            try:
+                info.wait_for_publish(timeout=STOP_TIMEOUT_S)
+            except (ValueError, RuntimeError) as err:
+                _log.warning("MQTT: could not publish the offline status (%s)", err)
+        client.disconnect()
+        client.loop_stop()
+        self._connected = False
+        self._set_status("stopped")
+
+    # --- paho callbacks (network thread) ----------------------------------------------
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            self._set_status("disconnected", f"refused: {reason_code}")
+            _log.warning(
+                "MQTT: broker %s:%d refused the connection: %s", self._cfg.host, self._cfg.port, reason_code
+            )
+            return
+        client.publish(self.status_topic, ONLINE, qos=self._cfg.qos, retain=True)
+        if self._cfg.home_assistant:
+            for topic, payload in self.discovery_configs().items():
+                client.publish(topic, json.dumps(payload), qos=self._cfg.qos, retain=True)
+        with self._lock:
+            self._last_sent = -math.inf  # the first result after a (re)connect goes out at once
+        self._connected = True
+        self._set_status("connected")
+        _log.info("MQTT: connected to %s:%d", self._cfg.host, self._cfg.port)
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        self._set_status("disconnected", "broker unreachable")
+        _log.debug("MQTT: cannot reach %s:%d, retrying", self._cfg.host, self._cfg.port)
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        was_connected, self._connected = self._connected, False
+        if self._stopping or not was_connected:  # a refused connection was reported by _on_connect
+            return
+        self._set_status("disconnected", str(reason_code))
+        _log.warning("MQTT: lost the broker (%s); reconnecting in the background", reason_code)
+
+    # --- helpers ----------------------------------------------------------------------
+
+    def _set_status(self, status: str, detail: str = "") -> None:
+        if self._state is not None:
+            self._state.set_component("mqtt", status, detail)
+
+    def _count_error(self) -> None:
+        if self._state is not None:
+            self._state.count_error("mqtt_publish")

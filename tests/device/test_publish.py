@@ -1,0 +1,371 @@
+"""device.publish.MqttPublisher against a real mosquitto broker and a real paho subscriber."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import types
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+import jinja2
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+import device.publish as publish_module
+from device.config import ConfigError, MqttConfig
+from device.publish import OFFLINE, ONLINE, MqttPublisher
+from device.state import LiveState
+
+REPO = Path(__file__).parents[2]
+WAIT_S = 15.0  # generous: the reconnect backoff tops out at publish.RECONNECT_MAX_S
+
+
+def wait_until(predicate, timeout: float = WAIT_S, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def assert_retained(mqtt_subscriber, broker, topic: str, payload: str | None = None) -> mqtt.MQTTMessage:
+    """A client that subscribes only now gets the message from the broker's retained store."""
+    message = mqtt_subscriber(broker, [topic]).wait_for(topic, payload)
+    assert message.retain, f"{topic} is not retained"
+    return message
+
+
+@pytest.fixture
+def publishers():
+    """``publishers(broker, **mqtt_overrides)`` -> a started publisher with a unique device id."""
+    made: list[MqttPublisher] = []
+
+    def make(broker, *, state: LiveState | None = None, start: bool = True, **overrides) -> MqttPublisher:
+        cfg = MqttConfig(host=broker.host, port=broker.port, prefix="dtest", **overrides)
+        pub = MqttPublisher(cfg, f"dev-{uuid.uuid4().hex[:8]}", model_name="test-model", state=state)
+        made.append(pub)
+        if start:
+            pub.start()
+        return pub
+
+    yield make
+    for pub in made:
+        pub.stop()
+
+
+def test_result_json_and_retained_online(mqtt_broker, mqtt_subscriber, publishers, make_result):
+    state = LiveState("test-model")
+    pub = publishers(mqtt_broker, state=state)
+    wait_until(lambda: pub.connected, what="publisher to connect")
+    assert state.health()["mqtt"] == "connected"
+
+    late = mqtt_subscriber(mqtt_broker, [pub.status_topic, pub.result_topic])
+    late.wait_for(pub.status_topic, ONLINE)
+    # a client that subscribes afterwards still learns the device is online
+    assert_retained(mqtt_subscriber, mqtt_broker, pub.status_topic, ONLINE)
+
+    result = make_result("mel", frame_id=42, confidence=0.73)
+    assert pub.publish_result(result)
+    message = late.wait_for(pub.result_topic)
+    assert not message.retain
+    body = json.loads(message.payload)
+    assert body == json.loads(json.dumps(result.to_dict()))
+    for key in (
+        "class_code",
+        "class_name",
+        "class_index",
+        "confidence",
+        "all_probabilities",
+        "top3",
+        "state",
+        "model",
+        "frame_id",
+        "timestamp",
+        "latency_ms",
+        "fps",
+        "disclaimer",
+    ):
+        assert key in body
+    assert body["class_code"] == "mel" and body["frame_id"] == 42
+    assert sum(body["all_probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+    assert datetime.fromisoformat(body["timestamp"]).tzinfo is not None
+    assert set(body["latency_ms"]) == {"preprocess", "inference", "total"}
+
+
+def test_clean_stop_publishes_retained_offline(mqtt_broker, mqtt_subscriber, publishers):
+    state = LiveState("test-model")
+    pub = publishers(mqtt_broker, state=state)
+    wait_until(lambda: pub.connected, what="publisher to connect")
+    sub = mqtt_subscriber(mqtt_broker, [pub.status_topic])
+    sub.wait_for(pub.status_topic, ONLINE)
+    pub.stop()
+    sub.wait_for(pub.status_topic, OFFLINE)
+    assert not pub.connected
+    assert state.health()["mqtt"] == "stopped"
+    assert_retained(mqtt_subscriber, mqtt_broker, pub.status_topic, OFFLINE)
+    pub.stop()  # a second stop is a no-op
+
+
+_KILLABLE = """
+import sys, time
+from device.config import MqttConfig
+from device.publish import MqttPublisher
+host, port, device_id = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+pub = MqttPublisher(MqttConfig(host=host, port=port, prefix="dtest", keepalive=60), device_id, model_name="m")
+pub.start()
+time.sleep(120)
+"""
+
+
+def test_last_will_offline_when_the_process_dies(mqtt_broker, mqtt_subscriber):
+    device_id = f"dev-{uuid.uuid4().hex[:8]}"
+    status_topic = f"dtest/{device_id}/status"
+    sub = mqtt_subscriber(mqtt_broker, [status_topic])
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _KILLABLE, mqtt_broker.host, str(mqtt_broker.port), device_id],
+        cwd=REPO,
+        env=env,
+    )
+    try:
+        sub.wait_for(status_topic, ONLINE)
+        proc.send_signal(signal.SIGKILL)  # no DISCONNECT is sent: only the broker's last will can say it
+        proc.wait(10)
+        sub.wait_for(status_topic, OFFLINE)
+    finally:
+        proc.kill()
+        proc.wait(10)
+    assert_retained(mqtt_subscriber, mqtt_broker, status_topic, OFFLINE)
+
+
+class FakeTime:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def test_rate_limit_sends_changes_at_once_and_repeats_at_most_max_rate(
+    mqtt_broker, mqtt_subscriber, publishers, make_result, monkeypatch
+):
+    clock = FakeTime()
+    monkeypatch.setattr(publish_module, "time", types.SimpleNamespace(monotonic=clock.monotonic))
+    pub = publishers(mqtt_broker, max_rate_hz=1.0)
+    wait_until(lambda: pub.connected, what="publisher to connect")
+    sub = mqtt_subscriber(mqtt_broker, [pub.result_topic])
+
+    # (time, class, state) -> expected to be sent
+    steps = [
+        (0.0, "nv", "ok", True),
+        (0.1, "nv", "ok", False),  # same class and state within 1 s
+        (0.5, "nv", "ok", False),
+        (0.6, "mel", "ok", True),  # class change: at once
+        (0.7, "mel", "uncertain", True),  # state change: at once
+        (0.8, "mel", "uncertain", False),
+        (1.8, "mel", "uncertain", True),  # 1 s since the last one sent
+        (1.9, "bcc", "poor_quality", True),
+    ]
+    sent = []
+    for frame_id, (t, code, state, expected) in enumerate(steps):
+        clock.now = 100.0 + t
+        assert pub.publish_result(make_result(code, state=state, frame_id=frame_id)) is expected, steps[
+            frame_id
+        ]
+        if expected:
+            sent.append(frame_id)
+
+    def frame_ids():
+        return [json.loads(m.payload)["frame_id"] for m in sub.on(pub.result_topic)]
+
+    wait_until(lambda: sent[-1] in frame_ids(), what="the last result")
+    assert frame_ids() == sent
+
+
+def test_qos_1_delivery(mqtt_broker, mqtt_subscriber, publishers, make_result):
+    pub = publishers(mqtt_broker, qos=1)
+    wait_until(lambda: pub.connected, what="publisher to connect")
+    sub = mqtt_subscriber(mqtt_broker, [pub.result_topic, pub.status_topic], qos=1)
+    assert sub.wait_for(pub.status_topic, ONLINE).qos == 1
+    assert pub.publish_result(make_result())
+    assert sub.wait_for(pub.result_topic).qos == 1
+
+
+def test_home_assistant_discovery(mqtt_broker, mqtt_subscriber, publishers, make_result):
+    pub = publishers(mqtt_broker, home_assistant=True, discovery_prefix="hatest")
+    wait_until(lambda: pub.connected, what="publisher to connect")
+    sub = mqtt_subscriber(mqtt_broker, ["hatest/#"])
+    device_id = pub.status_topic.split("/")[1]
+    sub.wait_for(f"hatest/sensor/{device_id}/class/config")
+    sub.wait_for(f"hatest/sensor/{device_id}/confidence/config")
+    class_msg = assert_retained(mqtt_subscriber, mqtt_broker, f"hatest/sensor/{device_id}/class/config")
+    conf_msg = assert_retained(mqtt_subscriber, mqtt_broker, f"hatest/sensor/{device_id}/confidence/config")
+    class_cfg, conf_cfg = json.loads(class_msg.payload), json.loads(conf_msg.payload)
+    for cfg in (class_cfg, conf_cfg):
+        assert cfg["state_topic"] == pub.result_topic
+        assert cfg["availability_topic"] == pub.status_topic
+        assert (cfg["payload_available"], cfg["payload_not_available"]) == (ONLINE, OFFLINE)
+        assert cfg["device"]["identifiers"] == [device_id]
+        assert cfg["device"]["model"] == "test-model"
+    assert class_cfg["unique_id"] != conf_cfg["unique_id"]
+    assert conf_cfg["unit_of_measurement"] == "%"
+
+    # Home Assistant renders these Jinja templates against the result JSON
+    value_json = make_result("bcc", confidence=0.625).to_dict()
+    env = jinja2.Environment()
+    assert (
+        env.from_string(class_cfg["value_template"]).render(value_json=value_json) == "Basal cell carcinoma"
+    )
+    assert float(env.from_string(conf_cfg["value_template"]).render(value_json=value_json)) == 62.5
+    attributes = json.loads(
+        env.from_string(class_cfg["json_attributes_template"]).render(value_json=value_json)
+    )
+    assert attributes["state"] == "ok" and "not a diagnosis" in attributes["disclaimer"]
+
+
+def test_broker_down_never_blocks_and_connects_when_it_starts(
+    make_broker, free_port, mqtt_subscriber, publishers, make_result
+):
+    broker = make_broker(port=free_port())  # not started yet
+    state = LiveState("test-model")
+    pub = publishers(broker, state=state)
+    wait_until(lambda: state.health()["mqtt"] == "disconnected", what="the failed first connection")
+
+    calls = threading.Thread(target=lambda: [pub.publish_result(make_result(frame_id=i)) for i in range(200)])
+    calls.start()
+    calls.join(10)
+    assert not calls.is_alive(), "publish_result blocked while the broker was down"
+    assert pub.publish_result(make_result()) is False
+    assert not pub.connected
+
+    broker.start()
+    wait_until(lambda: pub.connected, what="the publisher to connect once the broker is up")
+    sub = mqtt_subscriber(broker, [pub.status_topic, pub.result_topic])
+    sub.wait_for(pub.status_topic, ONLINE)
+    assert pub.publish_result(make_result(frame_id=99))
+    assert json.loads(sub.wait_for(pub.result_topic).payload)["frame_id"] == 99
+
+
+def test_broker_killed_and_restarted_republishes_online(
+    private_broker, mqtt_subscriber, publishers, make_result
+):
+    broker = private_broker.start()
+    state = LiveState("test-model")
+    pub = publishers(broker, state=state)
+    wait_until(lambda: pub.connected, what="publisher to connect")
+
+    broker.kill()
+    wait_until(lambda: not pub.connected, what="the publisher to notice the broker died")
+    assert state.health()["mqtt"] == "disconnected"
+    assert state.health()["status"] == "degraded"
+    assert pub.publish_result(make_result()) is False
+
+    broker.start()  # the broker keeps nothing (persistence false): "online" must be published again
+    wait_until(lambda: pub.connected, what="the publisher to reconnect")
+    sub = mqtt_subscriber(broker, [pub.status_topic, pub.result_topic])
+    sub.wait_for(pub.status_topic, ONLINE)
+    assert_retained(mqtt_subscriber, broker, pub.status_topic, ONLINE)
+    assert pub.publish_result(make_result(frame_id=5))
+    assert json.loads(sub.wait_for(pub.result_topic).payload)["frame_id"] == 5
+    assert state.health()["mqtt"] == "connected"
+
+
+def test_username_and_password(make_broker, mqtt_subscriber, publishers, make_result):
+    broker = make_broker(anonymous=False)
+    passwd = broker.workdir / "passwd"
+    subprocess.run(
+        ["mosquitto_passwd", "-b", "-c", str(passwd), "edge", "s3cret"], check=True, capture_output=True
+    )
+    passwd.chmod(0o644)  # mosquitto may drop root privileges before reading it
+    broker.conf.write_text(broker.conf.read_text() + f"password_file {passwd}\n")
+    broker.start()
+
+    refused_state = LiveState("m")
+    refused = publishers(broker, state=refused_state, username="edge", password="wrong")
+    wait_until(
+        lambda: refused_state.health()["details"].get("mqtt", "").startswith("refused"),
+        what="the broker to refuse a wrong password",
+    )
+    assert not refused.connected
+
+    pub = publishers(broker, username="edge", password="s3cret")
+    wait_until(lambda: pub.connected, what="publisher to connect with the right password")
+    watcher = mqtt.Client(CallbackAPIVersion.VERSION2)
+    watcher.username_pw_set("edge", "s3cret")
+    got = threading.Event()
+    watcher.on_connect = lambda c, u, f, rc, p: c.subscribe(pub.status_topic)
+    watcher.on_message = lambda c, u, m: m.payload == ONLINE.encode() and got.set()
+    watcher.connect(broker.host, broker.port)
+    watcher.loop_start()
+    try:
+        assert got.wait(WAIT_S)
+    finally:
+        watcher.disconnect()
+        watcher.loop_stop()
+
+
+def test_tls_to_a_broker_with_a_self_signed_certificate(make_broker, publishers, make_result, tmp_path):
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    for path in (cert, key):
+        path.chmod(0o644)
+    broker = make_broker(extra_config=f"certfile {cert}\nkeyfile {key}").start()
+
+    state = LiveState("m")
+    pub = publishers(broker, state=state, tls=True, ca_certs=str(cert))
+    wait_until(lambda: pub.connected, what="a TLS connection")
+    assert pub.publish_result(make_result())
+
+    # without the CA the certificate is not trusted: no connection, no exception into the caller
+    untrusted_state = LiveState("m")
+    untrusted = publishers(broker, state=untrusted_state, tls=True)
+    wait_until(lambda: untrusted_state.health()["mqtt"] == "disconnected", what="the failed handshake")
+    assert not untrusted.connected
+    assert untrusted.publish_result(make_result()) is False
+
+
+def test_bad_tls_files_are_a_config_error(publishers, mqtt_broker):
+    with pytest.raises(ConfigError, match="mqtt.tls"):
+        publishers(mqtt_broker, tls=True, ca_certs="/nonexistent/ca.pem")
+
+
+def test_disabled_publisher_does_nothing(mqtt_broker, publishers, make_result):
+    state = LiveState("m")
+    pub = publishers(mqtt_broker, state=state, enabled=False)
+    assert state.health()["mqtt"] == "disabled"
+    assert pub.publish_result(make_result()) is False
+    assert not pub.connected
