@@ -50,7 +50,7 @@ class TensorInfo:
     zero_point: int
 
     @classmethod
-    def from_detail(cls, detail: dict) -> "TensorInfo":
+    def from_detail(cls, detail: dict) -> TensorInfo:
         scale, zero_point = detail.get("quantization", (0.0, 0))
         return cls(
             index=int(detail["index"]),
@@ -118,7 +118,7 @@ class Engine:
                   self.model_path, variant, self.backend, num_threads, self._input.shape, self._input.dtype)
 
     @classmethod
-    def from_model_dir(cls, model_dir, *, variant: str = "int8", num_threads: int = 2) -> "Engine":
+    def from_model_dir(cls, model_dir, *, variant: str = "int8", num_threads: int = 2) -> Engine:
         """Load ``model_dir/card.json``, verify the sha256 of the variant's file, build the engine."""
         model_dir = Path(model_dir)
         if not model_dir.is_dir():

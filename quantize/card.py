@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +41,7 @@ class TrainingRun:
     state: dict[str, Any]
 
     @classmethod
-    def load(cls, run_dir: Path) -> "TrainingRun":
+    def load(cls, run_dir: Path) -> TrainingRun:
         run_dir = Path(run_dir)
         for name in ("meta.json", "config.yaml", "split.csv"):
             if not (run_dir / name).is_file():
@@ -83,9 +82,9 @@ def model_file(path: Path) -> ModelFile:
 
 
 def build_card(run: TrainingRun, *, name: str, int8_path: Path, float_path: Path | None = None,
-               checkpoint: str = "best", metrics: dict | None = None,
-               quantization: dict | None = None) -> ModelCard:
-    """A complete card for ``int8_path`` (and optionally ``float_path``), all in one folder."""
+               checkpoint: str = "best") -> ModelCard:
+    """The card for ``int8_path`` (and optionally ``float_path``), all in one folder; the
+    gate adds ``metrics`` and ``quantization`` once it has scored the models."""
     interpreter, _ = open_interpreter(int8_path, num_threads=1)
     inp, out = model_io(interpreter)
     height, width = run.input_hw
@@ -107,11 +106,9 @@ def build_card(run: TrainingRun, *, name: str, int8_path: Path, float_path: Path
         model_file=model_file(int8_path),
         float_file=model_file(float_path) if float_path else None,
         architecture={"arch": run.meta["arch"], "width_mult": cfg.width_mult, **run.meta["model"]},
-        metrics=json_safe(metrics or {}),
         split=dict(run.meta["split"]),
         training=training_summary(run, checkpoint),
         dataset=dict(run.meta["dataset"]),
-        quantization=json_safe(quantization or {}),
     )
 
 
@@ -122,14 +119,3 @@ def training_summary(run: TrainingRun, checkpoint: str) -> dict[str, Any]:
         summary.update(epochs_trained=int(run.state["epoch"]) + 1,
                        best_val_balanced_accuracy=run.state.get("best_val_balanced_accuracy"))
     return summary
-
-
-def json_safe(value: Any) -> Any:
-    """NaN/inf (e.g. the AUC of a class absent from a small split) -> None, so card.json is strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value

@@ -16,6 +16,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import tensorflow as tf
+from tqdm import tqdm
 
 from device.preprocess import normalize
 from train.data import Record, load_pixels
@@ -42,7 +43,7 @@ def convert_int8(model: keras.Model, representative: np.ndarray, *, input_dtype:
     _check_representative(model, representative)
 
     def samples():
-        for x in representative:
+        for x in tqdm(representative, desc="calibrate", unit="img", leave=False):
             yield [x[np.newaxis].astype(np.float32)]
 
     with tempfile.TemporaryDirectory(prefix="dermedge-export-") as tmp:

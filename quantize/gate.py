@@ -92,8 +92,8 @@ def markdown_report(result: GateResult, *, name: str, facts: dict[str, str] | No
         lines.append(f"- {key}: {value}")
     lines += [
         f"- evaluated on {f['n']} images",
-        f"- top-1 agreement int8 vs float: {100 * result.agreement:.2f}% "
-        f"(minimum {100 * result.thresholds.min_agreement:.2f}%)",
+        (f"- top-1 agreement int8 vs float: {100 * result.agreement:.2f}% "
+         f"(minimum {100 * result.thresholds.min_agreement:.2f}%)"),
         f"- accuracy drop: {result.accuracy_drop:.2f} points (maximum {result.thresholds.max_drop:.2f})",
         f"- gate: **{'passed' if result.passed else 'FAILED'}**",
         *(f"  - {failure}" for failure in result.failures),

@@ -20,10 +20,11 @@ import numpy as np
 import tensorflow as tf
 
 from device.engine import Engine
-from quantize.card import TrainingRun, build_card, json_safe
+from quantize.card import TrainingRun, build_card
 from quantize.convert import convert_float, convert_int8, representative_set
 from quantize.gate import GateThresholds, check, evaluate, markdown_report
 from train.data import load_pixels, read_split, select
+from train.metrics import json_safe
 
 _log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ def quantize_run(run_dir: Path, options: QuantizeOptions) -> Path:
 
         card = dataclasses.replace(
             card,
-            metrics=json_safe({"split": options.split, "n": int(len(y_true)), "float": result.float_report,
+            metrics=json_safe({"split": options.split, "n": len(y_true), "float": result.float_report,
                                "int8": result.int8_report}),
             quantization=json_safe(_quantization_summary(options, len(rep), run.config.seed, result.summary())),
         )

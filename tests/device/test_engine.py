@@ -1,0 +1,111 @@
+"""The inference engine: backend choice, the card check at load, and one call per frame."""
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from device.card import CardError, ModelCard
+from device.engine import BACKENDS, Engine, interpreter_class
+from device.preprocess import fit_to_input, load_image
+from device.types import Inference
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir) -> Engine:
+    return Engine.from_model_dir(tiny_model_dir, num_threads=1)
+
+
+@pytest.fixture(scope="module")
+def frame(fixture_dir) -> np.ndarray:
+    """A fixture image blown up to a 640x480 camera-sized frame."""
+    rgb = load_image(min((fixture_dir / "images").glob("*.jpg")))
+    return cv2.resize(rgb, (640, 480), interpolation=cv2.INTER_LINEAR)
+
+
+def test_prefers_ai_edge_litert_here(engine):
+    assert engine.backend == "ai_edge_litert"
+    assert interpreter_class()[0] == "ai_edge_litert"
+
+
+def test_falls_back_in_order():
+    missing = ("missing", "dermedge_no_such_module", "Interpreter")
+    name, cls = interpreter_class((missing, BACKENDS[0]))
+    assert name == "ai_edge_litert" and cls.__name__ == "Interpreter"
+    with pytest.raises(ImportError, match="install ai-edge-litert"):
+        interpreter_class((missing,))
+
+
+def test_falls_back_to_tensorflow_with_the_same_scores(tiny_model_dir, engine, frame, monkeypatch):
+    # None in sys.modules makes the import fail, as if the package were not installed.
+    monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)
+    monkeypatch.setitem(sys.modules, "tflite_runtime.interpreter", None)
+    fallback = Engine.from_model_dir(tiny_model_dir, num_threads=1)
+    assert fallback.backend == "tensorflow"
+    np.testing.assert_allclose(fallback.infer(frame).probabilities, engine.infer(frame).probabilities,
+                               atol=1.5 / 256)
+
+
+def test_infer_any_size_frame(engine, frame):
+    result = engine.infer(frame)
+    assert isinstance(result, Inference)
+    assert result.probabilities.shape == (7,) and result.probabilities.dtype == np.float32
+    # int8 softmax output: each probability is off by at most half a step of 1/256
+    assert abs(result.probabilities.sum() - 1.0) < 7 / 256
+    assert result.preprocess_ms >= 0 and result.inference_ms > 0
+    fitted = fit_to_input(frame, 48, 64)
+    np.testing.assert_array_equal(result.probabilities, engine.infer_pixels(fitted))
+
+
+def test_scores_depend_on_the_image(engine, fixture_dir):
+    paths = sorted((fixture_dir / "images").glob("*.jpg"))[::7]
+    probs = np.stack([engine.infer(load_image(p)).probabilities for p in paths])
+    assert probs.std(axis=0).max() > 1 / 256
+
+
+def test_infer_pixels_needs_fitted_pixels(engine, frame):
+    with pytest.raises(ValueError, match=r"\(48, 64, 3\)"):
+        engine.infer_pixels(frame)
+
+
+def _card(tiny_model_dir) -> ModelCard:
+    return ModelCard.load(tiny_model_dir / "card.json")
+
+
+MISMATCHES = {
+    "input": lambda c: {"input": dataclasses.replace(c.input, height=c.input.height + 2)},
+    "input.dtype": lambda c: {"input": dataclasses.replace(c.input, dtype="uint8")},
+    "input.scale": lambda c: {"input": dataclasses.replace(c.input, scale=c.input.scale * 2)},
+    "input.zero_point": lambda c: {"input": dataclasses.replace(c.input, zero_point=c.input.zero_point + 1)},
+    "output.dtype": lambda c: {"output": dataclasses.replace(c.output, dtype="uint8")},
+    "output.scale": lambda c: {"output": dataclasses.replace(c.output, scale=c.output.scale * 1.01)},
+    "labels": lambda c: {"labels": c.labels[:-1]},
+}
+
+
+@pytest.mark.parametrize("field", sorted(MISMATCHES))
+def test_refuses_a_card_that_does_not_match_the_model(field, tiny_model_dir):
+    card = _card(tiny_model_dir)
+    bad = dataclasses.replace(card, **MISMATCHES[field](card))
+    with pytest.raises(CardError, match=rf"field '{field}'"):
+        Engine(tiny_model_dir / "model_int8.tflite", bad, num_threads=1)
+
+
+def test_float_variant_refuses_an_int8_file(tiny_model_dir):
+    with pytest.raises(CardError, match="float variant expects float32 input"):
+        Engine(tiny_model_dir / "model_int8.tflite", _card(tiny_model_dir), variant="float")
+
+
+def test_refuses_a_file_that_is_not_a_model(tiny_model_dir, tmp_path):
+    path = tmp_path / "model_int8.tflite"
+    path.write_bytes(b"not a flatbuffer" * 64)
+    with pytest.raises(CardError, match="not a loadable TFLite model"):
+        Engine(path, _card(tiny_model_dir))
+
+
+def test_unknown_variant(tiny_model_dir):
+    with pytest.raises(ValueError, match="variant"):
+        Engine.from_model_dir(tiny_model_dir, variant="int4")
