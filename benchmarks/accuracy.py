@@ -1,0 +1,73 @@
+"""Float and int8 accuracy on the model's own lesion-grouped test split, through ``Engine.infer_pixels``.
+
+The split is drawn again from the card's ``split`` (method and seed) with ``train.data``, and its
+per-class counts must equal the card's: a data folder that does not reproduce the split the
+model was trained on is refused rather than scored on images the model may have seen.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from benchmarks import Skipped
+from benchmarks.latency import variants
+from device.card import ModelCard
+from device.engine import Engine
+from train.data import load_pixels, load_records, select, split_counts, split_records
+from train.metrics import classification_report
+
+_log = logging.getLogger(__name__)
+
+MELANOMA = "mel"
+
+
+def evaluation_records(card: ModelCard, data_root: Path):
+    """The test records of ``card``'s split, re-drawn from ``data_root`` and checked against the card."""
+    split = card.split
+    if "method" not in split or "seed" not in split:
+        raise Skipped(f"card of {card.name} records no split method and seed")
+    records = split_records(load_records(Path(data_root)), method=split["method"], seed=int(split["seed"]))
+    expected = split.get("counts")
+    if expected and split_counts(records) != expected:
+        raise ValueError(f"{data_root} does not reproduce the split in the card of {card.name}: "
+                         f"counts {split_counts(records)['test']} vs the card's {expected.get('test')} (test)")
+    return select(records, "test")
+
+
+def summarize(report: dict, codes: tuple[str, ...]) -> dict:
+    """The headline figures of a ``train.metrics.classification_report``; NaN (a class absent
+    from a small split) becomes None so the JSON stays strict."""
+    figures = {
+        "n": report["n"],
+        "accuracy": report["accuracy"],
+        "balanced_accuracy": report["balanced_accuracy"],
+        "macro_f1": report["macro_f1"],
+        "macro_auc": report["macro_auc"],
+        "melanoma_recall": report["per_class"][MELANOMA]["recall"] if MELANOMA in codes else None,
+    }
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in figures.items()}
+
+
+def model_accuracy(model_dir: Path, card: ModelCard, data_root: Path, *, cache_dir: Path | None,
+                   threads: int) -> dict:
+    """``{variant: headline figures}`` plus top-1 agreement of int8 with float."""
+    records = evaluation_records(card, data_root)
+    pixels = load_pixels(records, card.input.height, card.input.width, cache_dir)
+    y_true = np.array([card.codes.index(r.dx) for r in records], dtype=np.int64)
+    out: dict = {"split": {"method": card.split["method"], "seed": card.split["seed"], "subset": "test"}}
+    predictions = {}
+    for variant in variants(card):
+        engine = Engine.from_model_dir(model_dir, variant=variant, num_threads=threads)
+        probs = np.stack([engine.infer_pixels(np.asarray(p))
+                          for p in tqdm(pixels, desc=f"{card.name} {variant} test", unit="img", leave=False)])
+        predictions[variant] = probs.argmax(axis=1)
+        out[variant] = summarize(classification_report(probs, y_true, card.codes), card.codes)
+        _log.info("%s %s: accuracy %.4f, balanced %.4f", card.name, variant, out[variant]["accuracy"],
+                  out[variant]["balanced_accuracy"])
+    if "float" in predictions:
+        out["int8_float_agreement"] = float((predictions["int8"] == predictions["float"]).mean())
+    return out

@@ -1,0 +1,36 @@
+"""The images every timing runs on: real lesion photos, fitted to a model input or to a camera frame."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from device.preprocess import fit_to_input, load_image
+
+FRAME_HEIGHT, FRAME_WIDTH = 480, 640  # the daemon's default camera frame
+_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def load_images(folder: Path, limit: int) -> list[np.ndarray]:
+    """Up to ``limit`` RGB images of ``folder`` in name order."""
+    folder = Path(folder)
+    paths = sorted(p for p in folder.glob("*") if p.suffix.lower() in _SUFFIXES)[:limit]
+    if not paths:
+        raise FileNotFoundError(f"no images ({', '.join(_SUFFIXES)}) in {folder}")
+    return [load_image(p) for p in paths]
+
+
+def camera_frames(images: list[np.ndarray]) -> list[np.ndarray]:
+    """The images as 640x480 camera frames (centre-cropped to 4:3, then resized)."""
+    return [fit_to_input(rgb, FRAME_HEIGHT, FRAME_WIDTH) for rgb in images]
+
+
+def write_replay_folder(frames: list[np.ndarray], folder: Path) -> Path:
+    """PNG files the daemon's folder camera replays; PNG keeps the frames exactly as measured."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, rgb in enumerate(frames):
+        if not cv2.imwrite(str(folder / f"frame_{i:04d}.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
+            raise OSError(f"could not write {folder / f'frame_{i:04d}.png'}")
+    return folder
