@@ -7,7 +7,6 @@ model was trained on is refused rather than scored on images the model may have 
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ from benchmarks.latency import variants
 from device.card import ModelCard
 from device.engine import Engine
 from train.data import load_pixels, load_records, select, split_counts, split_records
-from train.metrics import classification_report
+from train.metrics import classification_report, json_safe
 
 _log = logging.getLogger(__name__)
 
@@ -41,15 +40,14 @@ def evaluation_records(card: ModelCard, data_root: Path):
 def summarize(report: dict, codes: tuple[str, ...]) -> dict:
     """The headline figures of a ``train.metrics.classification_report``; NaN (a class absent
     from a small split) becomes None so the JSON stays strict."""
-    figures = {
+    return json_safe({
         "n": report["n"],
         "accuracy": report["accuracy"],
         "balanced_accuracy": report["balanced_accuracy"],
         "macro_f1": report["macro_f1"],
         "macro_auc": report["macro_auc"],
         "melanoma_recall": report["per_class"][MELANOMA]["recall"] if MELANOMA in codes else None,
-    }
-    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in figures.items()}
+    })
 
 
 def model_accuracy(model_dir: Path, card: ModelCard, data_root: Path, *, cache_dir: Path | None,
