@@ -19,9 +19,10 @@ import logging
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Self
 
 import cv2
 import numpy as np
@@ -69,7 +70,7 @@ class Camera(ABC):
     def describe(self) -> str:
         return type(self).__name__
 
-    def __enter__(self) -> "Camera":
+    def __enter__(self) -> Self:
         self.open()
         return self
 
@@ -368,7 +369,7 @@ class FrameGrabber:
                         self.camera.open()
                         opened = True
                         self._set_status("ok", self.camera.describe())
-                    except Exception as err:
+                    except Exception as err:  # noqa: BLE001 - any failure means: retry later
                         backoff = self._failed(err, backoff)
                         continue
                 if not self.camera.live:
@@ -377,7 +378,7 @@ class FrameGrabber:
                         break
                 try:
                     shot = self.camera.read()
-                except Exception as err:
+                except Exception as err:  # noqa: BLE001 - any failure means: reopen
                     self._close_quietly()
                     opened = False
                     backoff = self._failed(err, backoff)
@@ -417,6 +418,8 @@ class FrameGrabber:
 
     def _failed(self, err: Exception, backoff: float) -> float:
         self.failures += 1
+        if not isinstance(err, CaptureError):  # not a known device failure: keep the traceback
+            _log.warning("unexpected capture failure", exc_info=err)
         self._set_status("degraded", f"{err}; retrying in {backoff:.1f} s")
         self._stop.wait(backoff)
         return min(backoff * 2, self.retry_max_s)
@@ -424,7 +427,7 @@ class FrameGrabber:
     def _close_quietly(self) -> None:
         try:
             self.camera.close()
-        except Exception as err:  # a broken device may fail to close; reopening still works
+        except Exception as err:  # noqa: BLE001 - a broken device may fail to close; reopening still works
             _log.warning("closing %s failed: %s", self.camera.describe(), err)
 
     def _set_status(self, status: str, detail: str) -> None:

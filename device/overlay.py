@@ -132,7 +132,7 @@ def _draw(canvas: np.ndarray, result: Result | None) -> None:
             if fill > x0:
                 cv2.rectangle(canvas, (x0, y0), (fill - 1, y1 - 1), color(BAR_FILL), -1)
             text(f"{prob:.0%}", (x1 + round(6 * s), y1), 0.45, TEXT_COLOR, lay.panel[2])
-    nx0, ny0, nx1, ny1 = lay.notice
+    nx0, _, nx1, ny1 = lay.notice
     text(NOTICE, (nx0 + round(8 * s), ny1 - round(7 * s)), 0.5, TEXT_COLOR, nx1)
 
 

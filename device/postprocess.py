@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import cv2
 import numpy as np
@@ -64,7 +64,7 @@ def measure_quality(rgb: np.ndarray, cfg: PostprocessConfig, *, aspect: tuple[in
 
 def iso_utc(timestamp: float) -> str:
     """Wall-clock seconds -> ISO 8601 UTC with milliseconds (``2024-05-01T12:00:00.123Z``)."""
-    text = datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="milliseconds")
+    text = datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
     return text.replace("+00:00", "Z")
 
 

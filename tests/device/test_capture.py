@@ -3,10 +3,12 @@ reopening a source that disappears, and the picamera2 backend against a stand-in
 
 The picamera2 stand-in below is the only fake here: picamera2 needs a Raspberry Pi camera.
 """
+import itertools
 import sys
 import time
 import types
 from pathlib import Path
+from typing import ClassVar
 
 import cv2
 import numpy as np
@@ -127,7 +129,7 @@ def test_latest_frame_wins_with_a_slow_consumer(colour_folder):
     finally:
         grabber.stop()
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
-    skipped = sum(b - a - 1 for a, b in zip(ids, ids[1:]))
+    skipped = sum(b - a - 1 for a, b in itertools.pairwise(ids))
     assert skipped > 0  # the consumer never saw a stale queue, it jumped ahead
     assert grabber.dropped >= skipped
 
@@ -255,7 +257,7 @@ class StandInRequest:
 class StandInPicamera2:
     """Stand-in for picamera2.Picamera2 (the real one needs a Pi camera): records calls."""
 
-    instances: list = []
+    instances: ClassVar[list] = []
     fail_open = False
 
     def __init__(self, camera_num=0):

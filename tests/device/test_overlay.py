@@ -73,7 +73,7 @@ def test_overlay_stays_in_the_panel_and_notice_strip():
 
 def test_title_is_drawn_in_the_state_colour():
     lay = layout(640, 480)
-    x, y = lay.title_origin
+    y = lay.title_origin[1]
     title = (lay.panel[0], y - 20, lay.panel[2], y + 4)
     for state, other in (("ok", "poor_quality"), ("uncertain", "ok"), ("poor_quality", "ok")):
         out = render_overlay(grey_frame(), make_result(state=state))
@@ -83,11 +83,11 @@ def test_title_is_drawn_in_the_state_colour():
 
 def test_status_line_shows_the_fps():
     lay = layout(640, 480)
-    x, y = lay.status_origin
+    y = lay.status_origin[1]
     slow = render_overlay(grey_frame(), make_result(fps=9.5))
     fast = render_overlay(grey_frame(), make_result(fps=27.5))
     differs = (slow != fast).any(axis=-1)
-    ys, xs = np.nonzero(differs)
+    ys, _ = np.nonzero(differs)
     assert len(ys) > 0
     assert ys.min() >= y - 20 and ys.max() <= y + 4  # only the status line changed
 
@@ -139,7 +139,7 @@ def test_rgba_layer_is_transparent_outside_the_panel():
     x0, y0, x1, y1 = lay.panel
     assert (alpha[y0:y1, x0:x1] > 0).all()
     assert alpha[lay.panel[3] + 5 : lay.notice[1] - 5].max() == 0
-    bx0, by0, bx1, by1 = lay.bars[0]
+    bx0, by0, _, by1 = lay.bars[0]
     assert tuple(layer[(by0 + by1) // 2, bx0 + 2]) == (*BAR_FILL, 255)
 
 

@@ -1,0 +1,322 @@
+"""The device daemon: capture -> engine -> postprocess -> (overlay, MQTT, HTTP), until told to stop.
+
+``start()`` is an ordered checklist (engine, live state, MQTT, HTTP, camera, display, inference
+loop) and ``stop()`` undoes it in reverse. SIGINT/SIGTERM set one stop event; SIGHUP reloads
+the config and the model, keeping the running model when the new one does not check out.
+
+Threads: the capture thread (``capture.FrameGrabber``) keeps only the newest frame; the
+inference thread classifies it, draws the overlay, hands both to ``LiveState`` (which HTTP
+reads) and to MQTT (rate-limited, never blocking), and feeds the systemd watchdog; the main
+thread handles signals and watches for a stalled loop. A broker that is down or a camera that
+fails never stops the HTTP endpoint.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from device.api import HttpServer, create_app
+from device.capture import Capture, FrameGrabber, make_camera
+from device.config import Config, load_config, with_overrides
+from device.overlay import Display, make_display, render_overlay
+from device.predict import LoadedModel, load_model, model_for
+from device.publish import MqttPublisher
+from device.state import LiveState
+from device.types import Result
+from device.watchdog import Notifier
+
+_log = logging.getLogger(__name__)
+
+# Inference counts as stalled when the camera is fine but no frame was classified for this long
+# (or for three frame intervals of a slow replay, whichever is longer).
+STALL_AFTER_S = 5.0
+_SUPERVISE_EVERY_S = 0.5
+_STATUS_EVERY_S = 10.0
+# Errors that mean "this model or config cannot be used" (ConfigError and CardError are
+# ValueErrors, a missing file an OSError), as opposed to bugs.
+MODEL_ERRORS = (ValueError, OSError, ImportError)
+
+
+class Daemon:
+    """The running device. ``run()`` blocks until SIGINT/SIGTERM (or ``max_frames``) and returns 0.
+
+    Args:
+        cfg: validated config (CLI overrides already applied).
+        config_path: re-read on SIGHUP (``overrides`` are applied again on top).
+        engine: an already built engine (tests); by default built from ``cfg.model``.
+        max_frames: stop after this many classified frames (demos, tests).
+    """
+
+    def __init__(self, cfg: Config, *, config_path: str | Path | None = None,
+                 overrides: dict[str, Any] | None = None, engine: Any = None,
+                 max_frames: int | None = None, notifier: Notifier | None = None):
+        self.cfg = cfg
+        self.config_path = config_path
+        self.overrides = dict(overrides or {})
+        self.max_frames = max_frames
+        self.notifier = notifier or Notifier()
+        self._given_engine = engine
+        self._stop = threading.Event()
+        self._stopped = False
+        self._reload = threading.Event()
+        self._model: LoadedModel | None = None
+        self.state: LiveState | None = None
+        self.publisher: MqttPublisher | None = None
+        self.http: HttpServer | None = None
+        self.grabber: FrameGrabber | None = None
+        self.display: Display | None = None
+        self._loop: threading.Thread | None = None
+        self._loop_failed = False
+        self.frames = 0
+        self._last_frame_at = time.monotonic()
+        self._inference_status = ""
+        self._dropped_seen = 0
+        self._ready_sent = False
+
+    # --- lifecycle ----------------------------------------------------------------
+
+    def start(self) -> None:
+        """Bring everything up in order; on failure, what already started is stopped again."""
+        try:
+            self._init_model()
+            self._init_state()
+            self._start_publisher()
+            self._start_http()
+            self._start_camera()
+            self._start_display()
+            self._start_inference()
+        except BaseException:
+            self.stop()
+            raise
+        _log.info("daemon %s running: model %s, camera %s, http %s, mqtt %s", self.cfg.device_id,
+                  self.model_name, self.grabber.camera.describe(),
+                  f"{self.cfg.http.host}:{self.http.port}" if self.http else "off",
+                  f"{self.cfg.mqtt.host}:{self.cfg.mqtt.port}" if self.cfg.mqtt.enabled else "off")
+
+    def run(self) -> int:
+        """Start, serve until stopped, stop. Returns the process exit code."""
+        previous = self._install_signal_handlers()
+        try:
+            self.start()
+            last_status = 0.0
+            while not self._stop.wait(_SUPERVISE_EVERY_S):
+                if self._reload.is_set():
+                    self._reload.clear()
+                    self.reload()
+                self._supervise()
+                if time.monotonic() - last_status >= _STATUS_EVERY_S:
+                    last_status = time.monotonic()
+                    self.notifier.status(self._status_line())
+        finally:
+            self.stop()
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        return 1 if self._loop_failed else 0
+
+    def _install_signal_handlers(self) -> dict:
+        """SIGTERM/SIGINT stop, SIGHUP reloads; returns the handlers to restore (main thread only)."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        previous = {}
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            previous[signum] = signal.signal(signum, self._on_signal)
+        return previous
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def stop(self) -> None:
+        """Stop in reverse order: loop, MQTT (publishes offline), camera, display, HTTP. Idempotent."""
+        self._stop.set()
+        if self._stopped:
+            return
+        self._stopped = True
+        self.notifier.stopping()
+        if self._loop is not None:
+            self._loop.join(timeout=3.0)
+            if self._loop.is_alive():
+                _log.warning("inference loop did not stop within 3 s")
+            self._loop = None
+        if self.publisher is not None:
+            self.publisher.stop()
+            self.publisher = None
+        if self.grabber is not None:
+            self.grabber.stop()
+            self.grabber = None
+        if self.display is not None:
+            self.display.close()
+            self.display = None
+        if self.http is not None:
+            self.http.stop()
+            self.http = None
+        if self.state is not None:
+            self.state.set_component("inference", "stopped")
+
+    def _on_signal(self, signum: int, _frame) -> None:
+        if signum == signal.SIGHUP:
+            self._reload.set()
+        else:
+            _log.info("%s received, stopping", signal.Signals(signum).name)
+            self._stop.set()
+
+    # --- start steps --------------------------------------------------------------
+
+    def _init_model(self) -> None:
+        if self._given_engine is not None:
+            self._model = model_for(self._given_engine, self.cfg)
+        else:
+            self._model = load_model(self.cfg)
+
+    @property
+    def model_name(self) -> str:
+        return self._model.engine.card.name if self._model else ""
+
+    def _init_state(self) -> None:
+        self.state = LiveState(self.model_name)
+        self.state.set_component("inference", "starting")
+
+    def _start_publisher(self) -> None:
+        self.publisher = MqttPublisher(self.cfg.mqtt, self.cfg.device_id, model_name=self.model_name,
+                                       state=self.state)
+        self.publisher.start()  # connects in the background (or reports "disabled"); never blocks
+
+    def _start_http(self) -> None:
+        if not self.cfg.http.enabled:
+            return
+        app = create_app(self.cfg.http, self.state, self.predict)
+        self.http = HttpServer(app, self.cfg.http.host, self.cfg.http.port)
+        self.http.start()
+
+    def _start_camera(self) -> None:
+        cam_cfg = self.cfg.camera
+        camera = make_camera(cam_cfg, preview=self.cfg.overlay.mode == "drm")
+        self.grabber = FrameGrabber(camera, fps=cam_cfg.fps, retry_initial_s=cam_cfg.retry_initial_s,
+                                    retry_max_s=cam_cfg.retry_max_s, on_status=self._on_camera_status)
+        self.grabber.start()
+
+    def _start_display(self) -> None:
+        self.display = make_display(self.cfg.overlay, target=self.grabber.camera,
+                                    width=self.cfg.camera.width, height=self.cfg.camera.height)
+
+    def _start_inference(self) -> None:
+        self._last_frame_at = time.monotonic()
+        self._loop = threading.Thread(target=self._inference_loop, name="inference", daemon=True)
+        self._loop.start()
+
+    # --- the loop -----------------------------------------------------------------
+
+    def predict(self, rgb: np.ndarray) -> Result:
+        """One uploaded RGB image -> Result, through the same engine (no smoothing). For HTTP."""
+        t_start, timestamp = time.monotonic(), time.time()
+        model = self._model
+        inference = model.engine.infer(rgb)
+        return model.upload.process(inference, rgb=rgb, frame_id=0, timestamp=timestamp, t_start=t_start)
+
+    def _inference_loop(self) -> None:
+        try:
+            while not self._stop.is_set():
+                capture = self.grabber.get(timeout=0.5)
+                if capture is None:
+                    if self.grabber.ended:
+                        _log.info("replay finished after %d frames", self.frames)
+                        self._stop.set()
+                    elif self.grabber.status != "ok":
+                        # Waiting on a camera that is being reopened is not a stall.
+                        self.notifier.feed()
+                    continue
+                self._process(capture)
+                if self.max_frames and self.frames >= self.max_frames:
+                    _log.info("stopping after %d frames (--max-frames)", self.frames)
+                    self._stop.set()
+        except Exception:  # noqa: BLE001 - reported as a failed exit, so systemd restarts us
+            _log.exception("inference loop crashed")
+            self._loop_failed = True
+            self._stop.set()
+
+    def _process(self, capture: Capture) -> None:
+        frame, model = capture.frame, self._model
+        try:
+            inference = model.engine.infer(frame.rgb)
+            result = model.stream.process(inference, rgb=frame.rgb, frame_id=frame.frame_id,
+                                          timestamp=frame.timestamp, t_start=frame.t_capture,
+                                          fps=self.state.fps)
+        except (ValueError, RuntimeError) as err:  # a bad frame must not end the loop
+            self.state.count_error("inference")
+            _log.warning("frame %d not classified: %s", frame.frame_id, err)
+            return
+        overlaid = render_overlay(capture.display, result)
+        self.state.publish_frame(result, overlaid)
+        self.display.show(overlaid, result)
+        self.publisher.publish_result(result)
+        self.frames += 1
+        self._last_frame_at = time.monotonic()
+        dropped = self.grabber.dropped
+        if dropped > self._dropped_seen:
+            self.state.count_dropped(dropped - self._dropped_seen)
+            self._dropped_seen = dropped
+        self._set_inference("ok")
+        if not self._ready_sent:
+            self.notifier.ready(f"classifying with {self.model_name}")
+            self._ready_sent = True
+        self.notifier.feed()
+
+    # --- supervision (main thread) --------------------------------------------------
+
+    def _supervise(self) -> None:
+        if self._loop is not None and not self._loop.is_alive():
+            self._stop.set()
+            return
+        fps = self.cfg.camera.fps
+        limit = max(STALL_AFTER_S, 3.0 / fps) if fps > 0 else STALL_AFTER_S
+        idle = time.monotonic() - self._last_frame_at
+        camera_ok = self.grabber is not None and self.grabber.status == "ok"
+        if camera_ok and idle > limit:
+            self._set_inference("stalled", f"no frame classified for {idle:.1f} s")
+
+    def _set_inference(self, status: str, detail: str = "") -> None:
+        if status != self._inference_status:
+            self._inference_status = status
+            if status == "stalled":
+                _log.warning("inference stalled: %s", detail)
+            self.state.set_component("inference", status, detail)
+
+    def _on_camera_status(self, status: str, detail: str) -> None:
+        self.state.set_component("camera", status, detail)
+        if status == "ok":
+            self._last_frame_at = time.monotonic()  # the stall clock starts when frames can flow
+
+    def _status_line(self) -> str:
+        camera = self.grabber.status if self.grabber else "off"
+        mqtt = "connected" if self.publisher.connected else "not connected"
+        return f"{self.state.fps:.1f} fps, {self.frames} frames, camera {camera}, mqtt {mqtt}"
+
+    # --- reload (SIGHUP) ----------------------------------------------------------
+
+    def reload(self) -> bool:
+        """Re-read the config and the model; keep the running model if the new one is refused."""
+        self.notifier.reloading()
+        try:
+            cfg = load_config(self.config_path) if self.config_path else self.cfg
+            cfg = with_overrides(cfg, **self.overrides)
+            model = load_model(cfg)
+        except MODEL_ERRORS as err:
+            _log.error("reload refused, keeping model %s: %s", self.model_name, err)
+            self.state.count_error("reload")
+            self.notifier.ready("reload refused")
+            return False
+        for section in ("device_id", "camera", "overlay", "mqtt", "http"):
+            if getattr(cfg, section) != getattr(self.cfg, section):
+                _log.warning("reload: changes to '%s' take effect after a restart", section)
+        self._model = model
+        self.cfg = dataclasses.replace(self.cfg, model=cfg.model, postprocess=cfg.postprocess)
+        self.state.model_name = self.model_name
+        _log.info("reloaded: model %s from %s", self.model_name, cfg.model.dir)
+        self.notifier.ready(f"reloaded, classifying with {self.model_name}")
+        return True

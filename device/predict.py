@@ -1,0 +1,66 @@
+"""Load a model for classifying, and classify image files once with no camera, broker or server.
+
+``load_model`` is shared by the daemon (camera frames and HTTP uploads) and ``python -m device predict``.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from device.capture import IMAGE_SUFFIXES
+from device.config import Config, check_model_dir
+from device.engine import Engine
+from device.postprocess import Postprocessor
+from device.preprocess import ImageDecodeError, load_image
+from device.types import Result
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """An engine and its postprocessors, swapped as one when the daemon reloads."""
+
+    engine: Any  # device.engine.Engine, or anything with .card and .infer(rgb)
+    stream: Postprocessor  # camera frames, with temporal smoothing
+    upload: Postprocessor  # single images (files, HTTP uploads): no smoothing
+
+
+def load_model(cfg: Config) -> LoadedModel:
+    """Check the model folder, build the engine (once) and its postprocessors."""
+    folder = check_model_dir(cfg.model)
+    return model_for(Engine.from_model_dir(folder, num_threads=cfg.model.threads), cfg)
+
+
+def model_for(engine: Any, cfg: Config) -> LoadedModel:
+    return LoadedModel(engine, Postprocessor(engine.card, cfg.postprocess),
+                       Postprocessor(engine.card, cfg.postprocess, smoothing=1))
+
+
+def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
+    """Files as given, folders as their images in name order; a missing path is an error naming it."""
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            files.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"no such image file or folder: {path}")
+    return files
+
+
+def predict_files(engine, post: Postprocessor, files: Iterable[Path]
+                  ) -> Iterator[tuple[Path, Result | ImageDecodeError]]:
+    """``(file, Result)`` per image, or ``(file, error)`` for a file that is not a decodable image."""
+    for index, path in enumerate(files, start=1):
+        t_start, timestamp = time.monotonic(), time.time()
+        try:
+            rgb = load_image(path)
+        except ImageDecodeError as err:
+            yield path, err
+            continue
+        inference = engine.infer(rgb)
+        yield path, post.process(inference, rgb=rgb, frame_id=index, timestamp=timestamp, t_start=t_start)
