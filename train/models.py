@@ -10,6 +10,9 @@ import keras
 from keras import layers
 
 NUM_CLASSES = 7
+# Keras' default 0.99 lets the moving statistics lag weights that change fast under a
+# cyclic LR; from scratch that collapsed edgenet's inference-mode output to one class.
+BN_MOMENTUM = 0.9
 
 
 def _ch(n: int, width: float) -> int:
@@ -21,7 +24,7 @@ def _conv_bn(x, filters, kernel=3, *, stride=1, padding="same", act="relu", l2=0
     reg = keras.regularizers.L2(l2) if l2 else None
     x = layers.Conv2D(filters, kernel, strides=stride, padding=padding, use_bias=False,
                       kernel_regularizer=reg, name=f"{name}_conv" if name else None)(x)
-    x = layers.BatchNormalization(name=f"{name}_bn" if name else None)(x)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn" if name else None)(x)
     if act == "relu6":
         return layers.ReLU(6.0, name=f"{name}_relu6" if name else None)(x)
     if act == "relu":
@@ -77,7 +80,7 @@ def _inverted_residual(x, expansion, filters, stride, name):
     if expansion != 1:
         y = _conv_bn(y, c_in * expansion, 1, act="relu6", name=f"{name}_expand")
     y = layers.DepthwiseConv2D(3, strides=stride, padding="same", use_bias=False, name=f"{name}_dw")(y)
-    y = layers.BatchNormalization(name=f"{name}_dw_bn")(y)
+    y = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_dw_bn")(y)
     y = layers.ReLU(6.0, name=f"{name}_dw_relu6")(y)
     y = _conv_bn(y, filters, 1, act=None, name=f"{name}_project")
     if stride == 1 and c_in == filters:
