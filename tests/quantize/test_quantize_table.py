@@ -1,0 +1,15 @@
+import json
+import shutil
+
+from quantize.table import render
+
+
+def test_table_row_comes_from_the_card(tiny_model_dir, tmp_path):
+    models = tmp_path / "models"
+    shutil.copytree(tiny_model_dir, models / "tiny")
+    card = json.loads((models / "tiny" / "card.json").read_text())
+    text = render(models)
+    row = next(line for line in text.splitlines() if line.startswith("| [tiny]"))
+    assert f"{100 * card['metrics']['int8']['accuracy']:.1f}%" in row
+    assert f"{card['architecture']['macs'] / 1e6:.0f} M" in row
+    assert "not a diagnosis" in text
