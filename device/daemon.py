@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import signal
 import threading
 import time
@@ -42,6 +43,9 @@ _STATUS_EVERY_S = 10.0
 # Errors that mean "this model or config cannot be used" (ConfigError and CardError are
 # ValueErrors, a missing file an OSError), as opposed to bugs.
 MODEL_ERRORS = (ValueError, OSError, ImportError)
+# Test-only (tests/deploy): while the file this variable names exists, the inference loop blocks
+# as a hung interpreter would, so the watchdog can be tested on the real process. Unset in service.
+STALL_FILE_ENV = "DERMEDGE_TEST_STALL_FILE"
 
 
 class Daemon:
@@ -79,6 +83,7 @@ class Daemon:
         self._inference_status = ""
         self._dropped_seen = 0
         self._ready_sent = False
+        self._stall_file = os.environ.get(STALL_FILE_ENV, "")
 
     # --- lifecycle ----------------------------------------------------------------
 
@@ -192,7 +197,10 @@ class Daemon:
             return
         app = create_app(self.cfg.http, self.state, self.predict)
         self.http = HttpServer(app, self.cfg.http.host, self.cfg.http.port)
-        self.http.start()
+        try:
+            self.http.start()
+        except OSError as err:
+            raise OSError(f"http: cannot listen on {self.cfg.http.host}:{self.cfg.http.port} ({err})") from err
 
     def _start_camera(self) -> None:
         cam_cfg = self.cfg.camera
@@ -241,6 +249,8 @@ class Daemon:
             self._stop.set()
 
     def _process(self, capture: Capture) -> None:
+        while self._stall_file and os.path.exists(self._stall_file) and not self._stop.is_set():
+            time.sleep(0.1)
         frame, model = capture.frame, self._model
         try:
             inference = model.engine.infer(frame.rgb)

@@ -46,12 +46,13 @@ def measure_quality(rgb: np.ndarray, cfg: PostprocessConfig, *, aspect: tuple[in
     crop = center_crop_to_aspect(rgb, *aspect)
     h, w = crop.shape[:2]
     scale = min(QUALITY_SIZE[0] / w, QUALITY_SIZE[1] / h, 1.0)
-    if scale < 1.0:
+    if scale < 1.0:  # shrink first: every later step then touches a fraction of the pixels
         crop = cv2.resize(crop, (max(1, round(w * scale)), max(1, round(h * scale))),
                           interpolation=cv2.INTER_AREA)
     grey = cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY)
-    brightness = float(grey.mean())
-    sharpness = float(cv2.Laplacian(grey, cv2.CV_32F).var())
+    brightness = float(cv2.mean(grey)[0])
+    _, std = cv2.meanStdDev(cv2.Laplacian(grey, cv2.CV_16S))  # int16 holds a uint8 Laplacian exactly
+    sharpness = float(std[0, 0]) ** 2
     reason = ""
     if brightness < cfg.min_brightness:
         reason = "too dark"
