@@ -1,0 +1,175 @@
+#!/usr/bin/env bash
+# Install the DermEdge daemon as a systemd service on a Raspberry Pi
+# (Raspberry Pi OS Bookworm, Python 3.11, or later). Idempotent: run it again to update.
+#
+#   sudo device/systemd/install.sh [--models DIR] [--mqtt-clients] [--no-start]
+#
+#   --models DIR     model folders to install (default: the repository's models/)
+#   --mqtt-clients   also install mosquitto-clients (mosquitto_sub, for watching results)
+#   --no-start       install and enable nothing in systemd, only the files (chroots, images)
+#
+# What it does: apt packages (python3-opencv, python3-picamera2 where the sources have it), a
+# system user 'dermedge' in the video and render groups, the code and models under
+# /opt/dermedge, a venv there with --system-site-packages (apt's numpy, OpenCV and picamera2)
+# and requirements/pi.txt, the config /etc/dermedge/device.yaml (only if it does not exist:
+# a reinstall never overwrites it; the new example goes beside it as device.yaml.example),
+# and the service dermedge.service, enabled and (re)started.
+#
+# DESTDIR=DIR stages the files under DIR and prints the system commands instead of running them.
+set -euo pipefail
+
+SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+# shellcheck source=device/systemd/common.sh
+source "$SRC/device/systemd/common.sh"
+
+PYTHON=${PYTHON:-python3}
+# Where ai-edge-litert has no wheel (32-bit Raspberry Pi OS): tflite-runtime, which needs
+# Python <= 3.11 and numpy 1.x.
+TFLITE_FALLBACK="tflite-runtime==2.14.0"
+
+MODELS_SRC=$SRC/models
+MQTT_CLIENTS=false
+START=true
+
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
+
+parse_args() {
+  while [[ $# -gt 0 ]]; do
+    case $1 in
+      --models) MODELS_SRC=${2:?--models needs a folder}; shift 2 ;;
+      --mqtt-clients) MQTT_CLIENTS=true; shift ;;
+      --no-start) START=false; shift ;;
+      -h | --help) usage; exit 0 ;;
+      *) die "unknown option '$1' (see --help)" ;;
+    esac
+  done
+  [[ -d $MODELS_SRC || $MODELS_SRC == "$SRC/models" ]] || die "--models: no such folder: $MODELS_SRC"
+}
+
+check_python() {
+  "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
+    die "$PYTHON is older than 3.11; DermEdge needs Raspberry Pi OS Bookworm or later"
+}
+
+install_apt_packages() {
+  local pkgs=(python3-venv python3-pip python3-numpy python3-opencv)
+  "$MQTT_CLIENTS" && pkgs+=(mosquitto-clients)
+  if [[ -n $DESTDIR ]] || apt-cache show python3-picamera2 >/dev/null 2>&1; then
+    pkgs+=(python3-picamera2)
+  else
+    warn "python3-picamera2 is not in the apt sources (not Raspberry Pi OS?): camera.source" \
+      "picamera2 will not work here; opencv and folder will"
+  fi
+  say "apt packages: ${pkgs[*]}"
+  sys apt-get update -qq
+  sys env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}"
+}
+
+create_user() {
+  if ! getent passwd "$SERVICE_USER" >/dev/null; then
+    sys useradd --system --user-group --home-dir "$STATE_DIR" --no-create-home \
+      --shell /usr/sbin/nologin "$SERVICE_USER"
+  fi
+  local group
+  for group in video render; do
+    if getent group "$group" >/dev/null; then
+      sys usermod -a -G "$group" "$SERVICE_USER"
+    fi
+  done
+}
+
+# Replace a folder as a whole, so files removed upstream do not linger.
+replace_dir() {
+  local from=$1 to=$2
+  rm -rf "$to.new"
+  cp -R "$from" "$to.new"
+  find "$to.new" -name __pycache__ -type d -prune -exec rm -rf {} +
+  rm -rf "$to"
+  mv "$to.new" "$to"
+}
+
+install_code_and_models() {
+  local app=$DESTDIR$APP_DIR
+  mkdir -p "$app/requirements" "$app/models"
+  replace_dir "$SRC/device" "$app/device"
+  cp "$SRC/requirements/pi.txt" "$app/requirements/pi.txt"
+  local found=0 card
+  for card in "$MODELS_SRC"/*/card.json; do
+    [[ -f $card ]] || continue
+    replace_dir "$(dirname "$card")" "$app/models/$(basename "$(dirname "$card")")"
+    say "model installed: $APP_DIR/models/$(basename "$(dirname "$card")")"
+    found=$((found + 1))
+  done
+  [[ $found -gt 0 ]] || warn "no model folder (with card.json) in $MODELS_SRC: copy one to" \
+    "$APP_DIR/models/ and point model.dir in $CONF_DIR/device.yaml at it"
+  chmod -R u=rwX,go=rX "$app/device" "$app/models" "$app/requirements"
+}
+
+install_venv() {
+  local venv=$APP_DIR/venv
+  if [[ ! -x $DESTDIR$venv/bin/python ]]; then
+    sys "$PYTHON" -m venv --system-site-packages "$venv"
+  fi
+  if ! sys "$venv/bin/pip" install -q -r "$APP_DIR/requirements/pi.txt"; then
+    "$PYTHON" -c 'import sys; sys.exit(sys.version_info >= (3, 12))' ||
+      die "pip could not install requirements/pi.txt and $TFLITE_FALLBACK needs Python <= 3.11"
+    warn "ai-edge-litert did not install here; falling back to $TFLITE_FALLBACK"
+    local reqs
+    reqs=$(mktemp)
+    grep -v '^ai-edge-litert' "$DESTDIR$APP_DIR/requirements/pi.txt" >"$reqs"
+    echo "$TFLITE_FALLBACK" >>"$reqs"
+    sys "$venv/bin/pip" install -q -r "$reqs"
+    rm -f "$reqs"
+  fi
+  # The service runs with a read-only /opt and PYTHONDONTWRITEBYTECODE: compile once here.
+  sys "$venv/bin/python" -m compileall -q "$APP_DIR/device"
+  sys env -C "$APP_DIR" "$venv/bin/python" -c 'from device.engine import interpreter_class as c
+print("dermedge: TFLite interpreter:", c()[0])'
+}
+
+install_config() {
+  local conf_dir=$DESTDIR$CONF_DIR example=$SRC/device/config.example.yaml
+  mkdir -p "$conf_dir"
+  if [[ -e $conf_dir/device.yaml ]]; then
+    install -m 0644 "$example" "$conf_dir/device.yaml.example"
+    say "kept the existing config $CONF_DIR/device.yaml (the current example is device.yaml.example)"
+  else
+    install -m 0640 "$example" "$conf_dir/device.yaml"
+    sys chown "root:$SERVICE_USER" "$CONF_DIR/device.yaml"
+    say "wrote the config $CONF_DIR/device.yaml from the example: edit camera, mqtt and http there"
+  fi
+  # A config that does not check out only warns: the owner may not have copied a model yet.
+  sys env -C "$APP_DIR" "$APP_DIR/venv/bin/python" -m device check-config "$CONF_DIR/device.yaml" ||
+    warn "fix $CONF_DIR/device.yaml, then: sudo systemctl restart $UNIT"
+}
+
+install_unit() {
+  mkdir -p "$DESTDIR$UNIT_DIR"
+  install -m 0644 "$SRC/device/systemd/$UNIT" "$DESTDIR$UNIT_DIR/$UNIT"
+  if ! "$START"; then
+    say "service installed, not started (--no-start): sudo systemctl enable --now $UNIT"
+  elif ! systemd_running; then
+    say "systemd is not running here; start it on the Pi with: sudo systemctl enable --now $UNIT"
+  else
+    sys systemctl daemon-reload
+    sys systemctl enable "$UNIT"
+    # A restart, not a reload: the code itself may have changed.
+    sys systemctl restart "$UNIT"
+    say "service enabled and started: systemctl status dermedge; journalctl -u dermedge -f"
+  fi
+}
+
+main() {
+  parse_args "$@"
+  require_root "$@"
+  check_python
+  install_apt_packages
+  create_user
+  install_code_and_models
+  install_venv
+  install_config
+  install_unit
+  say "done. DermEdge is a screening aid, not a diagnosis."
+}
+
+main "$@"
