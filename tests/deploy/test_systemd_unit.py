@@ -50,15 +50,13 @@ def runnable_unit(tmp_path) -> Path:
     return copy
 
 
+def systemd_analyze(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([SYSTEMD_ANALYZE, *args], check=False, capture_output=True, text=True, timeout=60)
+
+
 @needs_systemd_analyze
 def test_systemd_analyze_verify_passes_without_a_warning(runnable_unit):
-    proc = subprocess.run(
-        [SYSTEMD_ANALYZE, "verify", str(runnable_unit)],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = systemd_analyze("verify", str(runnable_unit))
     assert proc.returncode == 0 and not proc.stderr.strip(), proc.stderr
 
 
@@ -68,26 +66,14 @@ def test_systemd_analyze_verify_passes_without_a_warning(runnable_unit):
 )
 def test_systemd_analyze_verify_would_catch_a_broken_unit(runnable_unit, good, bad):
     runnable_unit.write_text(runnable_unit.read_text().replace(good, bad))
-    proc = subprocess.run(
-        [SYSTEMD_ANALYZE, "verify", str(runnable_unit)],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = systemd_analyze("verify", str(runnable_unit))
     assert bad.split("=")[0 if bad.endswith("=") else 1] in proc.stderr
 
 
 @needs_systemd_analyze
 def test_hardening_keeps_the_exposure_low(runnable_unit):
     # systemd rates exposure 0 (locked down) to 10 (unprotected); --threshold is that times 10.
-    proc = subprocess.run(
-        [SYSTEMD_ANALYZE, "security", "--offline=yes", "--threshold=30", str(runnable_unit)],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = systemd_analyze("security", "--offline=yes", "--threshold=30", str(runnable_unit))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr
 
 
