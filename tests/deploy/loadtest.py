@@ -1,7 +1,7 @@
 """Load test of ``POST /predict``: N requests from C concurrent clients against a running daemon.
 
     # start a headless daemon on the fixture images and load it (from the repository root):
-    python -m tests.deploy.loadtest --model models/dermnet-edge
+    python -m tests.deploy.loadtest --model models/dermnet-edge [--rounds 3]
     # or load a daemon that is already running (its pid gives the RSS figures):
     python -m tests.deploy.loadtest --url http://127.0.0.1:5000 --pid 1234 [--token T]
 
@@ -90,18 +90,29 @@ def fire(url: str, images: list[bytes], *, requests_total: int, concurrency: int
 
 
 def run(
-    url: str, pid: int | None, *, requests_total: int, concurrency: int, token: str | None, images_dir: Path
+    url: str,
+    pid: int | None,
+    *,
+    requests_total: int,
+    concurrency: int,
+    rounds: int,
+    token: str | None,
+    images_dir: Path,
 ) -> dict:
+    """``rounds`` loads of ``requests_total`` requests; the RSS is read before and after each."""
     images = [p.read_bytes() for p in sorted(images_dir.glob("*.jpg"))]
     if not images:
         raise SystemExit(f"no .jpg images in {images_dir}")
-    rss_before = rss_mib(pid) if pid else None
-    report = fire(url, images, requests_total=requests_total, concurrency=concurrency, token=token)
-    rss_after = rss_mib(pid) if pid else None
-    report["rss_mib"] = {
-        "before": rss_before and round(rss_before, 1),
-        "after": rss_after and round(rss_after, 1),
-    }
+    rss = [round(rss_mib(pid), 1)] if pid else []
+    reports = []
+    for _ in range(rounds):
+        reports.append(fire(url, images, requests_total=requests_total, concurrency=concurrency, token=token))
+        if pid:
+            rss.append(round(rss_mib(pid), 1))
+    report = reports[0] if rounds == 1 else {"rounds": reports}
+    report["http_5xx"] = sum(r["http_5xx"] for r in reports)
+    report["failed_requests"] = sum(r["failed_requests"] for r in reports)
+    report["rss_mib"] = {"before": rss[0], "after_each_round": rss[1:]} if pid else None
     report["health_after"] = requests.get(f"{url}/health", timeout=10).json()
     return report
 
@@ -117,11 +128,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--token", type=str, default=None, help="bearer token (with --url)")
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=1, help="repeat the load; RSS after each shows a leak")
     parser.add_argument("--threads", type=int, default=2, help="interpreter threads of the started daemon")
     parser.add_argument("--images", type=Path, default=FIXTURE_IMAGES, help="JPEG uploads, cycled")
     args = parser.parse_args(argv)
 
-    options = {"requests_total": args.requests, "concurrency": args.concurrency, "images_dir": args.images}
+    options = {
+        "requests_total": args.requests,
+        "concurrency": args.concurrency,
+        "rounds": args.rounds,
+        "images_dir": args.images,
+    }
     if args.url:
         report = run(args.url.rstrip("/"), args.pid, token=args.token, **options)
     else:
