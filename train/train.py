@@ -222,8 +222,12 @@ def fit(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> Path:
 def new_run_dir(cfg: TrainConfig) -> Path:
     run_dir = Path(cfg.runs_dir) / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.name or cfg.arch}"
     run_dir.mkdir(parents=True, exist_ok=False)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+    write_config(cfg, run_dir)
     return run_dir
+
+
+def write_config(cfg: TrainConfig, run_dir: Path) -> None:
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
 
 
 def load_config(run_dir: Path) -> TrainConfig:
@@ -274,6 +278,7 @@ def main(argv=None) -> Path:
         cfg = load_config(run_dir)
         # Only the epoch budget and data location may change on resume.
         cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if k in ("epochs", "data", "workers")})
+        write_config(cfg, run_dir)
     else:
         base = yaml.safe_load(args.config.read_text()) if args.config else {}
         cfg = TrainConfig(**{**base, **overrides})
