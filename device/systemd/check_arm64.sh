@@ -49,7 +49,8 @@ done
 [[ -f $MODEL/card.json ]] || die "--model: no card.json in $MODEL"
 [[ -d $IMAGES ]] || die "--images: no such folder: $IMAGES"
 [[ -x $PYTHON ]] || PYTHON=python3
-command -v debootstrap >/dev/null || die "debootstrap missing: apt-get install debootstrap qemu-user-static binfmt-support"
+command -v debootstrap >/dev/null ||
+  die "debootstrap missing: apt-get install debootstrap qemu-user-static binfmt-support"
 case $(realpath -m "$ROOT") in "$SRC"/*) die "--root must be outside the repository" ;; esac
 
 # qemu-user runs arm64 binaries through binfmt_misc; the F flag (qemu-user-static) lets it work
@@ -114,16 +115,18 @@ def load(path):
 x86, arm, tol = load(sys.argv[1]), load(sys.argv[2]), float(sys.argv[3])
 problems = []
 if set(x86) != set(arm):
-    problems.append(f"different images: only x86 {sorted(set(x86) - set(arm))}, only arm64 {sorted(set(arm) - set(x86))}")
-worst = 0.0
+    problems.append(f"different images: x86 only {sorted(set(x86) - set(arm))}, "
+                    f"arm64 only {sorted(set(arm) - set(x86))}")
+worst, same = 0.0, 0
 for name in sorted(set(x86) & set(arm)):
     a, b = x86[name], arm[name]
     diff = max(abs(a["all_probabilities"][k] - b["all_probabilities"][k]) for k in a["all_probabilities"])
     worst = max(worst, diff)
+    same += a["class_code"] == b["class_code"]
     if a["class_code"] != b["class_code"] or diff > tol:
         problems.append(f"{name}: x86 {a['class_code']} {a['confidence']:.3f}, "
                         f"arm64 {b['class_code']} {b['confidence']:.3f}, max |dp| {diff:.4f}")
-print(f"check_arm64: {len(x86)} images, class codes equal on {sum(x86[n]['class_code'] == arm[n]['class_code'] for n in set(x86) & set(arm))}, "
+print(f"check_arm64: {len(x86)} images, class codes equal on {same}, "
       f"largest probability difference {worst:.4f} (tolerance {tol})")
 for line in problems:
     print("check_arm64: MISMATCH", line)
@@ -144,8 +147,10 @@ main() {
   say "install.sh --no-start inside the arm64 root"
   in_root bash /tmp/dermedge-src/device/systemd/install.sh --no-start --models /tmp/dermedge-src/models
   say "predict on arm64"
-  in_root env -C /opt/dermedge /opt/dermedge/venv/bin/python -c \
-    'import platform, numpy, cv2; from device.engine import interpreter_class; print("check_arm64: arm64 python", platform.python_version(), platform.machine(), "numpy", numpy.__version__, "opencv", cv2.__version__, "interpreter", interpreter_class()[0])'
+  in_root env -C /opt/dermedge /opt/dermedge/venv/bin/python -c 'import platform, cv2, numpy
+from device.engine import interpreter_class
+print("check_arm64: in the root: python", platform.python_version(), platform.machine(), "numpy",
+      numpy.__version__, "opencv", cv2.__version__, "interpreter", interpreter_class()[0])'
   in_root env -C /opt/dermedge /opt/dermedge/venv/bin/python -m device predict \
     --model "/opt/dermedge/models/$name" --json /tmp/images >"$OUT/arm64.jsonl"
   say "predict on this machine ($(uname -m))"

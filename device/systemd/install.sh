@@ -52,7 +52,7 @@ check_python() {
 }
 
 install_apt_packages() {
-  local pkgs=(python3-venv python3-pip python3-numpy python3-opencv)
+  local pkgs=(python3 python3-venv python3-pip python3-numpy python3-opencv)
   "$MQTT_CLIENTS" && pkgs+=(mosquitto-clients)
   if [[ -n $DESTDIR ]] || apt-cache show python3-picamera2 >/dev/null 2>&1; then
     pkgs+=(python3-picamera2)
@@ -162,8 +162,8 @@ install_unit() {
 main() {
   parse_args "$@"
   require_root "$@"
-  check_python
   install_apt_packages
+  check_python
   create_user
   install_code_and_models
   install_venv
