@@ -33,7 +33,8 @@ from device.types import Frame
 
 _log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+# The formats device.preprocess.decode_image reads (it checks their header size first).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 # Decoded replay images are kept up to this many bytes, so replay costs no JPEG decoding.
 _FOLDER_CACHE_BYTES = 128 * 1024 * 1024
 
