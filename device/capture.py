@@ -401,8 +401,9 @@ class FrameGrabber:
             delay = next_due - time.monotonic()
             if delay > 0:
                 self._stop.wait(delay)
-            # A late frame does not make the next ones early (no catch-up bursts).
-            return max(next_due + 1.0 / self.fps, time.monotonic())
+            # Count the next interval from when this frame really went out, so a late frame is
+            # never followed by an early one (no catch-up bursts).
+            return max(next_due, time.monotonic()) + 1.0 / self.fps
         with self._cond:
             while self._latest is not None and not self._stop.is_set():
                 self._cond.wait(0.5)
