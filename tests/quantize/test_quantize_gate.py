@@ -94,7 +94,9 @@ def test_cli_refuses_broken_representative_set(breakage, tiny_run_dir, fixture_d
                  "--representative", "16", "--split", "train", "--threads", "1"])
     assert code == 1
     err = capsys.readouterr().err
-    assert "int8 gate failed for broken" in err and "agreement" in err
+    # Which threshold trips first depends on the tiny model; either names its reason.
+    assert "int8 gate failed for broken" in err
+    assert "agreement" in err or "points below float" in err
     assert not (out / "broken").exists()
     assert list(out.iterdir()) == []  # the staging folder is gone too
     assert "**FAILED**" in (run_dir / "quantize-broken-REJECTED.md").read_text()
