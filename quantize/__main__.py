@@ -22,7 +22,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--name", type=str, required=True, help="model folder name and card name")
     parser.add_argument("--out", type=Path, default=Path("models"), help="parent folder of the model folder")
     parser.add_argument("--data", type=Path, default=None, help="HAM10000 root (default: the run's config)")
-    parser.add_argument("--checkpoint", type=str, choices=("best", "last"), default="best")
+    parser.add_argument("--checkpoint", type=str, default="best", help="best, last or calibrated")
     parser.add_argument("--representative", type=int, default=300, help="calibration images from train split")
     parser.add_argument("--max-drop", type=float, default=1.0, help="allowed int8 accuracy drop, points")
     parser.add_argument("--min-agreement", type=float, default=0.97, help="required int8/float top-1 agreement")
@@ -54,6 +54,9 @@ def main(argv=None) -> int:
     except GateError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(f"wrote {dest}")
     return 0
 

@@ -25,6 +25,7 @@ from device.card import (
     sha256_file,
 )
 from device.engine import model_io, open_interpreter
+from train.evaluate import CHECKPOINTS
 from train.train import TrainConfig, load_config
 
 # Config keys that describe the workstation, not the model; left out of the card.
@@ -67,8 +68,8 @@ class TrainingRun:
         return self.meta["normalization"]["mean"], self.meta["normalization"]["std"]
 
     def checkpoint(self, which: str) -> Path:
-        if which not in ("best", "last"):
-            raise ValueError(f"checkpoint: expected 'best' or 'last', got {which!r}")
+        if which not in CHECKPOINTS:
+            raise ValueError(f"checkpoint: expected one of {CHECKPOINTS}, got {which!r}")
         path = self.path / f"{which}.keras"
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint not found: {path}")

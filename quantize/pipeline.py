@@ -37,7 +37,7 @@ class QuantizeOptions:
     name: str  # folder name under ``out`` and the card's name
     out: Path = Path("models")
     data: Path | None = None  # HAM10000 root; None = the run's config.data
-    checkpoint: str = "best"  # best | last
+    checkpoint: str = "best"  # best | last | calibrated
     representative: int = 300  # training images used for int8 calibration
     input_dtype: str = "int8"  # int8 | uint8
     keep_float: bool = False  # also ship model_float.tflite

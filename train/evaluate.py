@@ -31,7 +31,7 @@ from train.train import TrainConfig, load_config
 
 _log = logging.getLogger(__name__)
 
-CHECKPOINTS = ("best", "last")
+CHECKPOINTS = ("best", "last", "calibrated")  # calibrated: written by train.calibrate
 
 
 @dataclass
