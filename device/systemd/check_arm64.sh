@@ -13,6 +13,8 @@
 #   --out DIR        predictions and the comparison; default /tmp/arm64check
 #   --tolerance P    largest allowed probability difference; default 0.05
 #   --mirror URL     Debian mirror for debootstrap; default http://deb.debian.org/debian
+#   --ca-bundle F    CA bundle for pip inside the root, for a network behind a TLS-inspecting
+#                    proxy; default $PIP_CERT when set (sudo drops it: pass it here)
 #
 # Needs root and, on the host: apt-get install debootstrap qemu-user-static binfmt-support.
 # The host side runs with $PYTHON (default: the repository's .venv). Everything in the root
@@ -27,6 +29,7 @@ ROOT=/tmp/arm64root
 OUT=/tmp/arm64check
 TOLERANCE=0.05
 MIRROR=http://deb.debian.org/debian
+CA_BUNDLE=${PIP_CERT:-}
 PYTHON=${PYTHON:-$SRC/.venv/bin/python}
 MOUNTS=(proc sys dev)
 
@@ -41,6 +44,7 @@ while [[ $# -gt 0 ]]; do
     --out) OUT=${2:?}; shift 2 ;;
     --tolerance) TOLERANCE=${2:?}; shift 2 ;;
     --mirror) MIRROR=${2:?}; shift 2 ;;
+    --ca-bundle) CA_BUNDLE=${2:?}; shift 2 ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown option '$1' (see --help)" ;;
   esac
@@ -73,10 +77,29 @@ make_root() {
 mount_root() {
   local m
   for m in "${MOUNTS[@]}"; do
-    mountpoint -q "$ROOT/$m" || mount --rbind "/$m" "$ROOT/$m"
+    if ! mountpoint -q "$ROOT/$m"; then
+      mount --rbind "/$m" "$ROOT/$m"
+      mount --make-rslave "$ROOT/$m"  # nothing mounted below it reaches the host
+    fi
   done
   trap unmount_root EXIT
   cp -L /etc/resolv.conf "$ROOT/etc/resolv.conf"
+  show_pi_cpu
+}
+
+# Under qemu-user, /proc/cpuinfo is the host's x86 file, and ai-edge-litert 2.2 and later crash
+# (SIGSEGV in allocate_tensors/invoke) when they probe the CPU from it. The root sees what a
+# Raspberry Pi 4 reports instead, and qemu emulates the Pi 4's core, a Cortex-A72.
+show_pi_cpu() {
+  local core
+  for core in 0 1 2 3; do
+    printf 'processor\t: %s\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm crc32 cpuid\n' "$core"
+    printf 'CPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: 0xd08\n'
+    printf 'CPU revision\t: 3\n\n'
+  done >"$OUT/pi4-cpuinfo"
+  printf 'Hardware\t: BCM2835\nModel\t\t: Raspberry Pi 4 Model B\n' >>"$OUT/pi4-cpuinfo"
+  mount --bind "$OUT/pi4-cpuinfo" "$ROOT/proc/cpuinfo"
+  ROOT_ENV+=(QEMU_CPU=cortex-a72)
 }
 
 unmount_root() {
@@ -87,8 +110,18 @@ unmount_root() {
   return 0
 }
 
+ROOT_ENV=(PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8)
+
 in_root() {
-  chroot "$ROOT" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 "$@"
+  chroot "$ROOT" /usr/bin/env -i "${ROOT_ENV[@]}" "$@"
+}
+
+# pip in the root trusts what pip on the host trusts.
+use_ca_bundle() {
+  [[ -n $CA_BUNDLE ]] || return 0
+  [[ -f $CA_BUNDLE ]] || die "--ca-bundle: no such file: $CA_BUNDLE"
+  cp "$CA_BUNDLE" "$ROOT/etc/ssl/certs/dermedge-host-ca.crt"
+  ROOT_ENV+=(PIP_CERT=/etc/ssl/certs/dermedge-host-ca.crt)
 }
 
 # The repository's device side, the model and the images, as a Pi owner would have them.
@@ -142,6 +175,7 @@ main() {
   enable_binfmt
   make_root
   mount_root
+  use_ca_bundle
   say "arm64 root: $(in_root uname -m), $(in_root sh -c '. /etc/os-release; echo "$PRETTY_NAME"')"
   copy_sources
   say "install.sh --no-start inside the arm64 root"

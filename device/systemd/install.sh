@@ -113,7 +113,8 @@ install_venv() {
   if ! sys "$venv/bin/pip" install -q -r "$APP_DIR/requirements/pi.txt"; then
     "$PYTHON" -c 'import sys; sys.exit(sys.version_info >= (3, 12))' ||
       die "pip could not install requirements/pi.txt and $TFLITE_FALLBACK needs Python <= 3.11"
-    warn "ai-edge-litert did not install here; falling back to $TFLITE_FALLBACK"
+    warn "pip could not install requirements/pi.txt (no ai-edge-litert wheel for this platform?);" \
+      "trying $TFLITE_FALLBACK instead of ai-edge-litert"
     local reqs
     reqs=$(mktemp)
     grep -v '^ai-edge-litert' "$DESTDIR$APP_DIR/requirements/pi.txt" >"$reqs"
