@@ -10,7 +10,7 @@ NAME   ?=
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup setup-device test demo predict train evaluate gradcam quantize bench bench-quick install-pi clean
+.PHONY: setup setup-device test demo predict train evaluate gradcam quantize bench bench-quick install-pi check-arm64 clean
 
 $(VENV)/.installed-%: requirements/%.txt requirements/device.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,9 @@ bench-quick: setup
 
 install-pi:                               ## on a Raspberry Pi: install the service (sudo)
 	sudo device/systemd/install.sh
+
+check-arm64:                              ## x86 host: the Pi install path in an arm64 Debian root under qemu (slow)
+	sudo nice -n 15 device/systemd/check_arm64.sh --model $(MODEL)
 
 clean:
 	rm -rf $(VENV) .pytest_cache cache

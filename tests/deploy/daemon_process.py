@@ -19,7 +19,7 @@ import requests
 import yaml
 
 from tests.device.conftest import Broker, Subscriber, find_free_port
-from tests.device.test_daemon import NotifySocket, wait_for
+from tests.helpers import NotifySocket, wait_for
 
 __all__ = [
     "REPO",

@@ -24,19 +24,11 @@ from device.capture import (
     make_camera,
 )
 from device.config import CameraConfig
+from tests.helpers import wait_for
 
 # Distinct solid colours (RGB), written under names whose sort order differs from the list order.
 COLOURS = {"c_blue.png": (20, 40, 230), "a_red.png": (230, 30, 20), "b_green.png": (30, 220, 40)}
 ORDER = ["a_red.png", "b_green.png", "c_blue.png"]
-
-
-def wait_for(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
 
 
 @pytest.fixture

@@ -27,43 +27,11 @@ from device.config import config_from_dict
 from device.daemon import Daemon
 from device.preprocess import load_image
 from device.types import STATES
+from tests.helpers import TIMEOUT, NotifySocket, wait_for
 
 REPO = Path(__file__).parents[2]
 RESULT_KEYS = {"class_code", "class_name", "class_index", "confidence", "all_probabilities", "top3", "state",
                "model", "frame_id", "timestamp", "latency_ms", "fps", "quality", "disclaimer"}
-TIMEOUT = 30.0  # guards against hangs only; nothing here measures speed
-
-
-def wait_for(predicate, timeout: float = TIMEOUT, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-class NotifySocket:
-    """A unix datagram socket standing where systemd's NOTIFY_SOCKET would be."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.setblocking(False)
-        self.lines: list[str] = []
-
-    def drain(self) -> list[str]:
-        """Every line received so far (reads only what is already queued)."""
-        while True:
-            try:
-                self.lines.extend(self.sock.recv(4096).decode().split("\n"))
-            except BlockingIOError:
-                return self.lines
-
-    def close(self):
-        self.sock.close()
 
 
 def check_result(data: dict, codes: tuple[str, ...]) -> None:

@@ -24,19 +24,10 @@ import device.publish as publish_module
 from device.config import ConfigError, MqttConfig
 from device.publish import OFFLINE, ONLINE, MqttPublisher
 from device.state import LiveState
+from tests.helpers import wait_for
 
 REPO = Path(__file__).parents[2]
 WAIT_S = 15.0  # generous: the reconnect backoff tops out at publish.RECONNECT_MAX_S
-
-
-def wait_until(predicate, timeout: float = WAIT_S, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def assert_retained(mqtt_subscriber, broker, topic: str, payload: str | None = None) -> mqtt.MQTTMessage:
@@ -67,7 +58,7 @@ def publishers():
 def test_result_json_and_retained_online(mqtt_broker, mqtt_subscriber, publishers, make_result):
     state = LiveState("test-model")
     pub = publishers(mqtt_broker, state=state)
-    wait_until(lambda: pub.connected, what="publisher to connect")
+    wait_for(lambda: pub.connected, what="publisher to connect")
     assert state.health()["mqtt"] == "connected"
 
     late = mqtt_subscriber(mqtt_broker, [pub.status_topic, pub.result_topic])
@@ -106,7 +97,7 @@ def test_result_json_and_retained_online(mqtt_broker, mqtt_subscriber, publisher
 def test_clean_stop_publishes_retained_offline(mqtt_broker, mqtt_subscriber, publishers):
     state = LiveState("test-model")
     pub = publishers(mqtt_broker, state=state)
-    wait_until(lambda: pub.connected, what="publisher to connect")
+    wait_for(lambda: pub.connected, what="publisher to connect")
     sub = mqtt_subscriber(mqtt_broker, [pub.status_topic])
     sub.wait_for(pub.status_topic, ONLINE)
     pub.stop()
@@ -163,7 +154,7 @@ def test_rate_limit_sends_changes_at_once_and_repeats_at_most_max_rate(
     clock = FakeTime()
     monkeypatch.setattr(publish_module, "time", types.SimpleNamespace(monotonic=clock.monotonic))
     pub = publishers(mqtt_broker, max_rate_hz=1.0)
-    wait_until(lambda: pub.connected, what="publisher to connect")
+    wait_for(lambda: pub.connected, what="publisher to connect")
     sub = mqtt_subscriber(mqtt_broker, [pub.result_topic])
 
     # (time, class, state) -> expected to be sent
@@ -189,13 +180,13 @@ def test_rate_limit_sends_changes_at_once_and_repeats_at_most_max_rate(
     def frame_ids():
         return [json.loads(m.payload)["frame_id"] for m in sub.on(pub.result_topic)]
 
-    wait_until(lambda: sent[-1] in frame_ids(), what="the last result")
+    wait_for(lambda: sent[-1] in frame_ids(), what="the last result")
     assert frame_ids() == sent
 
 
 def test_qos_1_delivery(mqtt_broker, mqtt_subscriber, publishers, make_result):
     pub = publishers(mqtt_broker, qos=1)
-    wait_until(lambda: pub.connected, what="publisher to connect")
+    wait_for(lambda: pub.connected, what="publisher to connect")
     sub = mqtt_subscriber(mqtt_broker, [pub.result_topic, pub.status_topic], qos=1)
     assert sub.wait_for(pub.status_topic, ONLINE).qos == 1
     assert pub.publish_result(make_result())
@@ -204,7 +195,7 @@ def test_qos_1_delivery(mqtt_broker, mqtt_subscriber, publishers, make_result):
 
 def test_home_assistant_discovery(mqtt_broker, mqtt_subscriber, publishers, make_result):
     pub = publishers(mqtt_broker, home_assistant=True, discovery_prefix="hatest")
-    wait_until(lambda: pub.connected, what="publisher to connect")
+    wait_for(lambda: pub.connected, what="publisher to connect")
     sub = mqtt_subscriber(mqtt_broker, ["hatest/#"])
     device_id = pub.status_topic.split("/")[1]
     sub.wait_for(f"hatest/sensor/{device_id}/class/config")
@@ -240,7 +231,7 @@ def test_broker_down_never_blocks_and_connects_when_it_starts(
     broker = make_broker(port=free_port())  # not started yet
     state = LiveState("test-model")
     pub = publishers(broker, state=state)
-    wait_until(lambda: state.health()["mqtt"] == "disconnected", what="the failed first connection")
+    wait_for(lambda: state.health()["mqtt"] == "disconnected", what="the failed first connection")
 
     calls = threading.Thread(target=lambda: [pub.publish_result(make_result(frame_id=i)) for i in range(200)])
     calls.start()
@@ -250,7 +241,7 @@ def test_broker_down_never_blocks_and_connects_when_it_starts(
     assert not pub.connected
 
     broker.start()
-    wait_until(lambda: pub.connected, what="the publisher to connect once the broker is up")
+    wait_for(lambda: pub.connected, what="the publisher to connect once the broker is up")
     sub = mqtt_subscriber(broker, [pub.status_topic, pub.result_topic])
     sub.wait_for(pub.status_topic, ONLINE)
     assert pub.publish_result(make_result(frame_id=99))
@@ -263,16 +254,16 @@ def test_broker_killed_and_restarted_republishes_online(
     broker = private_broker.start()
     state = LiveState("test-model")
     pub = publishers(broker, state=state)
-    wait_until(lambda: pub.connected, what="publisher to connect")
+    wait_for(lambda: pub.connected, what="publisher to connect")
 
     broker.kill()
-    wait_until(lambda: not pub.connected, what="the publisher to notice the broker died")
+    wait_for(lambda: not pub.connected, what="the publisher to notice the broker died")
     assert state.health()["mqtt"] == "disconnected"
     assert state.health()["status"] == "degraded"
     assert pub.publish_result(make_result()) is False
 
     broker.start()  # the broker keeps nothing (persistence false): "online" must be published again
-    wait_until(lambda: pub.connected, what="the publisher to reconnect")
+    wait_for(lambda: pub.connected, what="the publisher to reconnect")
     sub = mqtt_subscriber(broker, [pub.status_topic, pub.result_topic])
     sub.wait_for(pub.status_topic, ONLINE)
     assert_retained(mqtt_subscriber, broker, pub.status_topic, ONLINE)
@@ -293,14 +284,14 @@ def test_username_and_password(make_broker, mqtt_subscriber, publishers, make_re
 
     refused_state = LiveState("m")
     refused = publishers(broker, state=refused_state, username="edge", password="wrong")
-    wait_until(
+    wait_for(
         lambda: refused_state.health()["details"].get("mqtt", "").startswith("refused"),
         what="the broker to refuse a wrong password",
     )
     assert not refused.connected
 
     pub = publishers(broker, username="edge", password="s3cret")
-    wait_until(lambda: pub.connected, what="publisher to connect with the right password")
+    wait_for(lambda: pub.connected, what="publisher to connect with the right password")
     watcher = mqtt.Client(CallbackAPIVersion.VERSION2)
     watcher.username_pw_set("edge", "s3cret")
     got = threading.Event()
@@ -347,13 +338,13 @@ def test_tls_to_a_broker_with_a_self_signed_certificate(make_broker, publishers,
 
     state = LiveState("m")
     pub = publishers(broker, state=state, tls=True, ca_certs=str(cert))
-    wait_until(lambda: pub.connected, what="a TLS connection")
+    wait_for(lambda: pub.connected, what="a TLS connection")
     assert pub.publish_result(make_result())
 
     # without the CA the certificate is not trusted: no connection, no exception into the caller
     untrusted_state = LiveState("m")
     untrusted = publishers(broker, state=untrusted_state, tls=True)
-    wait_until(lambda: untrusted_state.health()["mqtt"] == "disconnected", what="the failed handshake")
+    wait_for(lambda: untrusted_state.health()["mqtt"] == "disconnected", what="the failed handshake")
     assert not untrusted.connected
     assert untrusted.publish_result(make_result()) is False
 
