@@ -21,7 +21,8 @@ class Batches(keras.utils.PyDataset):
 
     def __init__(self, pixels: np.ndarray, labels: np.ndarray, *, batch_size: int, mean, std,
                  num_classes: int = 7, augment: AugmentConfig | None = None, shuffle: bool = True,
-                 sampling: str = "shuffle", balance_power: float = 0.5, seed: int = 0, **kwargs):
+                 sampling: str = "shuffle", balance_power: float = 0.5, seed: int = 0, start_epoch: int = 0,
+                 **kwargs):
         super().__init__(**kwargs)
         if sampling not in SAMPLING:
             raise ValueError(f"unknown sampling {sampling!r}; choose from {SAMPLING}")
@@ -29,7 +30,7 @@ class Batches(keras.utils.PyDataset):
         self.batch_size, self.mean, self.std = batch_size, mean, std
         self.num_classes, self.augment, self.shuffle = num_classes, augment, shuffle
         self.sampling, self.balance_power, self.seed = sampling, balance_power, seed
-        self.epoch = 0
+        self.epoch = start_epoch  # a resumed run sees the same epoch order as an uninterrupted one
         self.order = self._order()
 
     def _order(self) -> np.ndarray:

@@ -203,11 +203,8 @@ def fit(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> Path:
         pixels["train"], labels["train"], batch_size=cfg.batch_size, mean=mean, std=std,
         augment=AugmentConfig() if cfg.augment else None,
         sampling="balanced" if cfg.imbalance == "sampling" else "shuffle",
-        balance_power=cfg.balance_power, seed=cfg.seed, workers=cfg.workers,
+        balance_power=cfg.balance_power, seed=cfg.seed, start_epoch=initial_epoch, workers=cfg.workers,
     )
-    # Resume must see the same epoch order as an uninterrupted run would.
-    train_batches.epoch = initial_epoch
-    train_batches.order = train_batches._order()
     class_weight = (ds.class_weights(labels["train"], cfg.balance_power) if cfg.imbalance == "weights" else None)
     callbacks = [
         LRPolicy(make_lr_fn(cfg, len(train_batches))),
