@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -271,8 +272,17 @@ def test_scripts_refuse_unknown_options(tmp_path, script):
 )
 def test_install_without_destdir_needs_root(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "DESTDIR"}
+    # nobody cannot read a checkout under a private folder (a 0700 mktemp dir, say), so it runs
+    # a world-readable copy of the two scripts, laid out as in the repository.
+    public = Path(tempfile.mkdtemp(prefix="dermedge-install-"))
+    scripts = public / "device" / "systemd"
+    scripts.mkdir(parents=True)
+    for name in ("install.sh", "common.sh"):
+        shutil.copy(INSTALL.parent / name, scripts / name)
+    for path in (public, public / "device", scripts, *scripts.iterdir()):
+        path.chmod(0o755)
     proc = subprocess.run(
-        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "bash", str(INSTALL)],
+        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "bash", str(scripts / "install.sh")],
         env=env,
         check=False,
         capture_output=True,
@@ -280,4 +290,5 @@ def test_install_without_destdir_needs_root(tmp_path):
         timeout=60,
         cwd=tmp_path,
     )
+    shutil.rmtree(public)
     assert proc.returncode != 0 and "run as root" in proc.stderr
