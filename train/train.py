@@ -2,6 +2,8 @@
 
     python -m train --data PATH/TO/ham10000 --arch edgenet --epochs 40
     python -m train --resume runs/<run>            # continue an interrupted run
+    python -m train --init-from runs/<run>/best.keras --lr-policy cosine --epochs 30
+                                                   # warm restart: new run, same split, new schedule
 
 Every run gets ``runs/<timestamp>-<name>/``: the resolved config, the split CSV, the
 normalization statistics (meta.json), ``best.keras`` (by validation balanced
@@ -63,6 +65,7 @@ class TrainConfig:
     split: str = "lesion"  # lesion | random (the seeds' leaky protocol, for comparison only)
     split_file: str = ""  # reuse an existing split CSV instead of drawing one
     split_seed: int = 42
+    init_from: str = ""  # a .keras checkpoint to start from; its run's split and normalization are kept
     seed: int = 1
     limit: int = 0  # use only the first N images of each split (smoke runs)
     runs_dir: str = "runs"
@@ -146,9 +149,11 @@ def _save_atomic(model: keras.Model, path: Path) -> None:
 
 
 def prepare_split(cfg: TrainConfig, run_dir: Path) -> list[ds.Record]:
-    """The run's split: reused from ``split_file`` or drawn now; always written to the run."""
-    if cfg.split_file:
-        records = ds.read_split(Path(cfg.split_file), Path(cfg.data))
+    """The run's split: reused from ``split_file`` (or from the ``init_from`` checkpoint's run, whose
+    test images the checkpoint never saw) or drawn now; always written to the run."""
+    split_file = cfg.split_file or (str(Path(cfg.init_from).parent / "split.csv") if cfg.init_from else "")
+    if split_file:
+        records = ds.read_split(Path(split_file), Path(cfg.data))
     else:
         records = ds.split_records(ds.load_records(Path(cfg.data)), method=cfg.split, seed=cfg.split_seed)
     ds.write_split(records, run_dir / "split.csv")
@@ -177,8 +182,11 @@ def fit(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> Path:
         state = json.loads((run_dir / "state.json").read_text())
         initial_epoch, best = state["epoch"] + 1, state["best_val_balanced_accuracy"]
     else:
-        mean, std = ds.channel_stats(pixels["train"])
-        model = build_model(cfg.arch, (h, w, 3), width=cfg.width_mult)
+        if cfg.init_from:
+            model, (mean, std) = _warm_start(cfg)
+        else:
+            mean, std = ds.channel_stats(pixels["train"])
+            model = build_model(cfg.arch, (h, w, 3), width=cfg.width_mult)
         model.compile(optimizer=make_optimizer(cfg), loss=make_loss(cfg), metrics=["accuracy"])
         meta = {
             "arch": cfg.arch,
@@ -189,6 +197,7 @@ def fit(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> Path:
             "split": {"method": cfg.split, "seed": cfg.split_seed, "counts": ds.split_counts(records)},
             "dataset": {"name": "HAM10000", "citation": ds.CITATION, "license": ds.LICENSE},
             "backend": keras.backend.backend(),
+            "init_from": cfg.init_from or None,
         }
         meta_path.write_text(json.dumps(meta, indent=2))
         initial_epoch, best = 0, -1.0
@@ -214,6 +223,29 @@ def fit(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> Path:
     model.fit(train_batches, epochs=cfg.epochs, initial_epoch=initial_epoch, class_weight=class_weight,
               callbacks=callbacks, verbose=1)
     return run_dir
+
+
+def init_source_meta(cfg: TrainConfig) -> dict:
+    """meta.json of the ``init_from`` checkpoint's run, after checking that the checkpoint exists
+    and is the architecture and input size this config asks for."""
+    checkpoint = Path(cfg.init_from)
+    source_meta = checkpoint.parent / "meta.json"
+    for path in (checkpoint, source_meta):
+        if not path.is_file():
+            raise FileNotFoundError(f"init_from: {path} not found")
+    meta = json.loads(source_meta.read_text())
+    hw, source_hw = cfg.input_hw(), (meta["input"]["height"], meta["input"]["width"])
+    if meta["arch"] != cfg.arch or source_hw != hw:
+        raise ValueError(f"init_from: {checkpoint} is {meta['arch']} at {source_hw[0]}x{source_hw[1]}, "
+                         f"not {cfg.arch} at {hw[0]}x{hw[1]}")
+    return meta
+
+
+def _warm_start(cfg: TrainConfig) -> tuple[keras.Model, tuple[list, list]]:
+    """The ``init_from`` model, to be compiled afresh (new optimizer, new schedule), and its run's
+    normalization."""
+    norm = init_source_meta(cfg)["normalization"]
+    return keras.models.load_model(cfg.init_from, compile=False), (norm["mean"], norm["std"])
 
 
 def new_run_dir(cfg: TrainConfig) -> Path:
@@ -279,6 +311,8 @@ def main(argv=None) -> Path:
     else:
         base = yaml.safe_load(args.config.read_text()) if args.config else {}
         cfg = TrainConfig(**{**base, **overrides})
+        if cfg.init_from:
+            init_source_meta(cfg)  # fail before an empty run directory is made
         run_dir = new_run_dir(cfg)
     _setup_logging(run_dir)
     _log.info("run directory %s (backend %s)", run_dir, keras.backend.backend())

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import pytest
 import yaml
 
 from train import data as ds
@@ -71,3 +72,34 @@ def test_resume_continues_where_it_stopped(tiny_argv, fixture_dir, tmp_path):
     assert _iterations(run_dir / "last.keras") == 2 * steps  # the optimizer continued, not restarted
     assert (run_dir / "split.csv").read_text() == split_before
     assert len(list((tmp_path / "runs").iterdir())) == 1  # no second run directory
+
+
+def _kernels(model: keras.Model) -> list[np.ndarray]:
+    return [keras.ops.convert_to_numpy(w) for w in model.weights if "kernel" in w.path]
+
+
+def test_warm_start_keeps_weights_split_and_normalization(trained_run, tiny_argv, tmp_path):
+    source = trained_run / "best.keras"
+    # Learning rate 0: training leaves the kernels alone, so they must be the checkpoint's.
+    run_dir = main(tiny_argv(tmp_path, "--init-from", str(source), "--epochs", "1", "--max-lr", "0",
+                             "--no-evaluate"))
+    assert run_dir.parent == tmp_path / "runs" and run_dir != trained_run
+    assert (run_dir / "split.csv").read_text() == (trained_run / "split.csv").read_text()
+    meta, source_meta = (json.loads((d / "meta.json").read_text()) for d in (run_dir, trained_run))
+    assert meta["normalization"] == source_meta["normalization"]
+    assert meta["init_from"] == str(source)
+    warm = keras.models.load_model(run_dir / "last.keras")
+    for got, want in zip(_kernels(warm), _kernels(keras.models.load_model(source)), strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert _iterations(run_dir / "last.keras") > 0  # a fresh optimizer took this run's steps
+
+
+def test_warm_start_refuses_another_architecture(trained_run, tiny_argv, tmp_path):
+    argv = tiny_argv(tmp_path, "--init-from", str(trained_run / "best.keras"), "--arch", "edgenet", "--no-evaluate")
+    with pytest.raises(ValueError, match=r"init_from: .*best.keras is seed_cnn at 56x72, not edgenet at 56x72"):
+        main(argv)
+
+
+def test_warm_start_names_a_missing_checkpoint(tiny_argv, tmp_path):
+    with pytest.raises(FileNotFoundError, match="init_from: .*nowhere.keras not found"):
+        main(tiny_argv(tmp_path, "--init-from", str(tmp_path / "nowhere.keras"), "--no-evaluate"))
