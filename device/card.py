@@ -16,6 +16,7 @@ SCHEMA_VERSION = 1
 DISCLAIMER = "Screening aid, not a diagnosis. See a dermatologist about any lesion that worries you."
 INPUT_DTYPES = ("int8", "uint8", "float32")
 PREPROCESS_POLICIES = ("center_crop_resize",)
+TTA_MODES = ("none", "flips")  # test-time augmentation; the views are device.preprocess.tta_views
 
 
 class CardError(ValueError):
@@ -62,6 +63,7 @@ class Preprocessing:
         "Centre-crop the frame to the model's aspect ratio, resize to height x width, "
         "RGB uint8, then (x - mean) / std per channel."
     )
+    tta: str = "none"  # "flips": the engine averages over the four flips (4 inferences per frame)
 
 
 @dataclass(frozen=True)
@@ -237,6 +239,9 @@ def _parse_card(data: Any) -> ModelCard:
     policy = _get(pre, "policy", str, "preprocessing")
     if policy not in PREPROCESS_POLICIES:
         raise CardError(f"field 'preprocessing.policy': expected one of {PREPROCESS_POLICIES}, got {policy!r}")
+    tta = _get(pre, "tta", str, "preprocessing", "none")
+    if tta not in TTA_MODES:
+        raise CardError(f"field 'preprocessing.tta': expected one of {TTA_MODES}, got {tta!r}")
 
     float_file = _section(data, "float_file", optional=True)
     return ModelCard(
@@ -252,6 +257,7 @@ def _parse_card(data: Any) -> ModelCard:
             policy=policy,
             interpolation=_get(pre, "interpolation", str, "preprocessing", "area"),
             description=_get(pre, "description", str, "preprocessing", Preprocessing.description),
+            tta=tta,
         ),
         model_file=_model_file(_section(data, "model_file"), "model_file"),
         float_file=_model_file(float_file, "float_file") if float_file else None,

@@ -7,7 +7,9 @@ The interpreter comes from ``ai_edge_litert``, else ``tflite_runtime``, else
 TensorFlow (the workstation). At load the interpreter's input and output tensors are
 checked against the model card and a mismatch is refused naming the card field, so a
 card and a model file that do not belong together never produce scores. Quantization
-uses the tensors' own scale and zero point. Thresholds, top-k and the uncertain state
+uses the tensors' own scale and zero point. A card with test-time augmentation
+(``preprocessing.tta``) gets its outputs averaged over the views here, so every caller
+(daemon, HTTP, CLI, the quantization gate) scores the same way. Thresholds, top-k and the uncertain state
 are not decided here (see postprocess).
 """
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from device.card import CardError, ModelCard, verify_model_file
-from device.preprocess import dequantize, fit_to_input, normalize, quantize
+from device.preprocess import dequantize, fit_to_input, normalize, quantize, tta_views
 from device.types import Inference
 
 _log = logging.getLogger(__name__)
@@ -114,8 +116,9 @@ class Engine:
         self._input, self._output = model_io(self._interpreter)
         self._check_against_card()
         self._lock = threading.Lock()
-        _log.info("loaded %s (%s) with %s, %d threads, input %s %s",
-                  self.model_path, variant, self.backend, num_threads, self._input.shape, self._input.dtype)
+        _log.info("loaded %s (%s) with %s, %d threads, input %s %s, test-time augmentation %s",
+                  self.model_path, variant, self.backend, num_threads, self._input.shape, self._input.dtype,
+                  card.preprocessing.tta)
 
     @classmethod
     def from_model_dir(cls, model_dir, *, variant: str = "int8", num_threads: int = 2) -> Engine:
@@ -137,9 +140,9 @@ class Engine:
     def infer(self, rgb: np.ndarray) -> Inference:
         """Any-size HxWx3 uint8 RGB frame -> class probabilities in card label order, with timings."""
         t0 = time.perf_counter()
-        tensor = self._to_input(fit_to_input(rgb, *self.input_size))
+        tensors = [self._to_input(view) for view in self._views(fit_to_input(rgb, *self.input_size))]
         t1 = time.perf_counter()
-        probabilities = self._run(tensor)
+        probabilities = self._run_all(tensors)
         t2 = time.perf_counter()
         return Inference(probabilities, preprocess_ms=(t1 - t0) * 1e3, inference_ms=(t2 - t1) * 1e3)
 
@@ -148,9 +151,18 @@ class Engine:
         expected = (*self.input_size, 3)
         if pixels.shape != expected:
             raise ValueError(f"expected fitted pixels of shape {expected}, got {pixels.shape}")
-        return self._run(self._to_input(pixels))
+        return self._run_all([self._to_input(view) for view in self._views(pixels)])
 
     # --- internals ----------------------------------------------------------------
+
+    def _views(self, pixels: np.ndarray) -> list[np.ndarray]:
+        return tta_views(pixels, self.card.preprocessing.tta)
+
+    def _run_all(self, tensors: list[np.ndarray]) -> np.ndarray:
+        """Probabilities averaged over the test-time views (one tensor when the card asks for none)."""
+        if len(tensors) == 1:
+            return self._run(tensors[0])
+        return np.mean([self._run(t) for t in tensors], axis=0, dtype=np.float32)
 
     def _to_input(self, pixels: np.ndarray) -> np.ndarray:
         x = normalize(pixels, self.card.normalization.mean, self.card.normalization.std)

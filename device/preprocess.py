@@ -13,6 +13,8 @@ from typing import Literal
 import cv2
 import numpy as np
 
+from device.card import TTA_MODES
+
 # Decoding refuses images above this many pixels (decompression bombs).
 MAX_DECODE_PIXELS = 40_000_000
 
@@ -44,6 +46,18 @@ def fit_to_input(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
     shrinking = crop.shape[0] >= height
     interp = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
     return cv2.resize(crop, (width, height), interpolation=interp).astype(np.uint8, copy=False)
+
+
+def tta_views(pixels: np.ndarray, mode: str) -> list[np.ndarray]:
+    """The views of ``pixels`` (``(..., H, W, C)``: one image or a batch) whose outputs the card's
+    test-time augmentation ``mode`` averages. "flips": the image and its horizontal, vertical and
+    double flips (dermoscopy has no up or left, so each is a lesion the model could have seen)."""
+    if mode == "none":
+        return [pixels]
+    if mode == "flips":
+        by_width = pixels[..., ::-1, :]
+        return [pixels, by_width, pixels[..., ::-1, :, :], by_width[..., ::-1, :, :]]
+    raise ValueError(f"tta: expected one of {TTA_MODES}, got {mode!r}")
 
 
 def normalize(pixels: np.ndarray, mean, std) -> np.ndarray:

@@ -14,6 +14,8 @@ import os
 import sys
 from pathlib import Path
 
+from device.card import TTA_MODES
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m quantize", description=__doc__.split("\n\n")[0],
@@ -32,6 +34,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="split the gate evaluates on")
     parser.add_argument("--cache-dir", type=Path, default=None, help="decoded-pixel cache folder")
     parser.add_argument("--threads", type=int, default=2, help="interpreter threads for the gate")
+    parser.add_argument("--tta", type=str, choices=TTA_MODES, default="none",
+                        help="test-time augmentation the card asks the device for (flips: 4 inferences per frame)")
     return parser.parse_args(argv)
 
 
@@ -47,7 +51,7 @@ def main(argv=None) -> int:
         name=args.name, out=args.out, data=args.data, checkpoint=args.checkpoint,
         representative=args.representative, input_dtype=args.input_dtype, keep_float=args.keep_float,
         thresholds=GateThresholds(max_drop=args.max_drop, min_agreement=args.min_agreement),
-        split=args.split, cache_dir=args.cache_dir, num_threads=args.threads,
+        split=args.split, cache_dir=args.cache_dir, num_threads=args.threads, tta=args.tta,
     )
     try:
         dest = quantize_run(args.run_dir, options)

@@ -45,6 +45,7 @@ class QuantizeOptions:
     split: str = "test"  # split the gate evaluates on
     cache_dir: Path | None = None  # decoded-pixel cache; None = no cache
     num_threads: int = 2
+    tta: str = "none"  # card's test-time augmentation (device.card.TTA_MODES); the gate scores with it
 
 
 def quantize_run(run_dir: Path, options: QuantizeOptions) -> Path:
@@ -74,7 +75,8 @@ def quantize_run(run_dir: Path, options: QuantizeOptions) -> Path:
         int8_path.write_bytes(convert_int8(model, rep, input_dtype=options.input_dtype))
         float_path.write_bytes(convert_float(model))
         card = build_card(run, name=options.name, int8_path=int8_path,
-                          float_path=float_path if options.keep_float else None, checkpoint=options.checkpoint)
+                          float_path=float_path if options.keep_float else None, checkpoint=options.checkpoint,
+                          tta=options.tta)
         result = evaluate(Engine(float_path, card, variant="float", num_threads=options.num_threads),
                           Engine(int8_path, card, num_threads=options.num_threads),
                           pixels, y_true, options.thresholds)
@@ -85,6 +87,7 @@ def quantize_run(run_dir: Path, options: QuantizeOptions) -> Path:
             "int8 file": f"{card.model_file.size_bytes / 1024:.1f} KiB, sha256 `{card.model_file.sha256}`",
             "split": f"{run.meta['split']['method']} (seed {run.meta['split']['seed']}), evaluated on "
                      f"'{options.split}'",
+            "test-time augmentation": options.tta,
         }
         report = markdown_report(result, name=options.name, facts=facts)
         if not result.passed:

@@ -6,7 +6,7 @@ import math
 import keras
 import numpy as np
 
-from device.preprocess import normalize
+from device.preprocess import normalize, tta_views
 from train.augment import AugmentConfig, augment_batch
 
 SAMPLING = ("shuffle", "balanced")
@@ -66,6 +66,6 @@ def predict_probs(model: keras.Model, pixels: np.ndarray, mean, std, *, batch_si
     out = []
     for start in range(0, len(pixels), batch_size):
         x = normalize(np.asarray(pixels[start : start + batch_size]), mean, std)
-        views = [x, x[:, :, ::-1], x[:, ::-1], x[:, ::-1, ::-1]] if tta else [x]
+        views = tta_views(x, "flips" if tta else "none")
         out.append(np.mean([np.asarray(model(v, training=False)) for v in views], axis=0))
     return np.concatenate(out) if out else np.zeros((0, model.output_shape[-1]), np.float32)

@@ -10,7 +10,7 @@ import pytest
 
 from device.card import CardError, ModelCard
 from device.engine import BACKENDS, Engine, interpreter_class
-from device.preprocess import fit_to_input, load_image
+from device.preprocess import fit_to_input, load_image, tta_views
 from device.types import Inference
 
 
@@ -109,3 +109,17 @@ def test_refuses_a_file_that_is_not_a_model(tiny_model_dir, tmp_path):
 def test_unknown_variant(tiny_model_dir):
     with pytest.raises(ValueError, match="variant"):
         Engine.from_model_dir(tiny_model_dir, variant="int4")
+
+
+def test_flips_tta_averages_the_four_flipped_views(tiny_model_dir, engine, frame):
+    card = _card(tiny_model_dir)
+    flips = Engine(tiny_model_dir / "model_int8.tflite",
+                   dataclasses.replace(card, preprocessing=dataclasses.replace(card.preprocessing, tta="flips")),
+                   num_threads=1)
+    fitted = fit_to_input(frame, 48, 64)
+    views = tta_views(fitted, "flips")
+    assert len(views) == 4 and not np.array_equal(views[1], fitted)
+    np.testing.assert_array_equal(views[3], fitted[::-1, ::-1])
+    expected = np.mean([engine.infer_pixels(np.ascontiguousarray(v)) for v in views], axis=0)
+    np.testing.assert_allclose(flips.infer(frame).probabilities, expected, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(flips.infer_pixels(fitted), expected, rtol=0, atol=1e-6)

@@ -8,6 +8,7 @@ import pytest
 
 from device.card import CardError, ModelCard, sha256_file
 from device.engine import Engine
+from quantize.card import TrainingRun, build_card
 from train.data import CITATION, CLASSES, LICENSE
 
 METRIC_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "ece", "per_class")
@@ -103,3 +104,10 @@ def test_float_variant_needs_a_float_file(model_copy):
     (model_copy / "card.json").write_text(json.dumps(raw))
     with pytest.raises(CardError, match="float_file"):
         Engine.from_model_dir(model_copy, variant="float")
+
+
+def test_card_carries_the_test_time_augmentation_asked_for(tiny_run_dir, tiny_model_dir):
+    card = build_card(TrainingRun.load(tiny_run_dir), name="tiny", int8_path=tiny_model_dir / "model_int8.tflite",
+                      tta="flips")
+    assert ModelCard.from_dict(json.loads(json.dumps(card.to_dict()))).preprocessing.tta == "flips"
+    assert ModelCard.load(tiny_model_dir / "card.json").preprocessing.tta == "none"  # the default
