@@ -13,3 +13,6 @@ def test_table_row_comes_from_the_card(tiny_model_dir, tmp_path):
     assert f"{100 * card['metrics']['int8']['accuracy']:.1f}%" in row
     assert f"{card['architecture']['macs'] / 1e6:.0f} M" in row
     assert "not a diagnosis" in text
+    assert "| none |" in row  # the tiny card asks for no test-time augmentation
+    header = next(line for line in text.splitlines() if line.startswith("| model |"))
+    assert header.count("|") == row.count("|")
