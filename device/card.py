@@ -104,11 +104,11 @@ class ModelCard:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
-    def from_dict(cls, data: Any) -> "ModelCard":
+    def from_dict(cls, data: Any) -> ModelCard:
         return _parse_card(data)
 
     @classmethod
-    def load(cls, path: Path) -> "ModelCard":
+    def load(cls, path: Path) -> ModelCard:
         path = Path(path)
         if not path.is_file():
             raise CardError(f"model card not found: {path}")

@@ -8,8 +8,6 @@ from the file on disk.
 from __future__ import annotations
 
 import dataclasses
-import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,55 +23,10 @@ from device.card import (
     sha256_file,
 )
 from device.engine import model_io, open_interpreter
-from train.evaluate import CHECKPOINTS
-from train.train import TrainConfig, load_config
+from train.run import TrainingRun
 
 # Config keys that describe the workstation, not the model; left out of the card.
 _LOCAL_KEYS = ("data", "split_file", "runs_dir", "cache_dir", "workers")
-
-
-@dataclass(frozen=True)
-class TrainingRun:
-    """The parts of a ``train`` run directory that quantization reads."""
-
-    path: Path
-    meta: dict[str, Any]
-    config: TrainConfig
-    state: dict[str, Any]
-
-    @classmethod
-    def load(cls, run_dir: Path) -> TrainingRun:
-        run_dir = Path(run_dir)
-        for name in ("meta.json", "config.yaml", "split.csv"):
-            if not (run_dir / name).is_file():
-                raise FileNotFoundError(f"{run_dir}: not a training run ({name} missing)")
-        state_path = run_dir / "state.json"
-        return cls(
-            path=run_dir,
-            meta=json.loads((run_dir / "meta.json").read_text()),
-            config=load_config(run_dir),
-            state=json.loads(state_path.read_text()) if state_path.is_file() else {},
-        )
-
-    @property
-    def input_hw(self) -> tuple[int, int]:
-        return int(self.meta["input"]["height"]), int(self.meta["input"]["width"])
-
-    @property
-    def labels(self) -> tuple[str, ...]:
-        return tuple(label["code"] for label in self.meta["labels"])
-
-    @property
-    def normalization(self) -> tuple[list[float], list[float]]:
-        return self.meta["normalization"]["mean"], self.meta["normalization"]["std"]
-
-    def checkpoint(self, which: str) -> Path:
-        if which not in CHECKPOINTS:
-            raise ValueError(f"checkpoint: expected one of {CHECKPOINTS}, got {which!r}")
-        path = self.path / f"{which}.keras"
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint not found: {path}")
-        return path
 
 
 def model_file(path: Path) -> ModelFile:
@@ -116,6 +69,9 @@ def build_card(run: TrainingRun, *, name: str, int8_path: Path, float_path: Path
 def training_summary(run: TrainingRun, checkpoint: str) -> dict[str, Any]:
     summary = {k: v for k, v in dataclasses.asdict(run.config).items() if k not in _LOCAL_KEYS}
     summary.update(run=run.path.name, checkpoint=checkpoint, keras_backend=run.meta.get("backend", ""))
+    if run.config.init_from:  # the starting run and checkpoint, without this workstation's folders
+        start = Path(run.config.init_from)
+        summary["init_from"] = f"{start.parent.name}/{start.name}"
     if run.state:
         summary.update(epochs_trained=int(run.state["epoch"]) + 1,
                        best_val_balanced_accuracy=run.state.get("best_val_balanced_accuracy"))

@@ -20,11 +20,12 @@ import numpy as np
 import tensorflow as tf
 
 from device.engine import Engine
-from quantize.card import TrainingRun, build_card
+from quantize.card import build_card
 from quantize.convert import convert_float, convert_int8, representative_set
 from quantize.gate import GateThresholds, check, evaluate, markdown_report
-from train.data import load_pixels, read_split, select
+from train.data import load_pixels, select
 from train.metrics import json_safe
+from train.run import TrainingRun
 
 _log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ def quantize_run(run_dir: Path, options: QuantizeOptions) -> Path:
     run = TrainingRun.load(run_dir)
     height, width = run.input_hw
     mean, std = run.normalization
-    records = read_split(run.path / "split.csv", Path(options.data or run.config.data))
+    records = run.records(data=options.data)
     checkpoint = run.checkpoint(options.checkpoint)
     _log.info("loading %s", checkpoint)
     model = keras.models.load_model(checkpoint)

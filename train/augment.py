@@ -35,7 +35,7 @@ def augment_image(img: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator)
         img = cv2.warpAffine(np.ascontiguousarray(img), m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
     if cfg.hue_deg:
         hsv = cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2HSV)
-        shift = int(round(rng.uniform(-cfg.hue_deg, cfg.hue_deg) / 2))  # OpenCV hue is 0..179
+        shift = round(rng.uniform(-cfg.hue_deg, cfg.hue_deg) / 2)  # OpenCV hue is 0..179
         hsv[..., 0] = ((hsv[..., 0].astype(np.int16) + shift) % 180).astype(np.uint8)
         img = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
     x = img.astype(np.float32)

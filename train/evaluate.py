@@ -27,11 +27,10 @@ from train import data as ds
 from train import plots
 from train.dataset import predict_probs
 from train.metrics import classification_report, json_safe
-from train.train import TrainConfig, load_config
+from train.run import CHECKPOINTS, TrainingRun
+from train.train import TrainConfig
 
 _log = logging.getLogger(__name__)
-
-CHECKPOINTS = ("best", "last", "calibrated")  # calibrated: written by train.calibrate
 
 
 @dataclass
@@ -52,32 +51,22 @@ class RunData:
 def load_run(run_dir: Path, *, split: str = "test", checkpoint: str = "best",
              data: Path | None = None) -> RunData:
     """Model, normalization and ``split``'s images of a run (``data`` overrides the config's root)."""
-    run_dir = Path(run_dir)
-    if split not in ds.SPLITS:
-        raise ValueError(f"split: unknown {split!r}; choose from {ds.SPLITS}")
-    if checkpoint not in CHECKPOINTS:
-        raise ValueError(f"checkpoint: unknown {checkpoint!r}; choose from {CHECKPOINTS}")
-    for name in ("config.yaml", "meta.json", "split.csv", f"{checkpoint}.keras"):
-        if not (run_dir / name).is_file():
-            raise FileNotFoundError(f"{run_dir}: missing {name}; is this a training run directory?")
-    cfg = load_config(run_dir)
-    meta = json.loads((run_dir / "meta.json").read_text())
-    records = ds.select(ds.read_split(run_dir / "split.csv", Path(data or cfg.data)), split)
-    if cfg.limit:  # a smoke run is evaluated on the same shortened split it was trained with
-        records = records[: cfg.limit]
+    run = TrainingRun.load(run_dir)
+    path = run.checkpoint(checkpoint)
+    records = run.records(split, data)
     if not records:
-        raise ValueError(f"{run_dir}/split.csv has no {split!r} images")
-    h, w = meta["input"]["height"], meta["input"]["width"]
+        raise ValueError(f"{run.path}/split.csv has no {split!r} images")
+    mean, std = run.normalization
     return RunData(
-        run_dir=run_dir,
-        config=cfg,
-        meta=meta,
-        model=keras.models.load_model(run_dir / f"{checkpoint}.keras", compile=False),
+        run_dir=run.path,
+        config=run.config,
+        meta=run.meta,
+        model=keras.models.load_model(path, compile=False),
         records=records,
-        pixels=ds.load_pixels(records, h, w, Path(cfg.cache_dir)),
+        pixels=ds.load_pixels(records, *run.input_hw, Path(run.config.cache_dir)),
         labels=np.array([r.label for r in records], dtype=np.int64),
-        mean=meta["normalization"]["mean"],
-        std=meta["normalization"]["std"],
+        mean=mean,
+        std=std,
     )
 
 
@@ -147,16 +136,16 @@ def render_report(report: dict, figures: list[str]) -> str:
         "",
         f"> **{DISCLAIMER}**",
         "",
-        f"Model `{report['arch']}`: {model['params']:,} parameters, "
+        (f"Model `{report['arch']}`: {model['params']:,} parameters, "
         f"{model['macs'] / 1e6:.1f} M MACs per frame, "
         f"input {model['input_shape'][0]}x{model['input_shape'][1]}. Checkpoint `{report['checkpoint']}`, "
         f"{report['split']} split ({report['n']} images, {report['split_method']}-level split)"
-        f"{', flip test-time augmentation' if report['tta'] else ''}.",
+        f"{', flip test-time augmentation' if report['tta'] else ''}."),
         "",
     ]
     if report["split_method"] == "random":
-        lines += ["Image-level random split: images of one lesion can sit in train and test, so these "
-                  "figures are optimistic and only comparable with the seeds' published numbers.", ""]
+        lines += [("Image-level random split: images of one lesion can sit in train and test, so these "
+                  "figures are optimistic and only comparable with the seeds' published numbers."), ""]
     lines += [
         "| metric | value |",
         "| --- | --- |",

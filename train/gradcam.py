@@ -24,7 +24,8 @@ from device.preprocess import normalize
 from train import data as ds
 from train import plots
 from train.dataset import predict_probs
-from train.evaluate import CHECKPOINTS, eval_dir, load_run
+from train.evaluate import eval_dir, load_run
+from train.run import CHECKPOINTS
 
 _log = logging.getLogger(__name__)
 

@@ -1,6 +1,7 @@
 """Classification metrics in plain numpy, shared by training, evaluation, quantize and benchmarks."""
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -55,7 +56,7 @@ def expected_calibration_error(probs: np.ndarray, y_true: np.ndarray, bins: int 
     correct = probs.argmax(axis=1) == y_true
     edges = np.linspace(0.0, 1.0, bins + 1)
     ece = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in itertools.pairwise(edges):
         mask = (conf > lo) & (conf <= hi)
         if mask.any():
             ece += mask.mean() * abs(conf[mask].mean() - correct[mask].mean())
@@ -73,7 +74,7 @@ def classification_report(probs: np.ndarray, y_true: np.ndarray, labels: tuple[s
     aucs = [roc_auc(y_true == i, probs[:, i]) for i in range(k)]
     present = pc["support"] > 0
     return {
-        "n": int(len(y_true)),
+        "n": len(y_true),
         "accuracy": float((y_pred == y_true).mean()),
         "balanced_accuracy": float(pc["recall"][present].mean()),
         "macro_f1": float(pc["f1"][present].mean()),

@@ -8,8 +8,9 @@ import pytest
 
 from device.card import CardError, ModelCard, sha256_file
 from device.engine import Engine
-from quantize.card import TrainingRun, build_card
+from quantize.card import build_card
 from train.data import CITATION, CLASSES, LICENSE
+from train.run import TrainingRun
 
 METRIC_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "ece", "per_class")
 

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 from device.engine import Engine, model_io, open_interpreter
-from quantize.card import TrainingRun, build_card
+from quantize.card import build_card
 from quantize.convert import convert_int8, representative_set
 from train.data import load_pixels, load_records, read_split, select
 from train.dataset import predict_probs
+from train.run import TrainingRun
 
 # int8 softmax output has a step of 1/256; a few steps of drift is normal PTQ error.
 PROB_TOLERANCE = 0.03

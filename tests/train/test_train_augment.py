@@ -12,7 +12,7 @@ OFF = AugmentConfig(flip=False, rotation_deg=0.0, zoom_max=0.0, brightness=0.0, 
 
 @pytest.fixture(scope="module")
 def image(fixture_dir):
-    return fit_to_input(load_image(sorted((fixture_dir / "images").iterdir())[0]), 48, 64)
+    return fit_to_input(load_image(min((fixture_dir / "images").iterdir())), 48, 64)
 
 
 def test_augment_keeps_shape_and_dtype_and_changes_pixels(image):

@@ -44,7 +44,7 @@ def test_unknown_cyclic_mode():
 
 
 def test_cosine_warms_up_then_decays_to_min():
-    kw = dict(max_lr=1e-3, total_steps=110, warmup_steps=10, min_lr=1e-5)
+    kw = {"max_lr": 1e-3, "total_steps": 110, "warmup_steps": 10, "min_lr": 1e-5}
     assert cosine_lr(0, **kw) == pytest.approx(1e-4)
     assert cosine_lr(9, **kw) == pytest.approx(1e-3)
     assert cosine_lr(10, **kw) == pytest.approx(1e-3)
