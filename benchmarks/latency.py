@@ -43,7 +43,7 @@ def model_latency(model_dir: Path, card: ModelCard, images: list[np.ndarray], *,
                   timing: TimingOptions) -> dict[str, list[dict]]:
     """``{variant: [one row per thread count]}`` with p50/p95 latency, frames/s and GMAC/s."""
     pixels = [fit_to_input(rgb, card.input.height, card.input.width) for rgb in images]
-    macs = int(card.architecture.get("macs", 0))
+    macs = int(card.architecture.get("macs", 0)) * card.inferences_per_frame
     out: dict[str, list[dict]] = {}
     for variant in variants(card):
         rows = []

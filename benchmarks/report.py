@@ -95,14 +95,16 @@ def markdown(results: dict, *, plot_name: str) -> str:
         ["load average at start / end", f"{env['load_average_start']} / {env.get('load_average_end')}"],
     ])
     lines += ["## Models", ""]
-    lines += _table(["model", "architecture", "input", "params", "MACs/frame", "int8 file", "float file"], [
+    lines += _table(["model", "architecture", "input", "test-time aug.", "params", "MACs/frame", "int8 file",
+                     "float file"], [
         [m["name"] + (" (default)" if m["default"] else ""), f"{m['arch']} w{_f(m['width_mult'])}",
-         f"{m['input'][0]}x{m['input'][1]}", _f(m["params"], 0), _f(m["macs"] and m["macs"] / 1e6, 1, " M"),
+         f"{m['input'][0]}x{m['input'][1]}", m.get("tta", "none"), _f(m["params"], 0),
+         _f(m["macs"] and m["macs"] / 1e6, 1, " M"),
          _f(m["int8_size_bytes"] / 1024, 1, " KiB"),
          _f(m["float_size_bytes"] and m["float_size_bytes"] / 1024, 1, " KiB")] for m in models])
     lines += ["## TFLite latency (device engine, fitted input)", "",
               ("`Engine.infer_pixels`: normalize, quantize, invoke, dequantize on an image already fitted to the "
-              "model input."), ""]
+               "model input, once per test-time view the card asks for (MACs/frame counts all views)."), ""]
     lines += _table(["model", "variant", "threads", "p50 ms", "p95 ms", "frames/s", "GMAC/s"], [
         [m["name"], variant, str(r["threads"]), _f(r["p50_ms"]), _f(r["p95_ms"]), _f(r["fps"], 1),
          _f(r["gmacs_per_s"])] for m in models for variant, rows in m["latency"].items() for r in rows])

@@ -203,7 +203,8 @@ def _describe(model_dir: Path, card: ModelCard) -> dict:
         "width_mult": arch.get("width_mult"),
         "input": [card.input.height, card.input.width],
         "params": arch.get("params"),
-        "macs": arch.get("macs"),
+        "macs": arch.get("macs") and arch["macs"] * card.inferences_per_frame,  # per frame, all TTA views
+        "tta": card.preprocessing.tta,
         "int8_size_bytes": card.model_file.size_bytes,
         "float_size_bytes": card.float_file.size_bytes if card.float_file else None,
         "memory": {},

@@ -16,7 +16,9 @@ SCHEMA_VERSION = 1
 DISCLAIMER = "Screening aid, not a diagnosis. See a dermatologist about any lesion that worries you."
 INPUT_DTYPES = ("int8", "uint8", "float32")
 PREPROCESS_POLICIES = ("center_crop_resize",)
-TTA_MODES = ("none", "flips")  # test-time augmentation; the views are device.preprocess.tta_views
+# Test-time augmentation -> inferences per frame; the views are device.preprocess.tta_views.
+TTA_VIEWS = {"none": 1, "flips": 4}
+TTA_MODES = tuple(TTA_VIEWS)
 
 
 class CardError(ValueError):
@@ -96,6 +98,10 @@ class ModelCard:
     @property
     def codes(self) -> tuple[str, ...]:
         return tuple(label.code for label in self.labels)
+
+    @property
+    def inferences_per_frame(self) -> int:
+        return TTA_VIEWS[self.preprocessing.tta]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
