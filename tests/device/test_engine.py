@@ -39,6 +39,7 @@ def test_falls_back_in_order():
         interpreter_class((missing,))
 
 
+@pytest.mark.filterwarnings(r"ignore:\s*Warning. tf.lite.Interpreter is deprecated:UserWarning")  # expected here
 def test_falls_back_to_tensorflow_with_the_same_scores(tiny_model_dir, engine, frame, monkeypatch):
     # None in sys.modules makes the import fail, as if the package were not installed.
     monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)
