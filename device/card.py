@@ -76,6 +76,21 @@ class ModelFile:
 
 
 @dataclass(frozen=True)
+class Referral:
+    """When to advise seeing a dermatologist: the summed probability of ``classes`` reaches
+    ``threshold``. The threshold was picked for ``target_sensitivity`` on the ``picked_on``
+    split; ``sensitivity`` and ``specificity`` were measured on the test split."""
+
+    classes: tuple[str, ...]  # label codes whose probabilities are summed
+    threshold: float
+    sensitivity: float
+    specificity: float
+    advice: str
+    target_sensitivity: float | None = None
+    picked_on: str = ""
+
+
+@dataclass(frozen=True)
 class ModelCard:
     name: str
     labels: tuple[Label, ...]
@@ -91,6 +106,7 @@ class ModelCard:
     dataset: dict[str, Any] = field(default_factory=dict)
     quantization: dict[str, Any] = field(default_factory=dict)
     float_file: ModelFile | None = None
+    referral: Referral | None = None  # cards without one give Results with refer None
     description: str = ""
     disclaimer: str = DISCLAIMER
     schema_version: int = SCHEMA_VERSION
@@ -205,6 +221,39 @@ def _tensor(section: dict, where: str) -> dict:
     return {"dtype": dtype, "scale": scale, "zero_point": _get(section, "zero_point", int, where, 0)}
 
 
+def _fraction(section: dict, key: str, where: str, *, optional: bool = False) -> float | None:
+    """A number in [0, 1]; ``optional`` ones may be absent or null."""
+    if optional and section.get(key) is None:
+        return None
+    if key not in section:
+        raise CardError(f"missing field '{where}.{key}'")
+    value = section[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise CardError(f"field '{where}.{key}': expected a number in [0, 1], got {value!r}")
+    return float(value)
+
+
+def _referral(section: dict, codes: tuple[str, ...]) -> Referral:
+    where = "referral"
+    classes = _get(section, "classes", list, where)
+    unknown = [c for c in classes if c not in codes]
+    if not classes or unknown or len(set(classes)) != len(classes):
+        raise CardError(f"field '{where}.classes': expected distinct label codes from {list(codes)}, "
+                        f"got {classes!r}")
+    advice = _get(section, "advice", str, where).strip()
+    if not advice:
+        raise CardError(f"field '{where}.advice': must not be empty")
+    return Referral(
+        classes=tuple(classes),
+        threshold=_fraction(section, "threshold", where),
+        sensitivity=_fraction(section, "sensitivity", where),
+        specificity=_fraction(section, "specificity", where),
+        advice=advice,
+        target_sensitivity=_fraction(section, "target_sensitivity", where, optional=True),
+        picked_on=_get(section, "picked_on", str, where, ""),
+    )
+
+
 def _parse_card(data: Any) -> ModelCard:
     if not isinstance(data, dict):
         raise CardError("card must be a JSON object")
@@ -250,6 +299,7 @@ def _parse_card(data: Any) -> ModelCard:
         raise CardError(f"field 'preprocessing.tta': expected one of {TTA_MODES}, got {tta!r}")
 
     float_file = _section(data, "float_file", optional=True)
+    referral = _section(data, "referral", optional=True)
     return ModelCard(
         schema_version=version,
         name=_get(data, "name", str, ""),
@@ -267,6 +317,7 @@ def _parse_card(data: Any) -> ModelCard:
         ),
         model_file=_model_file(_section(data, "model_file"), "model_file"),
         float_file=_model_file(float_file, "float_file") if float_file else None,
+        referral=_referral(referral, tuple(label.code for label in labels)) if referral else None,
         architecture=_get(data, "architecture", dict, "", {}),
         metrics=_get(data, "metrics", dict, "", {}),
         split=_get(data, "split", dict, "", {}),

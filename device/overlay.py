@@ -1,7 +1,8 @@
 """The on-screen overlay and the displays that show it.
 
 :func:`render_overlay` is a pure function: frame + Result -> a new RGB image with the class,
-confidence, state, FPS, top-3 bars and a one-line "screening aid, not a diagnosis" notice.
+confidence, state, FPS, top-3 bars, the card's referral advice when the Result says refer,
+and a one-line "screening aid, not a diagnosis" notice.
 The same image feeds HTTP (snapshot, MJPEG). :func:`render_layer` draws the same thing on a
 transparent RGBA canvas for picamera2's DRM preview, which shows the camera itself and only
 takes an overlay. Displays share one interface (as picamera2's previews do), so the daemon
@@ -31,6 +32,8 @@ STATE_COLORS = {  # RGB
 TEXT_COLOR = (255, 255, 255)
 BAR_TRACK = (90, 90, 90)
 BAR_FILL = (90, 170, 250)
+REFER_COLOR = (255, 170, 60)  # the referral advice text
+_ADVICE_LINES = 2
 _LAYER_ALPHA = 170  # panel opacity on the RGBA layer
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 _BASE_WIDTH = 640  # sizes below are for a 640-pixel-wide frame and scale with it
@@ -50,6 +53,7 @@ class Layout:
     label_x: int
     bars: tuple[Rect, Rect, Rect]  # top-1..3 bar tracks
     notice: Rect
+    advice: Rect  # just above the notice; drawn only when the Result says refer
 
 
 def layout(width: int, height: int) -> Layout:
@@ -67,6 +71,7 @@ def layout(width: int, height: int) -> Layout:
     )
     panel = (x0, y0, x0 + panel_w, bars[-1][3] + pad)
     notice_h = round(24 * s)
+    advice_h = _ADVICE_LINES * round(22 * s) + round(6 * s)
     return Layout(
         scale=s,
         panel=panel,
@@ -75,6 +80,7 @@ def layout(width: int, height: int) -> Layout:
         label_x=x0 + pad,
         bars=bars,  # type: ignore[arg-type]
         notice=(0, height - notice_h, width, height),
+        advice=(0, height - notice_h - advice_h, width, height - notice_h),
     )
 
 
@@ -132,6 +138,13 @@ def _draw(canvas: np.ndarray, result: Result | None) -> None:
             if fill > x0:
                 cv2.rectangle(canvas, (x0, y0), (fill - 1, y1 - 1), color(BAR_FILL), -1)
             text(f"{prob:.0%}", (x1 + round(6 * s), y1), 0.45, TEXT_COLOR, lay.panel[2])
+    if result is not None and result.refer:
+        _shade(canvas, lay.advice, rgba)
+        ax0, ay0, ax1, _ = lay.advice
+        step, font_scale, thick = round(22 * s), 0.5 * s, max(1, round(1.5 * s))
+        lines = _wrap(result.referral.advice, font_scale, thick, ax1 - ax0 - round(16 * s))
+        for i, line in enumerate(lines):
+            text(line, (ax0 + round(8 * s), ay0 + (i + 1) * step), 0.5, REFER_COLOR, ax1)
     nx0, _, nx1, ny1 = lay.notice
     text(NOTICE, (nx0 + round(8 * s), ny1 - round(7 * s)), 0.5, TEXT_COLOR, nx1)
 
@@ -144,6 +157,22 @@ def _shade(canvas: np.ndarray, rect: Rect, rgba: bool) -> None:
         region[...] = (0, 0, 0, _LAYER_ALPHA)
     else:
         np.right_shift(region, 1, out=region)  # half brightness: cheaper than a blend
+
+
+def _wrap(value: str, font_scale: float, thick: int, max_w: int) -> list[str]:
+    """``value`` broken at spaces into at most ``_ADVICE_LINES`` lines of ``max_w`` pixels
+    (the last one cut with '...' if it still does not fit)."""
+    lines: list[str] = []
+    words = value.split()
+    while words and len(lines) < _ADVICE_LINES - 1:
+        n = len(words)
+        while n > 1 and cv2.getTextSize(" ".join(words[:n]), _FONT, font_scale, thick)[0][0] > max_w:
+            n -= 1
+        lines.append(" ".join(words[:n]))
+        words = words[n:]
+    if words:
+        lines.append(_fit_text(" ".join(words), font_scale, thick, max_w))
+    return lines
 
 
 def _fit_text(value: str, font_scale: float, thick: int, max_w: int) -> str:

@@ -17,7 +17,7 @@ import numpy as np
 from device.card import ModelCard
 from device.config import PostprocessConfig
 from device.preprocess import center_crop_to_aspect
-from device.types import Inference, Quality, Result
+from device.types import Inference, Quality, ReferralDecision, Result
 
 # Quality is measured on a grey copy scaled down to fit this size, so the sharpness
 # threshold means the same for a 640x480 USB frame and a 320x240 lores frame.
@@ -63,6 +63,16 @@ def measure_quality(rgb: np.ndarray, cfg: PostprocessConfig, *, aspect: tuple[in
     return Quality(brightness=brightness, sharpness=sharpness, ok=not reason, reason=reason)
 
 
+def refer_decision(card: ModelCard, probs: np.ndarray) -> ReferralDecision | None:
+    """The card's referral rule on ``probs`` (card label order), or None when it has none."""
+    rule = card.referral
+    if rule is None:
+        return None
+    score = float(sum(probs[card.codes.index(code)] for code in rule.classes))
+    return ReferralDecision(score=score, threshold=rule.threshold, sensitivity=rule.sensitivity,
+                            specificity=rule.specificity, advice=rule.advice)
+
+
 def iso_utc(timestamp: float) -> str:
     """Wall-clock seconds -> ISO 8601 UTC with milliseconds (``2024-05-01T12:00:00.123Z``)."""
     text = datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
@@ -83,7 +93,7 @@ class Postprocessor:
         self._history.clear()
 
     def process(self, inference: Inference, *, rgb: np.ndarray, frame_id: int, timestamp: float,
-                t_start: float, fps: float = 0.0) -> Result:
+                t_start: float, fps: float = 0.0, source: str = "") -> Result:
         """One Result for ``inference`` on ``rgb``.
 
         ``timestamp`` is the wall-clock capture time; ``t_start`` the monotonic time the frame
@@ -127,4 +137,6 @@ class Postprocessor:
             quality={"brightness": round(quality.brightness, 1), "sharpness": round(quality.sharpness, 1),
                      "reason": quality.reason},
             disclaimer=self.card.disclaimer,
+            referral=refer_decision(self.card, probs),
+            source=source,
         )

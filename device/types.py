@@ -37,6 +37,21 @@ class Quality:
 
 
 @dataclass(frozen=True)
+class ReferralDecision:
+    """The card's referral rule applied to one Result (``device.card.Referral``)."""
+
+    score: float  # summed probability of the referral classes
+    threshold: float
+    sensitivity: float  # of the rule on the test split, from the card
+    specificity: float
+    advice: str
+
+    def to_dict(self) -> dict:
+        return {"score": round(self.score, 6), "threshold": self.threshold, "sensitivity": self.sensitivity,
+                "specificity": self.specificity, "advice": self.advice}
+
+
+@dataclass(frozen=True)
 class Result:
     """One classification, the same object everywhere (MQTT, HTTP, CLI)."""
 
@@ -54,6 +69,13 @@ class Result:
     fps: float
     quality: dict[str, float | str] = field(default_factory=dict)
     disclaimer: str = "Screening aid, not a diagnosis."
+    # None when the card has no referral rule; else refer is referral.score >= referral.threshold.
+    referral: ReferralDecision | None = None
+    source: str = ""  # what was classified: replayed file name, camera name or "upload"
+
+    @property
+    def refer(self) -> bool | None:
+        return None if self.referral is None else self.referral.score >= self.referral.threshold
 
     def to_dict(self) -> dict:
         return {
@@ -70,5 +92,8 @@ class Result:
             "latency_ms": {k: round(v, 3) for k, v in self.latency_ms.items()},
             "fps": round(self.fps, 2),
             "quality": self.quality,
+            "refer": self.refer,
+            "referral": None if self.referral is None else self.referral.to_dict(),
+            "source": self.source,
             "disclaimer": self.disclaimer,
         }

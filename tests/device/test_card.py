@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from device.card import CardError, ModelCard
+from device.card import CardError, ModelCard, Referral
 
 
 @pytest.fixture(scope="module")
@@ -52,3 +52,58 @@ def test_load_names_the_file(tmp_path):
     missing.write_text("{not json")
     with pytest.raises(CardError, match=re.escape(f"{missing}: not valid JSON")):
         ModelCard.load(missing)
+
+
+REFERRAL = {
+    "classes": ["akiec", "bcc", "mel"], "threshold": 0.21, "target_sensitivity": 0.9, "picked_on": "val",
+    "sensitivity": 0.91, "specificity": 0.72,
+    "advice": "See a dermatologist: this lesion has features of a skin cancer.",
+}
+
+
+def with_referral(card_dict: dict, **changes) -> dict:
+    data = json.loads(json.dumps(card_dict))
+    data["referral"] = {**REFERRAL, **changes}
+    return data
+
+
+def test_cards_without_a_referral_load_with_none(card_dict):
+    without = {k: v for k, v in card_dict.items() if k != "referral"}  # as the shipped cards are
+    assert ModelCard.from_dict(without).referral is None
+    assert ModelCard.from_dict({**without, "referral": None}).referral is None
+
+
+def test_referral_is_parsed_and_round_trips(card_dict):
+    card = ModelCard.from_dict(with_referral(card_dict))
+    assert card.referral == Referral(classes=("akiec", "bcc", "mel"), threshold=0.21, sensitivity=0.91,
+                                     specificity=0.72, advice=REFERRAL["advice"], target_sensitivity=0.9,
+                                     picked_on="val")
+    assert ModelCard.from_dict(json.loads(json.dumps(card.to_dict()))) == card
+    minimal = {k: REFERRAL[k] for k in ("classes", "threshold", "sensitivity", "specificity", "advice")}
+    card = ModelCard.from_dict({**card_dict, "referral": minimal})
+    assert (card.referral.target_sensitivity, card.referral.picked_on) == (None, "")
+
+
+BAD_REFERRALS = [  # (changes, field, message after the field)
+    ({"threshold": 1.5}, "threshold", "expected a number in [0, 1], got 1.5"),
+    ({"threshold": "0.2"}, "threshold", "expected a number in [0, 1], got '0.2'"),
+    ({"sensitivity": True}, "sensitivity", "expected a number in [0, 1], got True"),
+    ({"target_sensitivity": -0.1}, "target_sensitivity", "expected a number in [0, 1], got -0.1"),
+    ({"classes": ["mel", "melanoma"]}, "classes", "expected distinct label codes from"),
+    ({"classes": []}, "classes", "expected distinct label codes from"),
+    ({"classes": ["mel", "mel"]}, "classes", "expected distinct label codes from"),
+    ({"advice": "  "}, "advice", "must not be empty"),
+]
+
+
+@pytest.mark.parametrize(("changes", "field", "message"), BAD_REFERRALS)
+def test_a_bad_referral_field_is_named(card_dict, changes, field, message):
+    with pytest.raises(CardError, match=re.escape(f"field 'referral.{field}': {message}")):
+        ModelCard.from_dict(with_referral(card_dict, **changes))
+
+
+def test_a_missing_referral_field_is_named(card_dict):
+    data = with_referral(card_dict)
+    del data["referral"]["threshold"]
+    with pytest.raises(CardError, match=re.escape("missing field 'referral.threshold'")):
+        ModelCard.from_dict(data)

@@ -10,6 +10,7 @@ from device.config import OverlayConfig
 from device.overlay import (
     BAR_FILL,
     BAR_TRACK,
+    REFER_COLOR,
     STATE_COLORS,
     DrmDisplay,
     NullDisplay,
@@ -20,17 +21,25 @@ from device.overlay import (
     render_overlay,
     title_text,
 )
-from device.types import Result
+from device.types import ReferralDecision, Result
 
 GREY = 200
 
 
-def make_result(state="ok", top3=(("mel", 0.75), ("nv", 0.2), ("bcc", 0.05)), fps=9.5, reason=""):
+ADVICE = ("See a dermatologist soon: this lesion has features seen in skin cancers (melanoma, basal cell "
+          "carcinoma or actinic keratosis).")
+
+
+def make_result(state="ok", top3=(("mel", 0.75), ("nv", 0.2), ("bcc", 0.05)), fps=9.5, reason="",
+                referral_score=None):
+    referral = None if referral_score is None else ReferralDecision(
+        score=referral_score, threshold=0.3, sensitivity=0.9, specificity=0.7, advice=ADVICE)
     return Result(
         class_code=top3[0][0], class_name="Melanoma", class_index=4, confidence=top3[0][1],
         all_probabilities=dict(top3), top3=tuple(top3), state=state, model="unit", frame_id=7,
         timestamp="2024-01-01T00:00:00.000Z", latency_ms={"total": 1.0}, fps=fps,
         quality={"reason": reason} if reason else {},
+        referral=referral,
     )
 
 
@@ -113,6 +122,21 @@ def test_notice_strip_carries_text():
     strip = band(out, layout(640, 480).notice)
     assert near(strip, (255, 255, 255), tol=40).sum() > 200  # white text on the darkened strip
     assert near(strip, (GREY // 2,) * 3, tol=2).mean() > 0.5
+
+
+def test_referral_advice_is_drawn_only_when_the_result_refers():
+    lay = layout(640, 480)
+    refer = render_overlay(grey_frame(), make_result(referral_score=0.8))
+    strip = band(refer, lay.advice)
+    assert near(strip, REFER_COLOR, tol=30).sum() > 300  # two lines of advice text
+    rows = np.nonzero(near(strip, REFER_COLOR, tol=30).any(axis=1))[0]
+    assert rows.max() - rows.min() > 25  # wrapped onto a second line, not cut to one
+    for quiet in (make_result(referral_score=0.1), make_result()):  # below threshold; no rule
+        out = render_overlay(grey_frame(), quiet)
+        assert (band(out, lay.advice) == GREY).all()
+        assert not near(out, REFER_COLOR, tol=30).any()
+    # the advice sits beside the disclaimer, which is still drawn
+    assert near(band(refer, lay.notice), (255, 255, 255), tol=40).sum() > 200
 
 
 def test_waiting_and_state_titles():

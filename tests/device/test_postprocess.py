@@ -162,3 +162,33 @@ def test_smoothing_one_is_off():
     post = Postprocessor(make_card(), PostprocessConfig(smoothing=5), smoothing=1)
     run(post, probs(mel=0.9))
     assert run(post, probs(nv=0.9)).all_probabilities["nv"] == pytest.approx(0.9, abs=1e-6)
+
+
+def referral_card(threshold: float) -> ModelCard:
+    data = json.loads(json.dumps(make_card().to_dict()))
+    data["referral"] = {"classes": ["akiec", "bcc", "mel"], "threshold": threshold, "sensitivity": 0.9,
+                        "specificity": 0.7, "advice": "See a dermatologist."}
+    return ModelCard.from_dict(data)
+
+
+def test_referral_sums_the_card_classes_against_its_threshold():
+    p = probs(akiec=0.05, bcc=0.1, mel=0.12, nv=0.6)  # referral score 0.27, top class nv
+    above = run(Postprocessor(referral_card(0.25), PostprocessConfig()), p)
+    assert above.class_code == "nv" and above.refer is True
+    assert above.referral.score == pytest.approx(0.27, abs=1e-6)
+    below = run(Postprocessor(referral_card(0.3), PostprocessConfig()), p)
+    assert below.refer is False
+    data = json.loads(json.dumps(above.to_dict()))
+    assert data["refer"] is True
+    assert data["referral"] == {"score": pytest.approx(0.27, abs=1e-5), "threshold": 0.25, "sensitivity": 0.9,
+                                "specificity": 0.7, "advice": "See a dermatologist."}
+
+
+def test_referral_at_exactly_the_threshold_refers():
+    p = np.array([0.25, 0.25, 0.0, 0.0, 0.0, 0.5, 0.0], np.float32)
+    assert run(Postprocessor(referral_card(0.5), PostprocessConfig()), p).refer is True
+
+
+def test_without_a_referral_rule_refer_and_referral_are_null():
+    data = run(Postprocessor(make_card(), PostprocessConfig()), probs(mel=0.9)).to_dict()
+    assert data["refer"] is None and data["referral"] is None
