@@ -36,6 +36,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="interpreter threads for the gate")
     parser.add_argument("--tta", type=str, choices=TTA_MODES, default="none",
                         help="test-time augmentation the card asks the device for (flips: 4 inferences per frame)")
+    parser.add_argument("--referral-sensitivity", type=float, default=0.9,
+                        help="the card's referral rule (P(akiec)+P(bcc)+P(mel) >= threshold) is picked on the val "
+                             "split for this sensitivity; 0 leaves the rule out")
     return parser.parse_args(argv)
 
 
@@ -52,6 +55,7 @@ def main(argv=None) -> int:
         representative=args.representative, input_dtype=args.input_dtype, keep_float=args.keep_float,
         thresholds=GateThresholds(max_drop=args.max_drop, min_agreement=args.min_agreement),
         split=args.split, cache_dir=args.cache_dir, num_threads=args.threads, tta=args.tta,
+        referral_sensitivity=args.referral_sensitivity,
     )
     try:
         dest = quantize_run(args.run_dir, options)

@@ -34,6 +34,7 @@ class GateResult:
     accuracy_drop: float  # float accuracy minus int8 accuracy, in percentage points
     thresholds: GateThresholds
     failures: tuple[str, ...]
+    int8_probs: np.ndarray | None = None  # (N, classes), kept for the referral rule and reports
 
     @property
     def passed(self) -> bool:
@@ -67,7 +68,7 @@ def compare(float_probs: np.ndarray, int8_probs: np.ndarray, y_true: np.ndarray,
     if agreement < thresholds.min_agreement:
         failures.append(f"int8/float top-1 agreement {100 * agreement:.2f}% is below "
                         f"{100 * thresholds.min_agreement:.2f}%")
-    return GateResult(float_report, int8_report, agreement, drop, thresholds, tuple(failures))
+    return GateResult(float_report, int8_report, agreement, drop, thresholds, tuple(failures), int8_probs)
 
 
 def evaluate(float_engine: Engine, int8_engine: Engine, pixels: np.ndarray, y_true: np.ndarray,

@@ -22,7 +22,8 @@ import tensorflow as tf
 from device.engine import Engine
 from quantize.card import build_card
 from quantize.convert import convert_float, convert_int8, representative_set
-from quantize.gate import GateThresholds, check, evaluate, markdown_report
+from quantize.gate import GateThresholds, check, evaluate, markdown_report, predict
+from quantize.referral import build as build_referral
 from train.data import load_pixels, select
 from train.metrics import json_safe
 from train.run import TrainingRun
@@ -47,6 +48,7 @@ class QuantizeOptions:
     cache_dir: Path | None = None  # decoded-pixel cache; None = no cache
     num_threads: int = 2
     tta: str = "none"  # card's test-time augmentation (device.card.TTA_MODES); the gate scores with it
+    referral_sensitivity: float = 0.9  # the referral rule's target on val; 0 = no rule in the card
 
 
 def quantize_run(run_dir: Path, options: QuantizeOptions) -> Path:
@@ -58,9 +60,8 @@ def quantize_run(run_dir: Path, options: QuantizeOptions) -> Path:
     height, width = run.input_hw
     mean, std = run.normalization
     records = run.records(data=options.data)
-    checkpoint = run.checkpoint(options.checkpoint)
-    _log.info("loading %s", checkpoint)
-    model = keras.models.load_model(checkpoint)
+    _log.info("loading %s", run.checkpoint(options.checkpoint))
+    model = run.load_model(options.checkpoint)
 
     rep = representative_set(select(records, "train"), height, width, mean, std,
                              count=options.representative, seed=run.config.seed, cache_dir=options.cache_dir)
@@ -96,12 +97,22 @@ def quantize_run(run_dir: Path, options: QuantizeOptions) -> Path:
             rejected.write_text(report)
             _log.error("gate failed; report written to %s", rejected)
         check(result, name=options.name)
+        referral = None
+        if options.referral_sensitivity:
+            int8_engine = Engine(int8_path, card, num_threads=options.num_threads)
+            val = select(records, "val")
+            val_probs = predict(int8_engine, load_pixels(val, height, width, options.cache_dir), desc="int8 val")
+            referral = build_referral(val_probs, np.array([r.label for r in val]), result.int8_probs, y_true,
+                                      card.codes, target_sensitivity=options.referral_sensitivity)
+            _log.info("referral: threshold %.4f (val sensitivity >= %.2f); test sensitivity %.4f, specificity %.4f",
+                      referral.threshold, options.referral_sensitivity, referral.sensitivity, referral.specificity)
 
         card = dataclasses.replace(
             card,
             metrics=json_safe({"split": options.split, "n": len(y_true), "float": result.float_report,
                                "int8": result.int8_report}),
-            quantization=json_safe(_quantization_summary(options, len(rep), run.config.seed, result.summary())),
+            quantization=json_safe(_quantization_summary(options, len(rep), run, result.summary())),
+            referral=referral,
         )
         card.save(staging / "card.json")
         (staging / "REPORT.md").write_text(report)
@@ -115,13 +126,15 @@ def quantize_run(run_dir: Path, options: QuantizeOptions) -> Path:
     return dest
 
 
-def _quantization_summary(options: QuantizeOptions, count: int, seed: int, gate: dict) -> dict:
+def _quantization_summary(options: QuantizeOptions, count: int, run: TrainingRun, gate: dict) -> dict:
+    qat = bool(run.meta.get("quantization_aware_training", False))
     return {
-        "method": "post-training full-integer quantization",
-        "quantization_aware_training": False,
+        "method": "full-integer quantization" + (" after quantization-aware fine-tuning" if qat else
+                                                 " (post-training)"),
+        "quantization_aware_training": qat,
         "supported_ops": "TFLITE_BUILTINS_INT8",
         "input_dtype": options.input_dtype,
-        "representative": {"split": "train", "count": count, "seed": seed},
+        "representative": {"split": "train", "count": count, "seed": run.config.seed},
         "converter": f"tensorflow {tf.__version__}, keras {keras.__version__}",
         "gate": gate,
     }

@@ -25,10 +25,10 @@ import numpy as np
 from device.card import DISCLAIMER
 from train import data as ds
 from train import plots
+from train.config import TrainConfig
 from train.dataset import predict_probs
 from train.metrics import classification_report, json_safe
 from train.run import CHECKPOINTS, TrainingRun
-from train.train import TrainConfig
 
 _log = logging.getLogger(__name__)
 
@@ -52,7 +52,6 @@ def load_run(run_dir: Path, *, split: str = "test", checkpoint: str = "best",
              data: Path | None = None) -> RunData:
     """Model, normalization and ``split``'s images of a run (``data`` overrides the config's root)."""
     run = TrainingRun.load(run_dir)
-    path = run.checkpoint(checkpoint)
     records = run.records(split, data)
     if not records:
         raise ValueError(f"{run.path}/split.csv has no {split!r} images")
@@ -61,7 +60,7 @@ def load_run(run_dir: Path, *, split: str = "test", checkpoint: str = "best",
         run_dir=run.path,
         config=run.config,
         meta=run.meta,
-        model=keras.models.load_model(path, compile=False),
+        model=run.load_model(checkpoint),
         records=records,
         pixels=ds.load_pixels(records, *run.input_hw, Path(run.config.cache_dir)),
         labels=np.array([r.label for r in records], dtype=np.int64),

@@ -11,8 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import keras
+
 from train import data as ds
-from train.train import TrainConfig, load_config
+from train import qat
+from train.config import TrainConfig, load_config
 
 CHECKPOINTS = ("best", "last", "calibrated")  # calibrated: written by train.calibrate
 
@@ -57,6 +60,10 @@ class TrainingRun:
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint not found: {path}")
         return path
+
+    def load_model(self, which: str = "best") -> keras.Model:
+        """A checkpoint as the plain float model (a quantization-aware run's FakeQuant layers removed)."""
+        return qat.strip(keras.models.load_model(self.checkpoint(which), compile=False))
 
     def records(self, split: str | None = None, data: Path | None = None) -> list[ds.Record]:
         """The run's split CSV with images under ``data`` (default: the config's root); one split's

@@ -18,63 +18,26 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 import numpy as np
 import yaml
 
+from device.preprocess import normalize
+from train import backbones, qat
 from train import data as ds
 from train.augment import AugmentConfig
+from train.config import LR_POLICIES, TrainConfig, load_config, write_config
 from train.dataset import Batches, predict_probs
+from train.evaluate import evaluate_run
 from train.metrics import classification_report
 from train.models import build_model, describe
 from train.schedules import CYCLIC_MODES, LRPolicy, cosine_lr, cyclic_lr
 
 _log = logging.getLogger("train")
 
-DEFAULT_INPUT = {"seed_cnn": (90, 120), "concat_resnet": (90, 120), "edgenet": (150, 200)}
-LR_POLICIES = CYCLIC_MODES + ("cosine", "constant")
 _RUN_HANDLER = "train-run"  # name of the log handlers main() installs
-
-
-@dataclass
-class TrainConfig:
-    data: str = "data/ham10000"  # HAM10000 root: metadata CSV + images anywhere below
-    arch: str = "edgenet"  # seed_cnn | concat_resnet | edgenet
-    name: str = ""  # run name; defaults to arch
-    height: int = 0  # model input; 0 = the architecture's default
-    width: int = 0
-    width_mult: float = 1.0
-    epochs: int = 30
-    batch_size: int = 32
-    optimizer: str = "adamw"  # adam | adamw | rmsprop
-    weight_decay: float = 1e-4  # adamw only
-    lr_policy: str = "triangular2"  # triangular | triangular2 | exp_range | cosine | constant
-    base_lr: float = 1e-4
-    max_lr: float = 2e-3
-    cycle_epochs: float = 4.0  # half-cycle length of the cyclic policies, in epochs
-    gamma: float = 0.99994  # exp_range decay per iteration
-    loss: str = "crossentropy"  # crossentropy | focal
-    focal_gamma: float = 2.0
-    label_smoothing: float = 0.0
-    imbalance: str = "weights"  # none | weights | sampling
-    balance_power: float = 0.5  # 1 = fully inverse-frequency, 0 = none
-    augment: bool = True
-    split: str = "lesion"  # lesion | random (the seeds' leaky protocol, for comparison only)
-    split_file: str = ""  # reuse an existing split CSV instead of drawing one
-    split_seed: int = 42
-    init_from: str = ""  # a .keras checkpoint to start from; its run's split and normalization are kept
-    seed: int = 1
-    limit: int = 0  # use only the first N images of each split (smoke runs)
-    runs_dir: str = "runs"
-    cache_dir: str = "cache"
-    workers: int = 2
-
-    def input_hw(self) -> tuple[int, int]:
-        default = DEFAULT_INPUT.get(self.arch, (90, 120))
-        return (self.height or default[0], self.width or default[1])
 
 
 # --- building blocks --------------------------------------------------------------
@@ -98,13 +61,14 @@ def make_loss(cfg: TrainConfig) -> keras.losses.Loss:
     raise ValueError(f"loss: unknown {cfg.loss!r}; use crossentropy or focal")
 
 
-def make_lr_fn(cfg: TrainConfig, steps_per_epoch: int):
+def make_lr_fn(cfg: TrainConfig, steps_per_epoch: int, epochs: int):
+    """Learning rate per optimizer iteration for a phase of ``epochs`` epochs."""
     if cfg.lr_policy in CYCLIC_MODES:
         step_size = max(1, int(cfg.cycle_epochs * steps_per_epoch))
         return lambda s: cyclic_lr(s, base_lr=cfg.base_lr, max_lr=cfg.max_lr, step_size=step_size,
                                    mode=cfg.lr_policy, gamma=cfg.gamma)
     if cfg.lr_policy == "cosine":
-        total = cfg.epochs * steps_per_epoch
+        total = epochs * steps_per_epoch
         return lambda s: cosine_lr(s, max_lr=cfg.max_lr, total_steps=total, warmup_steps=steps_per_epoch,
                                    min_lr=cfg.base_lr)
     if cfg.lr_policy == "constant":
@@ -161,7 +125,10 @@ def prepare_split(cfg: TrainConfig, run_dir: Path) -> list[ds.Record]:
 
 
 def fit(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> Path:
-    """Train into ``run_dir`` (continuing from last.keras when ``resume``); returns run_dir."""
+    """Train into ``run_dir`` (continuing from last.keras when ``resume``); returns run_dir.
+
+    A pretrained backbone trains in two phases: ``freeze_epochs`` of the head alone at ``head_lr``,
+    then the whole network under the LR policy (a fresh optimizer, its schedule counted from there)."""
     keras.utils.set_random_seed(cfg.seed)
     h, w = cfg.input_hw()
     if resume:
@@ -182,22 +149,19 @@ def fit(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> Path:
         state = json.loads((run_dir / "state.json").read_text())
         initial_epoch, best = state["epoch"] + 1, state["best_val_balanced_accuracy"]
     else:
-        if cfg.init_from:
-            model, (mean, std) = _warm_start(cfg)
-        else:
-            mean, std = ds.channel_stats(pixels["train"])
-            model = build_model(cfg.arch, (h, w, 3), width=cfg.width_mult)
-        model.compile(optimizer=make_optimizer(cfg), loss=make_loss(cfg), metrics=["accuracy"])
+        model, (mean, std), provenance = _initial_model(cfg, pixels["train"])
         meta = {
             "arch": cfg.arch,
             "input": {"height": h, "width": w},
             "labels": [{"code": c, "name": n} for c, n in ds.CLASSES],
             "normalization": {"mean": mean, "std": std},
-            "model": describe(model),
+            "model": describe(qat.strip(model)),
             "split": {"method": cfg.split, "seed": cfg.split_seed, "counts": ds.split_counts(records)},
             "dataset": {"name": "HAM10000", "citation": ds.CITATION, "license": ds.LICENSE},
             "backend": keras.backend.backend(),
             "init_from": cfg.init_from or None,
+            "backbone": provenance,
+            "quantization_aware_training": cfg.qat,
         }
         meta_path.write_text(json.dumps(meta, indent=2))
         initial_epoch, best = 0, -1.0
@@ -214,15 +178,91 @@ def fit(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> Path:
         sampling="balanced" if cfg.imbalance == "sampling" else "shuffle",
         balance_power=cfg.balance_power, seed=cfg.seed, start_epoch=initial_epoch, workers=cfg.workers,
     )
+    checkpointer = Checkpointer(run_dir, pixels["val"], labels["val"], mean, std, ds.CLASS_CODES, best)
+    csv_log = keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=resume)
+
+    def run_phase(lr_fn, until: int) -> None:
+        nonlocal initial_epoch
+        model.fit(train_batches, epochs=until, initial_epoch=initial_epoch, class_weight=class_weight,
+                  callbacks=[LRPolicy(lr_fn), checkpointer, csv_log], verbose=1)
+        initial_epoch = until
+
     class_weight = (ds.class_weights(labels["train"], cfg.balance_power) if cfg.imbalance == "weights" else None)
-    callbacks = [
-        LRPolicy(make_lr_fn(cfg, len(train_batches))),
-        Checkpointer(run_dir, pixels["val"], labels["val"], mean, std, ds.CLASS_CODES, best),
-        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=resume),
-    ]
-    model.fit(train_batches, epochs=cfg.epochs, initial_epoch=initial_epoch, class_weight=class_weight,
-              callbacks=callbacks, verbose=1)
+    head_epochs = cfg.freeze_epochs if cfg.pretrained else 0
+    if initial_epoch < head_epochs:
+        _log.info("phase 1: head only, %d epoch(s) at lr %g", head_epochs, cfg.head_lr)
+        if not resume or initial_epoch == 0:
+            set_trainable(model, cfg, backbone=False)
+            model.compile(optimizer=make_optimizer(cfg), loss=make_loss(cfg), metrics=["accuracy"])
+        run_phase(lambda s: cfg.head_lr, head_epochs)
+        resume = False  # the whole-network phase starts with a fresh optimizer
+    if not resume:
+        set_trainable(model, cfg, backbone=True)
+        model.compile(optimizer=make_optimizer(cfg), loss=make_loss(cfg), metrics=["accuracy"])
+    _log.info("%s: epochs %d-%d, %s lr %g -> %g", "whole network" if cfg.pretrained else "training",
+              initial_epoch + 1, cfg.epochs, cfg.lr_policy, cfg.max_lr, cfg.base_lr)
+    run_phase(make_lr_fn(cfg, len(train_batches), cfg.epochs - head_epochs), cfg.epochs)
     return run_dir
+
+
+def set_trainable(model: keras.Model, cfg: TrainConfig, *, backbone: bool) -> None:
+    """Backbone layers on or off for a phase; with ``trainable_from`` only that layer and those after
+    it train (the early, high-resolution layers cost most to back-propagate and transfer as they are).
+    BatchNorm follows ``bn_mode`` (frozen BN runs in inference mode). The head always trains."""
+    names = [layer.name for layer in model.layers]
+    if cfg.trainable_from and cfg.trainable_from not in names:
+        raise ValueError(f"trainable_from: no layer {cfg.trainable_from!r} in {model.name}")
+    first = names.index(cfg.trainable_from) if cfg.trainable_from else 0
+    head = names.index("pool") if "pool" in names else len(names)
+    for i, layer in enumerate(model.layers):
+        trains = i >= head or (backbone and i >= first)
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = trains and cfg.bn_mode != "frozen"
+            layer.momentum = cfg.bn_momentum
+        else:
+            layer.trainable = trains
+
+
+def _initial_model(cfg: TrainConfig, train_pixels: np.ndarray) -> tuple[keras.Model, tuple, dict | None]:
+    """The model a new run starts from, its input normalization and where its weights came from."""
+    h, w = cfg.input_hw()
+    if cfg.init_from:
+        model, norm = _warm_start(cfg)
+        provenance = init_source_meta(cfg).get("backbone")
+    elif cfg.pretrained:
+        model, imported = backbones.pretrained_classifier(cfg.arch, (h, w, 3), weights=cfg.backbone_weights,
+                                                          num_classes=len(ds.CLASSES), dropout=cfg.dropout,
+                                                          alpha=cfg.width_mult)
+        norm = backbones.IMAGENET_NORMALIZATION
+        provenance = {"name": cfg.arch, "weights": imported.source, "kind": imported.kind,
+                      "conv_layers_set": imported.layers, "sha256": imported.sha256 or None,
+                      "bn_mode": cfg.bn_mode}
+        _log.info("backbone %s: weights from %s (%s, %d conv layers)", cfg.arch, imported.source, imported.kind,
+                  imported.layers)
+        if imported.kind == "tflite" and cfg.self_check_images:
+            provenance["self_check"] = _self_check(cfg)
+        if cfg.bn_mode == "reestimate":
+            sample = np.random.default_rng(cfg.seed).permutation(len(train_pixels))[:512]
+            n = backbones.reestimate_batchnorm(model, normalize(np.asarray(train_pixels[np.sort(sample)]), *norm))
+            _log.info("BatchNorm: statistics of %d layers re-estimated on %d training images", n, len(sample))
+    else:
+        norm = ds.channel_stats(train_pixels)
+        model = build_model(cfg.arch, (h, w, 3), width=cfg.width_mult)
+        provenance = None
+    return (qat.quantize_aware(model) if cfg.qat else model), norm, provenance
+
+
+def _self_check(cfg: TrainConfig) -> list[dict]:
+    images = [Path(p) for p in cfg.self_check_images.split(",") if p]
+    labels = Path(cfg.imagenet_labels) if cfg.imagenet_labels else None
+    rows = backbones.imagenet_self_check(Path(cfg.backbone_weights), images, labels_file=labels, name=cfg.arch)
+    for row in rows:
+        _log.info("self-check %s: ImageNet top-1 %s (the TFLite file: %s)%s", row["image"], row["keras"],
+                  row["tflite"], "" if row["agree"] else "  MISMATCH")
+    if not all(row["agree"] for row in rows):
+        raise backbones.WeightImportError(f"{cfg.backbone_weights}: the imported backbone disagrees with the "
+                                          "file on the self-check images; refusing to train on it")
+    return rows
 
 
 def init_source_meta(cfg: TrainConfig) -> dict:
@@ -253,19 +293,6 @@ def new_run_dir(cfg: TrainConfig) -> Path:
     run_dir.mkdir(parents=True, exist_ok=False)
     write_config(cfg, run_dir)
     return run_dir
-
-
-def write_config(cfg: TrainConfig, run_dir: Path) -> None:
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
-
-
-def load_config(run_dir: Path) -> TrainConfig:
-    raw = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ValueError(f"{run_dir}/config.yaml: unknown keys {unknown}")
-    return TrainConfig(**raw)
 
 
 def _setup_logging(run_dir: Path) -> None:
@@ -318,7 +345,5 @@ def main(argv=None) -> Path:
     _log.info("run directory %s (backend %s)", run_dir, keras.backend.backend())
     fit(cfg, run_dir, resume=bool(args.resume))
     if not args.no_evaluate:
-        from train.evaluate import evaluate_run
-
         evaluate_run(run_dir)
     return run_dir

@@ -1,0 +1,87 @@
+"""A training run's knobs: one dataclass, written to and read back from ``config.yaml``.
+
+Flags of ``python -m train`` and YAML files under ``train/configs/`` override the defaults.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from train.schedules import CYCLIC_MODES
+
+DEFAULT_INPUT = {"seed_cnn": (90, 120), "concat_resnet": (90, 120), "edgenet": (150, 200),
+                 "mobilenet_v2": (150, 200)}
+BN_MODES = ("reestimate", "frozen", "train")
+LR_POLICIES = CYCLIC_MODES + ("cosine", "constant")
+
+
+@dataclass
+class TrainConfig:
+    data: str = "data/ham10000"  # HAM10000 root: metadata CSV + images anywhere below
+    arch: str = "edgenet"  # seed_cnn | concat_resnet | edgenet | mobilenet_v2 (ImageNet-pretrained)
+    # Pretrained backbones only (arch mobilenet_v2):
+    backbone_weights: str = "imagenet"  # imagenet (Keras download) | a Keras .h5 file | a TFLite classifier | none
+    self_check_images: str = ""  # comma-separated photos: log their ImageNet top-1 after a TFLite import
+    imagenet_labels: str = ""  # the 1001-line label file for the self-check's names
+    freeze_epochs: int = 1  # head warm-up epochs with the backbone frozen, at head_lr
+    head_lr: float = 1e-3
+    trainable_from: str = ""  # first backbone layer the second phase trains ("" = all of it); earlier ones stay frozen
+    bn_mode: str = "reestimate"  # reestimate (measure stats on our images, then train) | frozen | train
+    bn_momentum: float = 0.9
+    dropout: float = 0.2
+    qat: bool = False  # quantization-aware fine-tuning: simulate int8 activations (train.qat)
+    name: str = ""  # run name; defaults to arch
+    height: int = 0  # model input; 0 = the architecture's default
+    width: int = 0
+    width_mult: float = 1.0
+    epochs: int = 30
+    batch_size: int = 32
+    optimizer: str = "adamw"  # adam | adamw | rmsprop
+    weight_decay: float = 1e-4  # adamw only
+    lr_policy: str = "triangular2"  # triangular | triangular2 | exp_range | cosine | constant
+    base_lr: float = 1e-4
+    max_lr: float = 2e-3
+    cycle_epochs: float = 4.0  # half-cycle length of the cyclic policies, in epochs
+    gamma: float = 0.99994  # exp_range decay per iteration
+    loss: str = "crossentropy"  # crossentropy | focal
+    focal_gamma: float = 2.0
+    label_smoothing: float = 0.0
+    imbalance: str = "weights"  # none | weights | sampling
+    balance_power: float = 0.5  # 1 = fully inverse-frequency, 0 = none
+    augment: bool = True
+    split: str = "lesion"  # lesion | random (the seeds' leaky protocol, for comparison only)
+    split_file: str = ""  # reuse an existing split CSV instead of drawing one
+    split_seed: int = 42
+    init_from: str = ""  # a .keras checkpoint to start from; its run's split and normalization are kept
+    seed: int = 1
+    limit: int = 0  # use only the first N images of each split (smoke runs)
+    runs_dir: str = "runs"
+    cache_dir: str = "cache"
+    workers: int = 2
+
+    @property
+    def pretrained(self) -> bool:
+        return self.arch == "mobilenet_v2"
+
+    def input_hw(self) -> tuple[int, int]:
+        default = DEFAULT_INPUT.get(self.arch, (90, 120))
+        return (self.height or default[0], self.width or default[1])
+
+
+
+def write_config(cfg: TrainConfig, run_dir: Path) -> None:
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+
+
+def load_config(run_dir: Path) -> TrainConfig:
+    raw = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ValueError(f"{run_dir}/config.yaml: unknown keys {unknown}")
+    return TrainConfig(**raw)
+
+

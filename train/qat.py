@@ -1,0 +1,98 @@
+"""Quantization-aware fine-tuning for the int8 export, in plain Keras 3 (any backend).
+
+TensorFlow Model Optimization's QAT does not support Keras 3, so this simulates what the
+int8 TFLite graph does to activations: every tensor the converter quantizes (each conv's
+output after its fused BatchNorm/ReLU6, each residual add, the logits) goes through a
+``FakeQuant`` that rounds to 256 levels of a per-tensor range, with straight-through
+gradients. The range is a moving average of batch min/max, as the converter's calibration
+takes min/max over the representative set. Weights are quantized per channel by the
+converter, which costs little, so they are left in float.
+
+``quantize_aware`` rebuilds a functional model around the *same* layer objects, so the
+weights trained here are the plain model's weights; ``strip`` returns that plain model for
+conversion (the FakeQuant layers hold no weights the int8 graph needs).
+"""
+from __future__ import annotations
+
+import keras
+from keras import layers, ops
+
+
+@keras.saving.register_keras_serializable(package="dermedge")
+class FakeQuant(layers.Layer):
+    """Quantize-dequantize to uint8 levels over a moving [min, max] range (always containing 0)."""
+
+    def __init__(self, momentum: float = 0.99, **kwargs):
+        super().__init__(**kwargs)
+        self.momentum = momentum
+
+    def build(self, input_shape):
+        self.range_min = self.add_weight(name="range_min", shape=(), initializer="zeros", trainable=False)
+        self.range_max = self.add_weight(name="range_max", shape=(), initializer="zeros", trainable=False)
+        self.seen = self.add_weight(name="seen", shape=(), initializer="zeros", trainable=False)
+
+    def call(self, x, training=False):
+        if training:
+            lo, hi = ops.minimum(ops.min(x), 0.0), ops.maximum(ops.max(x), 0.0)
+            # The first batch sets the range; later ones move it by (1 - momentum).
+            m = ops.where(self.seen > 0, self.momentum, 0.0)
+            self.range_min.assign(m * self.range_min + (1.0 - m) * ops.stop_gradient(lo))
+            self.range_max.assign(m * self.range_max + (1.0 - m) * ops.stop_gradient(hi))
+            self.seen.assign(1.0)
+        lo, hi = self.range_min, self.range_max
+        scale = ops.maximum((hi - lo) / 255.0, 1e-8)
+        zero = ops.round(-lo / scale)
+        q = (ops.clip(ops.round(x / scale) + zero, 0.0, 255.0) - zero) * scale
+        return x + ops.stop_gradient(q - x)
+
+    def get_config(self):
+        return {**super().get_config(), "momentum": self.momentum}
+
+
+def _quantized_by_converter(layer: layers.Layer, consumers: list[layers.Layer]) -> bool:
+    """True where the int8 graph has a quantized tensor: BN outputs not fused into a following
+    ReLU, ReLU outputs, adds, the pooled features and the logits."""
+    if isinstance(layer, layers.BatchNormalization):
+        return not any(isinstance(c, layers.ReLU) for c in consumers)
+    return isinstance(layer, (layers.ReLU, layers.Add, layers.GlobalAveragePooling2D)) or layer.name == "head"
+
+
+def quantize_aware(model: keras.Model) -> keras.Model:
+    """``model`` with a FakeQuant after every tensor the converter quantizes (input included)."""
+    consumers: dict[int, list] = {}
+    for layer in model.layers:
+        for t in _inputs(layer):
+            consumers.setdefault(id(t), []).append(layer)
+    inputs = keras.Input(model.input_shape[1:], name=model.inputs[0].name)
+    tensors = {id(model.inputs[0]): FakeQuant(name="fq_input")(inputs)}
+    for layer in model.layers:
+        if isinstance(layer, layers.InputLayer):
+            continue
+        args = [tensors[id(t)] for t in _inputs(layer)]
+        source = layer.output  # read before calling: a second call makes .output ambiguous
+        out = layer(args if len(args) > 1 else args[0])
+        if _quantized_by_converter(layer, consumers.get(id(source), [])):
+            out = FakeQuant(name=f"fq_{layer.name}")(out)
+        tensors[id(source)] = out
+    return keras.Model(inputs, tensors[id(model.outputs[0])], name=model.name)
+
+
+def strip(model: keras.Model) -> keras.Model:
+    """The model without its FakeQuant layers (the same layer objects, so the same weights);
+    a model that has none is returned as it is."""
+    if not any(isinstance(layer, FakeQuant) for layer in model.layers):
+        return model
+    inputs = keras.Input(model.input_shape[1:], name=model.inputs[0].name)
+    tensors = {id(model.inputs[0]): inputs}
+    for layer in model.layers:
+        if isinstance(layer, layers.InputLayer):
+            continue
+        args = [tensors[id(t)] for t in _inputs(layer)]
+        source = layer.output
+        tensors[id(source)] = args[0] if isinstance(layer, FakeQuant) else layer(args if len(args) > 1 else args[0])
+    return keras.Model(inputs, tensors[id(model.outputs[0])], name=model.name)
+
+
+def _inputs(layer: layers.Layer) -> list:
+    x = layer.input
+    return list(x) if isinstance(x, (list, tuple)) else [x]
