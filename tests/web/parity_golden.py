@@ -20,7 +20,14 @@ import numpy as np
 from device.card import ModelCard
 from device.config import PostprocessConfig
 from device.postprocess import QUALITY_SIZE, measure_quality, to_probabilities
-from device.preprocess import MAX_DECODE_PIXELS, center_crop_to_aspect, dequantize, fit_to_input, normalize, quantize
+from device.preprocess import (
+    MAX_DECODE_PIXELS,
+    center_crop_to_aspect,
+    dequantize,
+    fit_to_input,
+    normalize,
+    quantize,
+)
 
 GOLDEN = Path(__file__).resolve().parents[2] / "web" / "test" / "parity.json"
 CARD = Path(__file__).resolve().parents[2] / "models" / "dermnet-edge" / "card.json"
