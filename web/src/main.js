@@ -96,8 +96,9 @@ async function classify(engine, file) {
     const img = await decodeFile(file);
     const {scores, preprocessMs, inferenceMs} = await engine.infer(img);
     const quality = measureQuality(img, POSTPROCESS_DEFAULTS, [card.input.height, card.input.width]);
-    const result = buildResult(card, scores, quality, POSTPROCESS_DEFAULTS,
-      {preprocess: preprocessMs, inference: inferenceMs, total: performance.now() - t0});
+    const result = buildResult(card, scores, quality, POSTPROCESS_DEFAULTS, {
+      latencyMs: {preprocess: preprocessMs, inference: inferenceMs, total: performance.now() - t0}, source: file.name,
+    });
     showResult(card, result, img);
   } catch (err) {
     $('result').hidden = true;

@@ -114,7 +114,7 @@ export function referralFor(card, probabilities) {
 }
 
 /** One result for one image, keyed like device.types.Result.to_dict(). */
-export function buildResult(card, scores, quality, cfg, latencyMs) {
+export function buildResult(card, scores, quality, cfg, {latencyMs, source}) {
   const probs = toProbabilities(scores);
   if (probs.length !== card.labels.length) {
     throw new Error(`model returned ${probs.length} scores for ${card.labels.length} labels`);
@@ -140,6 +140,7 @@ export function buildResult(card, scores, quality, cfg, latencyMs) {
     quality: {brightness: round1(quality.brightness), sharpness: round1(quality.sharpness), reason: quality.reason},
     disclaimer: card.disclaimer || DISCLAIMER,
     ...referralFor(card, Array.from(probs)),
+    source,
   };
 }
 
