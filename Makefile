@@ -10,7 +10,7 @@ NAME   ?=
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup setup-device test lint demo predict train evaluate gradcam quantize bench bench-quick install-pi check-arm64 clean
+.PHONY: setup setup-device test lint web demo predict train evaluate gradcam quantize bench bench-quick install-pi check-arm64 clean
 
 $(VENV)/.installed-%: requirements/%.txt requirements/device.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,11 +21,14 @@ $(VENV)/.installed-%: requirements/%.txt requirements/device.txt
 setup: $(VENV)/.installed-dev             ## everything: training, device, tests
 setup-device: $(VENV)/.installed-device   ## the device side only (no TensorFlow)
 
-test: setup lint                          ## lint, then the whole test suite (needs mosquitto installed)
+test: setup lint                          ## lint, then the whole test suite (needs mosquitto, node and chromium installed)
 	$(PY) -m pytest -q
 
 lint: setup                               ## ruff, with the rules in pyproject.toml
 	$(PY) -m ruff check .
+
+web:                                      ## the browser app in web/dist (served by the device at /app/); needs node and npm
+	cd web && npm ci --no-audit --no-fund && npm run build -- --model $(abspath $(MODEL))
 
 demo: setup-device                        ## daemon, headless, on the bundled sample images; HTTP on 127.0.0.1:5000
 	$(PY) -m device run --model $(MODEL) --source folder --path tests/fixtures/ham10000_mini/images --overlay none

@@ -9,13 +9,14 @@ Routes (all but /health need ``Authorization: Bearer <token>`` when ``http.token
     GET  /snapshot.jpg   the newest overlaid frame
     GET  /stream.mjpg    the overlaid frames as MJPEG (multipart/x-mixed-replace)
     GET  /metrics        Prometheus text
+    GET  /app/           the browser app, when built (device/webapp.py; no token needed)
 
 Handlers read :class:`LiveState` or classify an upload through the ``predict`` callable; they
 never drive the camera. Every error is JSON ``{"error": reason}``: 400 for a bad image or
 body, 401 for a missing or wrong token, 404, 405, 413 when the request body exceeds
 ``http.max_upload_mb``, 415 for the wrong content type, 429 when too many streams are open.
 Uploads are decoded in memory; nothing from a request (no file name, no path) is used to
-touch the filesystem, and the app has no static-file route.
+touch the filesystem; the one folder read from disk is the built browser app (device/webapp.py).
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ from device.config import HttpConfig
 from device.preprocess import ImageDecodeError, decode_image
 from device.state import LiveState
 from device.types import Result
+from device.webapp import ENDPOINTS as WEB_APP_ENDPOINTS
+from device.webapp import register_web_app
 
 _log = logging.getLogger(__name__)
 
@@ -55,7 +58,7 @@ STREAM_KEEPALIVE_S = 1.0
 # buffering them; between the two limits the app answers with a JSON 413.
 WAITRESS_BODY_FACTOR = 4
 _BOUNDARY = "frame"
-_PUBLIC_ENDPOINTS = frozenset({"health"})
+_PUBLIC_ENDPOINTS = frozenset({"health"}) | WEB_APP_ENDPOINTS
 
 
 @dataclass
@@ -75,7 +78,7 @@ def create_app(cfg: HttpConfig, state: LiveState, predict: Callable[[np.ndarray]
         predict: RGB uint8 frame -> Result through the same engine and postprocessing as the
             camera path. Called from several server threads at once, so it must be thread-safe.
     """
-    app = Flask(__name__, static_folder=None)  # no static route: request paths never reach the disk
+    app = Flask(__name__, static_folder=None)  # no static route; only the built web app is read from disk
     limit = int(cfg.max_upload_mb * 1024 * 1024)
     app.config.update(MAX_CONTENT_LENGTH=limit, MAX_FORM_MEMORY_SIZE=limit, DEBUG=False)
     streams = _Streams()
@@ -195,6 +198,7 @@ def create_app(cfg: HttpConfig, state: LiveState, predict: Callable[[np.ndarray]
     def metrics():
         return Response(state.metrics_text(), content_type="text/plain; version=0.0.4; charset=utf-8")
 
+    register_web_app(app)
     return app
 
 

@@ -1,0 +1,66 @@
+"""Fixtures for the web app tests: node dependencies, a fresh build, a static server on loopback."""
+from __future__ import annotations
+
+import functools
+import json
+import shutil
+import subprocess
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+WEB = REPO / "web"
+DEFAULT_MODEL = REPO / "models" / "dermnet-edge"
+
+
+def run_node(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """A node/npm command in web/; fails the test with its output when it fails."""
+    done = subprocess.run(args, cwd=WEB, check=False, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"{' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+    return done
+
+
+@pytest.fixture(scope="session")
+def web_deps() -> Path:
+    """web/node_modules as the lockfile pins it (installed once with npm ci when missing)."""
+    if not (WEB / "node_modules" / "@litertjs" / "core").is_dir():
+        run_node("npm", "ci", "--no-audit", "--no-fund")
+    return WEB / "node_modules"
+
+
+@pytest.fixture(scope="session")
+def web_dist(tmp_path_factory, web_deps) -> Path:
+    """The app built from this checkout with the shipped default model."""
+    out = tmp_path_factory.mktemp("web") / "dist"
+    run_node("node", "build.mjs", "--model", str(DEFAULT_MODEL), "--out", str(out))
+    return out
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):
+        pass
+
+
+@pytest.fixture(scope="session")
+def static_server(web_dist):
+    """Any static host will do: the standard library's, on a free loopback port."""
+    handler = functools.partial(_QuietHandler, directory=str(web_dist))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+
+
+def add_model(web_dist: Path, name: str, card: dict, *, with_file: bool = True) -> str:
+    """A model folder ``models/<name>/`` in the build with ``card``; returns its URL path."""
+    folder = web_dist / "models" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "card.json").write_text(json.dumps(card))
+    if with_file:
+        shutil.copy(DEFAULT_MODEL / card["model_file"]["path"], folder / card["model_file"]["path"])
+    return f"models/{name}/"

@@ -1,0 +1,132 @@
+"""Golden values from the Python side that the web app's preprocessing must reproduce.
+
+``web/test/parity.json`` is written here and read by the node tests in ``web/test/``; the
+test in ``test_web_unit.py`` rebuilds it and fails when the committed copy is stale. Rebuild:
+
+    .venv/bin/python -m tests.web.parity_golden
+
+Input images are made by :func:`synthetic_image`, a formula that ``web/test/synthetic.js``
+repeats exactly, so the file carries only sizes and expected outputs.
+"""
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from device.card import ModelCard
+from device.config import PostprocessConfig
+from device.postprocess import QUALITY_SIZE, measure_quality, to_probabilities
+from device.preprocess import (
+    MAX_DECODE_PIXELS,
+    center_crop_to_aspect,
+    dequantize,
+    fit_to_input,
+    normalize,
+    quantize,
+)
+
+GOLDEN = Path(__file__).resolve().parents[2] / "web" / "test" / "parity.json"
+CARD = Path(__file__).resolve().parents[2] / "models" / "dermnet-edge" / "card.json"
+
+# (kind, seed, source height, source width, target height, target width): every resize path
+# of fit_to_input (non-integer and integer area, the 2x2 fast path, a crop, an upscale).
+FIT_CASES = (
+    ("noise", 1, 450, 600, 120, 160),  # the fixture images' size to the shipped model's
+    ("gradient", 2, 90, 120, 24, 32),
+    ("noise", 3, 96, 128, 24, 32),  # integer factor 4
+    ("noise", 4, 48, 70, 24, 35),  # factor 2: the vectorised path and its scalar tail
+    ("noise", 5, 140, 100, 24, 32),  # portrait: cropped first
+    ("gradient", 6, 301, 403, 37, 23),
+    ("noise", 7, 20, 30, 24, 32),  # smaller than the model: linear upscale
+    ("gradient", 8, 13, 17, 24, 32),
+)
+# (kind, seed, height, width): quality measured at the model's aspect, bright, dark and flat.
+QUALITY_CASES = (
+    ("noise", 11, 450, 600),
+    ("gradient", 12, 450, 600),
+    ("dark", 13, 480, 640),
+    ("flat", 14, 300, 300),
+    ("gradient", 15, 1000, 750),
+)
+CROP_SIZES = ((450, 600), (480, 640), (1000, 750), (121, 161), (119, 159), (3, 1000), (1000, 3), (1, 1))
+SCORES = (
+    (-128, -128, -128, -128, -128, 127, -128),  # one confident class
+    (-125, -124, -105, -95, -127, 37, -101),  # the shipped model on an all-zero input
+    (-60, -61, -60, -128, -128, -128, 30),  # ties broken by label order
+)
+
+
+def synthetic_image(kind: str, seed: int, height: int, width: int) -> np.ndarray:
+    """HxWx3 uint8 test pattern; web/test/synthetic.js computes the same bytes."""
+    y, x, c = np.indices((height, width, 3), dtype=np.uint32)
+    if kind == "noise":
+        v = (y * width + x) * 3 + c + 1
+        v = v * np.uint32(0x9E3779B1) + np.uint32(seed)
+        v ^= v >> np.uint32(15)
+        v = v * np.uint32(0x85EBCA77)
+        v ^= v >> np.uint32(13)
+        return (v >> np.uint32(24)).astype(np.uint8)
+    if kind == "gradient":
+        return ((y * 3 + x * 5 + c * 40 + seed) % 256).astype(np.uint8)
+    if kind == "dark":
+        return ((x + y + seed) % 20).astype(np.uint8)
+    if kind == "flat":
+        return np.full((height, width, 3), 100 + seed, np.uint8)
+    raise ValueError(f"unknown kind {kind!r}")
+
+
+def _b64(array: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(array).tobytes()).decode()
+
+
+def build_golden() -> dict:
+    card = ModelCard.load(CARD)
+    inp, norm = card.input, card.normalization
+    fits = []
+    for kind, seed, h, w, th, tw in FIT_CASES:
+        fitted = fit_to_input(synthetic_image(kind, seed, h, w), th, tw)
+        fits.append({"kind": kind, "seed": seed, "height": h, "width": w, "target": [th, tw],
+                     "pixels": _b64(fitted)})
+    first = fit_to_input(synthetic_image(*FIT_CASES[0][:4]), inp.height, inp.width)
+    q = quantize(normalize(first, norm.mean, norm.std), inp.scale, inp.zero_point, inp.dtype)
+    crops = []
+    for h, w in CROP_SIZES:
+        index = np.indices((h, w)).transpose(1, 2, 0)
+        crop = center_crop_to_aspect(index, inp.height, inp.width)
+        crops.append({"size": [h, w], "box": [int(crop[0, 0, 0]), int(crop[0, 0, 1]), *crop.shape[:2]]})
+    cfg = PostprocessConfig()
+    quality = []
+    for kind, seed, h, w in QUALITY_CASES:
+        found = measure_quality(synthetic_image(kind, seed, h, w), cfg, aspect=(inp.height, inp.width))
+        quality.append({"kind": kind, "seed": seed, "height": h, "width": w,
+                        "brightness": found.brightness, "sharpness": found.sharpness, "reason": found.reason})
+    scores = []
+    for raw in SCORES:
+        deq = dequantize(np.array(raw, np.int8), card.output.scale, card.output.zero_point)
+        scores.append({"q": list(raw), "dequantized": deq.tolist(), "probabilities": to_probabilities(deq).tolist()})
+    logits = np.array([2.0, -1.0, 0.5, 0.0, 3.0, -2.0, 1.0], np.float32)
+    return {
+        "card": str(CARD.relative_to(CARD.parents[2])),
+        "max_decode_pixels": MAX_DECODE_PIXELS,
+        "quality_size": list(QUALITY_SIZE),
+        "postprocess_defaults": asdict(cfg),
+        "fit": fits,
+        "quantize": {"case": 0, "dtype": inp.dtype, "values": _b64(q)},
+        "crops": crops,
+        "quality": quality,
+        "scores": scores,
+        "softmax": {"logits": logits.tolist(), "probabilities": to_probabilities(logits).tolist()},
+    }
+
+
+def main() -> None:
+    GOLDEN.write_text(json.dumps(build_golden(), indent=1) + "\n")
+    print(f"wrote {GOLDEN} ({GOLDEN.stat().st_size} bytes)")
+
+
+if __name__ == "__main__":
+    main()

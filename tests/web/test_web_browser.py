@@ -1,0 +1,149 @@
+"""The built app in headless Chromium against ``python -m device predict --json`` on the same images.
+
+The page is loaded from a plain static server, every fixture image is picked through the file
+input, and the page's result must give the device's class on every image with probabilities
+within two int8 output steps. Bad input (a non-image, a huge image, a card whose model file is
+missing) must give a clear message and leave the page working; no console errors anywhere.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import pytest
+
+from tests.web.conftest import DEFAULT_MODEL, REPO, WEB, add_model, run_node
+
+FIXTURES = REPO / "tests" / "fixtures" / "ham10000_mini" / "images"
+REFERRAL = {"classes": ["akiec", "bcc", "mel"], "threshold": 0.21, "target_sensitivity": 0.9, "picked_on": "val",
+            "sensitivity": 0.91, "specificity": 0.72, "advice": "See a dermatologist: this lesion has features of a skin cancer."}
+
+
+def drive(url: str, *images: Path) -> dict:
+    done = run_node("node", "scripts/drive.mjs", url, *map(str, images))
+    return json.loads(done.stdout)
+
+
+def device_predict(model_dir: Path, *paths: Path) -> dict[str, dict]:
+    """``python -m device predict --json``, keyed by file name."""
+    done = subprocess.run([sys.executable, "-m", "device", "predict", "--model", str(model_dir), "--json",
+                           *map(str, paths)], check=False, cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    return {Path(row["file"]).name: row for row in rows}
+
+
+def assert_same_results(page: dict, device: dict[str, dict], card: dict):
+    step = card["output"]["scale"]
+    assert page["results"], "the page classified nothing"
+    for shown in page["results"]:
+        name = Path(shown["file"]).name
+        assert shown["error"] == "", f"{name}: {shown['error']}"
+        got, want = shown["result"], device[name]
+        assert got["class_code"] == want["class_code"], name
+        assert (got["state"], got["quality"]["reason"]) == (want["state"], want["quality"]["reason"]), name
+        worst = max(abs(got["all_probabilities"][c] - p) for c, p in want["all_probabilities"].items())
+        assert worst <= 2 * step + 1e-6, f"{name}: probabilities differ by {worst:.5f} (> 2 steps of {step})"
+        assert [t["class_code"] for t in got["top3"]] == [t["class_code"] for t in want["top3"]], name
+        assert "Screening aid, not a diagnosis" in shown["disclaimer"]
+        assert got["source"] == name
+
+
+def assert_no_console_errors(page: dict):
+    assert page["pageErrors"] == []
+    assert [m for m in page["console"] if m["type"] == "error"] == []
+
+
+@pytest.fixture(scope="module")
+def card() -> dict:
+    return json.loads((DEFAULT_MODEL / "card.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory) -> tuple[Path, Path]:
+    """A text file named like a photo, and a 8000x8000 PNG (64 MP, over the decode limit) of 70 kB."""
+    folder = tmp_path_factory.mktemp("bad")
+    text = folder / "notes.jpg"
+    text.write_text("not an image at all\n")
+    huge = folder / "huge.png"
+    width = height = 8000
+    raw = zlib.compress(b"".join(b"\0" + bytes(width) for _ in range(height)), 9)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+    ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 0, 0, 0, 0])  # 8-bit grey
+    huge.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", raw) + chunk(b"IEND", b""))
+    return text, huge
+
+
+def test_every_fixture_matches_device_predict_and_bad_files_are_refused(static_server, card, bad_files):
+    images = sorted(FIXTURES.glob("*.jpg"))
+    text, huge = bad_files
+    page = drive(static_server + "index.html", *images, text, huge, images[0])
+    assert page["status"] == "ready" and page["error"] == "", page["statusText"]
+    assert page["loadMs"] > 0
+    *fixtures, refused_text, refused_huge, again = page["results"]
+    assert refused_text["result"] is None and "notes.jpg: not a decodable image" in refused_text["error"]
+    assert refused_huge["result"] is None and "image too large: 8000x8000 pixels" in refused_huge["error"]
+    assert again["status"] == "ready" and again["result"] is not None  # the page carries on
+    device = device_predict(DEFAULT_MODEL, FIXTURES)
+    assert len(fixtures) == len(device) == len(images)
+    assert_same_results({**page, "results": fixtures + [again]}, device, card)
+    assert_no_console_errors(page)
+    assert all(r["result"]["refer"] is None for r in fixtures)  # no rule on this card
+
+
+def test_card_with_flips_and_referral(static_server, web_dist, card, tmp_path):
+    """A card asking for flip TTA and carrying a referral rule: same as the device on that card."""
+    variant = {**card, "preprocessing": {**card["preprocessing"], "tta": "flips"}, "referral": REFERRAL}
+    url_path = add_model(web_dist, "flips-referral", variant)
+    folder = tmp_path / "flips-referral"
+    folder.mkdir()
+    (folder / "card.json").write_text(json.dumps(variant))
+    (folder / card["model_file"]["path"]).symlink_to(DEFAULT_MODEL / card["model_file"]["path"])
+    images = sorted(FIXTURES.glob("*.jpg"))[::9]
+    page = drive(f"{static_server}index.html?model={url_path}", *images)
+    assert page["status"] == "ready", page["error"]
+    device = device_predict(folder, *images)
+    assert_same_results(page, device, variant)
+    assert_no_console_errors(page)
+    referred = 0
+    for shown in page["results"]:
+        want, got = device[Path(shown["file"]).name], shown["result"]
+        step = card["output"]["scale"]
+        assert abs(got["referral"]["score"] - want["referral"]["score"]) <= 6 * step  # 3 classes, 2 steps each
+        if abs(want["referral"]["score"] - REFERRAL["threshold"]) > 6 * step:  # clear of the boundary
+            assert got["refer"] is want["refer"], shown["file"]
+        assert shown["advice"] == (REFERRAL["advice"] if got["refer"] else "")
+        referred += got["refer"]
+    assert 0 < referred < len(images), "the images should fall on both sides of the rule"
+
+
+def test_missing_model_file_is_named(static_server, web_dist, card):
+    url_path = add_model(web_dist, "no-file", card, with_file=False)
+    page = drive(f"{static_server}index.html?model={url_path}")
+    assert page["status"] == "error"
+    assert "model file not found" in page["error"] and f"{url_path}{card['model_file']['path']}" in page["error"]
+    assert page["pageErrors"] == []
+
+
+def test_bad_card_field_is_named(static_server, web_dist, card):
+    broken = {**card, "normalization": {"mean": [1, 2], "std": card["normalization"]["std"]}}
+    page = drive(f"{static_server}index.html?model={add_model(web_dist, 'bad-card', broken)}")
+    assert page["status"] == "error"
+    assert "field 'normalization.mean': expected 3 numbers" in page["error"]
+
+
+def test_build_output_is_self_contained(web_dist):
+    """Everything the page loads is in the folder: no CDN, so it works offline once loaded."""
+    assert {p.name for p in (web_dist / "wasm").iterdir()} >= {"litert_wasm_internal.wasm", "litert_wasm_compat_internal.wasm"}
+    for text_file in ("index.html", "app.js"):
+        assert "cdn.jsdelivr" not in (web_dist / text_file).read_text()
+    assert json.loads((web_dist / "config.json").read_text()) == {"model": "models/dermnet-edge/"}
+    assert (WEB / "package-lock.json").is_file()

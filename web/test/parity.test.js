@@ -1,0 +1,73 @@
+// The web app's preprocessing and postprocessing against values exported from device/ (Python):
+// web/test/parity.json, rebuilt by `.venv/bin/python -m tests.web.parity_golden`.
+import assert from 'node:assert/strict';
+import {readFileSync} from 'node:fs';
+import {test} from 'node:test';
+
+import {centerCropBox, dequantize, fitToInput, toInputTensor} from '../src/preprocess.js';
+import {MAX_DECODE_PIXELS} from '../src/image.js';
+import {POSTPROCESS_DEFAULTS, QUALITY_SIZE, measureQuality, toProbabilities} from '../src/postprocess.js';
+import {syntheticImage} from './synthetic.js';
+
+const golden = JSON.parse(readFileSync(new URL('./parity.json', import.meta.url)));
+const card = JSON.parse(readFileSync(new URL(`../../${golden.card}`, import.meta.url)));
+const bytes = (b64) => new Uint8Array(Buffer.from(b64, 'base64'));
+const aspect = [card.input.height, card.input.width];
+
+test('constants agree with device/', () => {
+  assert.equal(MAX_DECODE_PIXELS, golden.max_decode_pixels);
+  assert.deepEqual(QUALITY_SIZE, golden.quality_size);
+  assert.deepEqual({...POSTPROCESS_DEFAULTS}, golden.postprocess_defaults);
+});
+
+test('centre-crop boxes match center_crop_to_aspect', () => {
+  for (const {size, box} of golden.crops) {
+    assert.deepEqual(centerCropBox(size[0], size[1], ...aspect), box, `size ${size}`);
+  }
+});
+
+for (const c of golden.fit) {
+  const linear = c.height < c.target[0];
+  test(`fit_to_input ${c.kind} ${c.height}x${c.width} -> ${c.target.join('x')}${linear ? ' (linear)' : ''}`, () => {
+    const got = fitToInput(syntheticImage(c.kind, c.seed, c.height, c.width), ...c.target).data;
+    const want = bytes(c.pixels);
+    assert.equal(got.length, want.length);
+    let worst = 0;
+    let first = -1;
+    for (let i = 0; i < want.length; i++) {
+      const d = Math.abs(got[i] - want[i]);
+      if (d > worst) [worst, first] = [d, first < 0 ? i : first];
+    }
+    // Area (every shrink) is exact; OpenCV's vectorised linear rows may round one step apart.
+    assert.ok(worst <= (linear ? 1 : 0), `max |diff| ${worst}, first at value ${first}`);
+  });
+}
+
+test('normalize and quantize match the device input tensor', () => {
+  const c = golden.fit[golden.quantize.case];
+  const fitted = fitToInput(syntheticImage(c.kind, c.seed, c.height, c.width), ...aspect);
+  const got = toInputTensor(fitted, card.normalization, card.input);
+  const want = new Int8Array(bytes(golden.quantize.values).buffer);
+  assert.equal(golden.quantize.dtype, card.input.dtype);
+  assert.deepEqual(Array.from(got), Array.from(want));
+});
+
+test('dequantize and probabilities match', () => {
+  for (const s of golden.scores) {
+    const deq = dequantize(Int8Array.from(s.q), card.output);
+    assert.deepEqual(Array.from(deq), s.dequantized);
+    toProbabilities(deq).forEach((p, i) => assert.ok(Math.abs(p - s.probabilities[i]) < 1e-6, `${p} vs ${s.probabilities[i]}`));
+  }
+  toProbabilities(Float32Array.from(golden.softmax.logits)).forEach((p, i) =>
+    assert.ok(Math.abs(p - golden.softmax.probabilities[i]) < 1e-6));
+});
+
+test('quality gate matches measure_quality', () => {
+  for (const q of golden.quality) {
+    const got = measureQuality(syntheticImage(q.kind, q.seed, q.height, q.width), POSTPROCESS_DEFAULTS, aspect);
+    const where = `${q.kind} ${q.height}x${q.width}`;
+    assert.ok(Math.abs(got.brightness - q.brightness) <= 1e-9 * Math.max(1, q.brightness), `${where}: brightness ${got.brightness} vs ${q.brightness}`);
+    assert.ok(Math.abs(got.sharpness - q.sharpness) <= 1e-9 * Math.max(1, q.sharpness), `${where}: sharpness ${got.sharpness} vs ${q.sharpness}`);
+    assert.equal(got.reason, q.reason, where);
+  }
+});
