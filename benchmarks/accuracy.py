@@ -16,12 +16,16 @@ from benchmarks import Skipped
 from benchmarks.latency import variants
 from device.card import ModelCard
 from device.engine import Engine
+from device.preprocess import load_image
 from train.data import load_pixels, load_records, select, split_counts, split_records
 from train.metrics import classification_report, json_safe
 
 _log = logging.getLogger(__name__)
 
 MELANOMA = "mel"
+# Cameras frame a lesion differently from the dataset: a centred square of the short side, and a
+# 75% zoom, each then fitted by the device's own preprocessing (centre crop to aspect, resize).
+FRAMINGS = {"square": None, "zoom75": 0.75}
 
 
 def evaluation_records(card: ModelCard, data_root: Path):
@@ -68,4 +72,19 @@ def model_accuracy(model_dir: Path, card: ModelCard, data_root: Path, *, cache_d
                   out[variant]["balanced_accuracy"])
     if "float" in predictions:
         out["int8_float_agreement"] = float((predictions["int8"] == predictions["float"]).mean())
+    engine = Engine.from_model_dir(model_dir, variant="int8", num_threads=threads)
+    for name, zoom in FRAMINGS.items():
+        probs = np.stack([engine.infer(reframe(load_image(r.path), zoom)).probabilities
+                          for r in tqdm(records, desc=f"{card.name} int8 {name}", unit="img", leave=False)])
+        out[f"framing_{name}"] = summarize(classification_report(probs, y_true, card.codes), card.codes)
+        _log.info("%s int8 %s framing: accuracy %.4f, balanced %.4f", card.name, name,
+                  out[f"framing_{name}"]["accuracy"], out[f"framing_{name}"]["balanced_accuracy"])
     return out
+
+
+def reframe(rgb: np.ndarray, zoom: float | None) -> np.ndarray:
+    """A centred square of the short side (``zoom`` None), or the centred ``zoom`` share of each side."""
+    h, w = rgb.shape[:2]
+    ch, cw = (min(h, w), min(h, w)) if zoom is None else (round(h * zoom), round(w * zoom))
+    top, left = (h - ch) // 2, (w - cw) // 2
+    return rgb[top : top + ch, left : left + cw]

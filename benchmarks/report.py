@@ -172,13 +172,14 @@ def _accuracy_section(models: list[dict]) -> list[str]:
         acc = m.get("accuracy")
         if not acc:
             continue
-        for variant in ("float", "int8"):
-            if variant in acc:
-                a = acc[variant]
-                rows.append([m["name"], variant, str(a["n"]), _f(a["accuracy"], 4), _f(a["balanced_accuracy"], 4),
+        for key, label in (("float", "float"), ("int8", "int8"), ("framing_square", "int8, square crop"),
+                           ("framing_zoom75", "int8, 75% zoom")):
+            if key in acc:
+                a = acc[key]
+                rows.append([m["name"], label, str(a["n"]), _f(a["accuracy"], 4), _f(a["balanced_accuracy"], 4),
                              _f(a["macro_f1"], 4), _f(a["macro_auc"], 4), _f(a["melanoma_recall"], 4)])
-        if "int8_float_agreement" in acc:
-            rows[-1][1] += f" (agrees with float on {acc['int8_float_agreement']:.2%})"
+            if key == "int8" and "int8_float_agreement" in acc:
+                rows[-1][1] += f" (agrees with float on {acc['int8_float_agreement']:.2%})"
     if not rows:
         return lines + ["Not measured in this run (see notes).", ""]
     return lines + _table(["model", "variant", "n", "accuracy", "balanced acc.", "macro-F1", "macro AUC",

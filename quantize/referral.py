@@ -6,6 +6,7 @@ model's outputs through the device engine, so the figures in the card are what t
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,7 +57,8 @@ def build(val_probs: np.ndarray, val_true: np.ndarray, test_probs: np.ndarray, t
     positive_codes = [labels.index(c) for c in classes]
     picked = pick_threshold(scores(val_probs, labels, classes), np.isin(val_true, positive_codes),
                             target_sensitivity)
-    on_test = measure(scores(test_probs, labels, classes), np.isin(test_true, positive_codes), picked.threshold)
-    return Referral(classes=tuple(classes), threshold=round(picked.threshold, 6),
+    threshold = math.floor(picked.threshold * 1e6) / 1e6  # rounded down: what was picked to refer still is
+    on_test = measure(scores(test_probs, labels, classes), np.isin(test_true, positive_codes), threshold)
+    return Referral(classes=tuple(classes), threshold=threshold,
                     sensitivity=round(on_test.sensitivity, 4), specificity=round(on_test.specificity, 4),
                     advice=ADVICE, target_sensitivity=target_sensitivity, picked_on="val")

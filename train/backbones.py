@@ -196,13 +196,13 @@ def set_batchnorm(model: keras.Model, *, trainable: bool, momentum: float) -> No
 
 
 def imagenet_self_check(path: Path, samples: list[Path], *, labels_file: Path | None = None,
-                        name: str = "mobilenet_v2") -> list[dict]:
+                        name: str = "mobilenet_v2", alpha: float = 1.0) -> list[dict]:
     """ImageNet top-1 of each sample through the imported Keras backbone plus the file's own
     classifier, beside the TFLite file's own top-1; a faithful import agrees on every sample."""
     interpreter, _ = open_interpreter(path, num_threads=2)
     inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
     h, w = int(inp["shape"][1]), int(inp["shape"][2])
-    model = backbone(name, (h, w, 3))
+    model = backbone(name, (h, w, 3), alpha=alpha)
     import_tflite(model, path)
     _, kernel, bias = tflite_conv_weights(path)[len(conv_layers(model))]
     names = labels_file.read_text().splitlines() if labels_file else []

@@ -1,12 +1,19 @@
-"""Post-hoc logit adjustment: trade accuracy against balanced accuracy on the validation split.
+"""Post-hoc calibration on the validation split, folded into the model: logit adjustment, then
+temperature scaling.
 
     python -m train.calibrate runs/<run>      # writes calibrated.keras + calibration.json
+    python -m train.calibrate runs/<run> --no-logit-adjustment    # temperature only
 
 Class weighting during training moves decisions towards rare classes by a fixed amount. Adding
 ``tau * log(prior)`` to the logits (Menon et al., "Long-tail learning via logit adjustment",
 ICLR 2021) moves them back by a tunable amount. ``tau`` is picked on the validation split
 (never the test split) to maximise accuracy + balanced accuracy, then folded into the bias of
 the ``head`` conv, so the exported and quantized model carries it with no extra op.
+
+Temperature scaling (Guo et al., "On calibration of modern neural networks", ICML 2017) then
+divides the logits by one ``T`` fitted to minimise the validation negative log-likelihood, so
+that ``confidence`` means what it says; it never changes the predicted class. ``T`` is folded
+into the same conv (kernel and bias divided by ``T``).
 """
 from __future__ import annotations
 
@@ -23,14 +30,12 @@ from train.metrics import classification_report
 
 _log = logging.getLogger(__name__)
 TAUS = tuple(np.round(np.arange(0.0, 1.51, 0.05), 2))
+TEMPERATURES = tuple(np.exp(np.linspace(np.log(0.25), np.log(8.0), 161)))  # 2.2% apart
 
 
-def adjust(probs: np.ndarray, log_prior: np.ndarray, tau: float) -> np.ndarray:
-    """Softmax of ``log(probs) + tau * log_prior``."""
-    logits = np.log(np.clip(probs, 1e-12, 1.0)) + tau * log_prior
-    logits -= logits.max(axis=1, keepdims=True)
-    e = np.exp(logits)
-    return e / e.sum(axis=1, keepdims=True)
+def adjust(probs: np.ndarray, log_prior: np.ndarray, tau: float, temperature: float = 1.0) -> np.ndarray:
+    """Softmax of ``(log(probs) + tau * log_prior) / temperature``."""
+    return _softmax((np.log(np.clip(probs, 1e-12, 1.0)) + tau * log_prior) / temperature)
 
 
 def choose_tau(probs: np.ndarray, labels: np.ndarray, log_prior: np.ndarray, codes, taus=TAUS) -> tuple[float, list]:
@@ -43,35 +48,80 @@ def choose_tau(probs: np.ndarray, labels: np.ndarray, log_prior: np.ndarray, cod
     return best["tau"], table
 
 
-def calibrate_run(run_dir: Path, *, data: Path | None = None) -> dict:
+def nll(logits: np.ndarray, labels: np.ndarray) -> float:
+    z = logits - logits.max(axis=1, keepdims=True)
+    log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return float(-log_p[np.arange(len(labels)), labels].mean())
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray, temperatures=TEMPERATURES) -> float:
+    """The ``T`` (from a log-spaced grid) minimising the NLL of ``softmax(logits / T)``."""
+    if len(labels) == 0:
+        raise ValueError("temperature scaling: no validation images")
+    return float(min(temperatures, key=lambda t: nll(logits / t, labels)))
+
+
+def fold_into_head(model, *, bias_shift: np.ndarray, temperature: float) -> None:
+    """Make the ``head`` conv compute ``(logits + bias_shift) / temperature``."""
+    head = model.get_layer("head")
+    kernel, bias = head.get_weights()
+    bias = bias + bias_shift.astype(bias.dtype)
+    head.set_weights([kernel / temperature, bias / temperature])
+
+
+def calibrate_run(run_dir: Path, *, data: Path | None = None, logit_adjustment: bool = True,
+                  temperature: bool = True) -> dict:
     run = load_run(run_dir, split="val", checkpoint="best", data=data)
     counts = np.array(list(run.meta["split"]["counts"]["train"].values()), dtype=np.float64)
     log_prior = np.log(np.maximum(counts, 1) / counts.sum())
     codes = tuple(run.meta["split"]["counts"]["train"])
     probs = predict_probs(run.model, run.pixels, run.mean, run.std)
-    tau, table = choose_tau(probs, run.labels, log_prior, codes)
-    head = run.model.get_layer("head")
-    kernel, bias = head.get_weights()
-    head.set_weights([kernel, bias + (tau * log_prior).astype(bias.dtype)])
+    summary = {"method": [], "val": {}}
+    tau = 0.0
+    if logit_adjustment:
+        tau, table = choose_tau(probs, run.labels, log_prior, codes)
+        summary["method"].append("logit adjustment tau*log(train prior), tau chosen on the val split to "
+                                 "maximise accuracy + balanced_accuracy")
+        summary["val"]["tau"] = table
+        before = next(row for row in table if row["tau"] == 0.0)
+        after = next(row for row in table if row["tau"] == tau)
+        _log.info("tau %.2f: val accuracy %.4f -> %.4f, balanced accuracy %.4f -> %.4f", tau, before["accuracy"],
+                  after["accuracy"], before["balanced_accuracy"], after["balanced_accuracy"])
+    logits = np.log(np.clip(probs, 1e-12, 1.0)) + tau * log_prior
+    t = 1.0
+    if temperature:
+        t = fit_temperature(logits, run.labels)
+        ece_before = classification_report(adjust(probs, log_prior, tau), run.labels, codes)["ece"]
+        ece_after = classification_report(adjust(probs, log_prior, tau, t), run.labels, codes)["ece"]
+        summary["method"].append("temperature scaling, T fitted on the val split (minimum NLL)")
+        summary["val"]["temperature"] = {"nll_before": nll(logits, run.labels), "nll_after": nll(logits / t, run.labels),
+                                         "ece_before": ece_before, "ece_after": ece_after}
+        _log.info("temperature %.3f: val NLL %.4f -> %.4f, ECE %.4f -> %.4f", t, nll(logits, run.labels),
+                  nll(logits / t, run.labels), ece_before, ece_after)
+    fold_into_head(run.model, bias_shift=tau * log_prior, temperature=t)
     run.model.save(Path(run_dir) / "calibrated.keras")
-    summary = {"method": "logit adjustment tau*log(train prior), tau chosen on the val split",
-               "tau": tau, "objective": "accuracy + balanced_accuracy", "val": table}
+    summary.update(tau=tau, temperature=t)
     (Path(run_dir) / "calibration.json").write_text(json.dumps(summary, indent=2))
-    before = next(row for row in table if row["tau"] == 0.0)
-    after = next(row for row in table if row["tau"] == tau)
-    _log.info("tau %.2f: val accuracy %.4f -> %.4f, balanced accuracy %.4f -> %.4f", tau,
-              before["accuracy"], after["accuracy"], before["balanced_accuracy"], after["balanced_accuracy"])
     return summary
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m train.calibrate", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--data", type=Path, default=None, help="dataset root (default: the run's)")
+    parser.add_argument("--no-logit-adjustment", action="store_true", help="temperature scaling only")
+    parser.add_argument("--no-temperature", action="store_true", help="logit adjustment only")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    summary = calibrate_run(args.run_dir, data=args.data)
-    print(f"tau {summary['tau']:.2f}; wrote {args.run_dir / 'calibrated.keras'}")
+    summary = calibrate_run(args.run_dir, data=args.data, logit_adjustment=not args.no_logit_adjustment,
+                            temperature=not args.no_temperature)
+    print(f"tau {summary['tau']:.2f}, temperature {summary['temperature']:.3f}; "
+          f"wrote {args.run_dir / 'calibrated.keras'}")
 
 
 if __name__ == "__main__":

@@ -8,9 +8,9 @@ gradients. The range is a moving average of batch min/max, as the converter's ca
 takes min/max over the representative set. Weights are quantized per channel by the
 converter, which costs little, so they are left in float.
 
-``quantize_aware`` rebuilds a functional model around the *same* layer objects, so the
-weights trained here are the plain model's weights; ``strip`` returns that plain model for
-conversion (the FakeQuant layers hold no weights the int8 graph needs).
+``quantize_aware`` and ``strip`` add or remove the FakeQuant layers and keep every other
+weight; the int8 converter gets the stripped model (FakeQuant holds no weight the int8
+graph needs: the converter calibrates its own ranges).
 """
 from __future__ import annotations
 
@@ -59,38 +59,40 @@ def _quantized_by_converter(layer: layers.Layer, consumers: list[layers.Layer]) 
 
 def quantize_aware(model: keras.Model) -> keras.Model:
     """``model`` with a FakeQuant after every tensor the converter quantizes (input included)."""
+    return _rebuild(strip(model), insert=True)
+
+
+def strip(model: keras.Model) -> keras.Model:
+    """The model without its FakeQuant layers, same weights; a model without any is returned as is."""
+    if not any(isinstance(layer, FakeQuant) for layer in model.layers):
+        return model
+    return _rebuild(model, insert=False)
+
+
+def _rebuild(model: keras.Model, *, insert: bool) -> keras.Model:
+    """Walk a private copy of ``model`` layer by layer (a copy, so every layer has exactly one
+    inbound node to follow), calling each layer anew with FakeQuant inserted or skipped."""
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
     consumers: dict[int, list] = {}
-    for layer in model.layers:
+    for layer in copy.layers:
         for t in _inputs(layer):
             consumers.setdefault(id(t), []).append(layer)
-    inputs = keras.Input(model.input_shape[1:], name=model.inputs[0].name)
-    tensors = {id(model.inputs[0]): FakeQuant(name="fq_input")(inputs)}
-    for layer in model.layers:
+    inputs = keras.Input(copy.input_shape[1:], name=copy.inputs[0].name)
+    tensors = {id(copy.inputs[0]): FakeQuant(name="fq_input")(inputs) if insert else inputs}
+    for layer in copy.layers:
         if isinstance(layer, layers.InputLayer):
             continue
         args = [tensors[id(t)] for t in _inputs(layer)]
         source = layer.output  # read before calling: a second call makes .output ambiguous
-        out = layer(args if len(args) > 1 else args[0])
-        if _quantized_by_converter(layer, consumers.get(id(source), [])):
+        if isinstance(layer, FakeQuant):
+            out = layer(args[0]) if insert else args[0]
+        else:
+            out = layer(args if len(args) > 1 else args[0])
+        if insert and _quantized_by_converter(layer, consumers.get(id(source), [])):
             out = FakeQuant(name=f"fq_{layer.name}")(out)
         tensors[id(source)] = out
-    return keras.Model(inputs, tensors[id(model.outputs[0])], name=model.name)
-
-
-def strip(model: keras.Model) -> keras.Model:
-    """The model without its FakeQuant layers (the same layer objects, so the same weights);
-    a model that has none is returned as it is."""
-    if not any(isinstance(layer, FakeQuant) for layer in model.layers):
-        return model
-    inputs = keras.Input(model.input_shape[1:], name=model.inputs[0].name)
-    tensors = {id(model.inputs[0]): inputs}
-    for layer in model.layers:
-        if isinstance(layer, layers.InputLayer):
-            continue
-        args = [tensors[id(t)] for t in _inputs(layer)]
-        source = layer.output
-        tensors[id(source)] = args[0] if isinstance(layer, FakeQuant) else layer(args if len(args) > 1 else args[0])
-    return keras.Model(inputs, tensors[id(model.outputs[0])], name=model.name)
+    return keras.Model(inputs, tensors[id(copy.outputs[0])], name=model.name)
 
 
 def _inputs(layer: layers.Layer) -> list:

@@ -195,11 +195,10 @@ def fit(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> Path:
             set_trainable(model, cfg, backbone=False)
             model.compile(optimizer=make_optimizer(cfg), loss=make_loss(cfg), metrics=["accuracy"])
         run_phase(lambda s: cfg.head_lr, head_epochs)
-        resume = False  # the whole-network phase starts with a fresh optimizer
-    if not resume:
+    if not resume or initial_epoch == head_epochs:  # the second phase starts with a fresh optimizer
         set_trainable(model, cfg, backbone=True)
         model.compile(optimizer=make_optimizer(cfg), loss=make_loss(cfg), metrics=["accuracy"])
-    _log.info("%s: epochs %d-%d, %s lr %g -> %g", "whole network" if cfg.pretrained else "training",
+    _log.info("%s: epochs %d-%d, %s lr %g -> %g", "fine-tuning" if cfg.pretrained else "training",
               initial_epoch + 1, cfg.epochs, cfg.lr_policy, cfg.max_lr, cfg.base_lr)
     run_phase(make_lr_fn(cfg, len(train_batches), cfg.epochs - head_epochs), cfg.epochs)
     return run_dir

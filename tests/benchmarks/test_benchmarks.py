@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from benchmarks.__main__ import main
+from benchmarks.accuracy import reframe
 from benchmarks.estimate import PI4, PI5, estimate_fps, pi_estimates
 from benchmarks.stats import RunStats, combine, median, percentile, run_stats
 from benchmarks.suite import BenchOptions
@@ -145,12 +147,21 @@ def test_accuracy_on_the_cards_test_split(quick_run, tiny_model_dir):
     (model,) = quick_run[1]["models"]
     card = json.loads((tiny_model_dir / "card.json").read_text())
     n_test = sum(card["split"]["counts"]["test"].values())
-    for variant in ("float", "int8"):
+    for variant in ("float", "int8", "framing_square", "framing_zoom75"):
         figures = model["accuracy"][variant]
         assert figures["n"] == n_test
         for key in ("accuracy", "balanced_accuracy", "macro_f1"):
             assert 0.0 <= figures[key] <= 1.0
     assert 0.0 <= model["accuracy"]["int8_float_agreement"] <= 1.0
+    assert "int8, 75% zoom" in quick_run[2].with_suffix(".md").read_text()
+
+
+def test_reframing_crops_the_centre():
+    rgb = np.arange(150 * 200 * 3, dtype=np.int64).reshape(150, 200, 3)
+    square = reframe(rgb, None)
+    assert square.shape == (150, 150, 3) and (square == rgb[:, 25:175]).all()
+    zoom = reframe(rgb, 0.75)
+    assert zoom.shape == (112, 150, 3) and (zoom == rgb[19:131, 25:175]).all()
 
 
 def test_keras_baseline_and_speedups(quick_run):

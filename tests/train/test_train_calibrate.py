@@ -3,8 +3,9 @@ import shutil
 
 import keras
 import numpy as np
+import pytest
 
-from train.calibrate import adjust, calibrate_run, choose_tau
+from train.calibrate import adjust, calibrate_run, choose_tau, fit_temperature, fold_into_head, nll
 from train.dataset import predict_probs
 from train.evaluate import load_run
 
@@ -39,5 +40,33 @@ def test_calibrated_checkpoint_carries_the_adjustment(trained_run, tmp_path):
     counts = np.array(list(run.meta["split"]["counts"]["train"].values()), dtype=np.float64)
     log_prior = np.log(np.maximum(counts, 1) / counts.sum())
     calibrated = keras.models.load_model(trained_run / "calibrated.keras", compile=False)
-    expected = adjust(predict_probs(run.model, run.pixels, run.mean, run.std), log_prior, summary["tau"])
+    expected = adjust(predict_probs(run.model, run.pixels, run.mean, run.std), log_prior, summary["tau"],
+                      summary["temperature"])
     np.testing.assert_allclose(predict_probs(calibrated, run.pixels, run.mean, run.std), expected, atol=1e-4)
+
+
+def test_temperature_undoes_overconfidence():
+    rng = np.random.default_rng(0)
+    true_logits = rng.normal(0, 1.5, (4000, 5))
+    probs = np.exp(true_logits) / np.exp(true_logits).sum(axis=1, keepdims=True)
+    labels = np.array([rng.choice(5, p=p) for p in probs])
+    t = fit_temperature(true_logits * 3.0, labels)  # a model three times too sure of itself
+    assert t == pytest.approx(3.0, rel=0.1)
+    assert nll(true_logits * 3.0 / t, labels) < nll(true_logits * 3.0, labels)
+    with pytest.raises(ValueError, match="no validation"):
+        fit_temperature(np.zeros((0, 5)), np.zeros(0, int))
+
+
+def test_folding_into_the_head_divides_the_logits():
+    inputs = keras.Input((4, 4, 3))
+    x = keras.layers.GlobalAveragePooling2D(keepdims=True)(inputs)
+    x = keras.layers.Flatten()(keras.layers.Conv2D(3, 1, name="head")(x))
+    logits_model = keras.Model(inputs, x)
+    model = keras.Model(inputs, keras.layers.Softmax()(x))
+    images = np.random.default_rng(1).normal(size=(8, 4, 4, 3)).astype(np.float32)
+    logits = logits_model.predict(images, verbose=0)
+    shift = np.array([0.5, -1.0, 0.0])
+    fold_into_head(model, bias_shift=shift, temperature=2.0)
+    z = (logits + shift) / 2.0
+    want = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(model.predict(images, verbose=0), want, atol=1e-5)

@@ -1,0 +1,135 @@
+"""Pretrained backbones: the TFLite import round trip, a mismatched graph refused, BatchNorm
+re-estimation that keeps the function, and the quantization-aware wrapper."""
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from quantize.convert import convert_int8
+from train import backbones, qat
+
+SHAPE = (32, 40, 3)  # keras.applications' MobileNetV2 accepts inputs from 32x32
+ALPHA = 0.35
+
+
+def _random_batchnorm(model: keras.Model, rng: np.random.Generator) -> None:
+    """Give every BN non-trivial statistics, so that the conversion really folds something."""
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            n = layer.gamma.shape[0]
+            layer.gamma.assign(rng.uniform(0.5, 1.5, n).astype(np.float32))
+            layer.beta.assign(rng.normal(0, 0.2, n).astype(np.float32))
+            layer.moving_mean.assign(rng.normal(0, 0.2, n).astype(np.float32))
+            layer.moving_variance.assign(rng.uniform(0.5, 2.0, n).astype(np.float32))
+
+
+@pytest.fixture(scope="module")
+def imagenet_like(tmp_path_factory):
+    """A small MobileNetV2 classifier with random weights, saved as a per-channel int8 TFLite file
+    (as Google's ImageNet file is): ``(keras classifier, tflite path, sample images)``."""
+    rng = np.random.default_rng(0)
+    base = backbones.backbone("mobilenet_v2", SHAPE, alpha=ALPHA)
+    _random_batchnorm(base, rng)
+    x = keras.layers.GlobalAveragePooling2D(keepdims=True)(base.output)
+    x = keras.layers.Conv2D(11, 1, name="logits_conv")(x)
+    classifier = keras.Model(base.input, keras.layers.Flatten()(x))
+    images = rng.uniform(-1, 1, (24, *SHAPE)).astype(np.float32)
+    path = tmp_path_factory.mktemp("imagenet") / "mobilenet_v2_int8.tflite"
+    path.write_bytes(convert_int8(classifier, images))
+    return classifier, path, images
+
+
+def _features(model: keras.Model, images: np.ndarray) -> np.ndarray:
+    return keras.ops.convert_to_numpy(keras.ops.mean(model(images, training=False), axis=(1, 2)))
+
+
+def test_tflite_import_reproduces_the_network(imagenet_like):
+    classifier, path, images = imagenet_like
+    imported = backbones.backbone("mobilenet_v2", SHAPE, alpha=ALPHA)
+    record = backbones.load_weights(imported, str(path))
+    assert (record.kind, record.layers) == ("tflite", len(backbones.conv_layers(imported)))
+    assert len(record.sha256) == 64
+    reference = keras.Model(classifier.input, classifier.get_layer("out_relu").output)
+    want, got = _features(reference, images), _features(imported, images)
+    # int8 weights through 52 layers: within a few percent of the float network, not bit-exact.
+    rel = np.linalg.norm(got - want) / np.linalg.norm(want)
+    assert rel < 0.1, rel
+    assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.99
+
+
+def test_the_file_classifier_agrees_with_the_import(imagenet_like):
+    _, path, images = imagenet_like
+    samples = []
+    for i, img in enumerate(images[:4]):
+        p = path.parent / f"sample{i}.png"
+        import cv2
+
+        cv2.imwrite(str(p), cv2.cvtColor(((img + 1) * 127.5).astype(np.uint8), cv2.COLOR_RGB2BGR))
+        samples.append(p)
+    rows = backbones.imagenet_self_check(path, samples, name="mobilenet_v2", alpha=ALPHA)
+    assert [r["image"] for r in rows] == [p.name for p in samples]
+    assert sum(r["agree"] for r in rows) >= 3  # random weights give near ties; an import error agrees on none
+
+
+def test_a_mismatched_graph_is_refused_naming_the_first_layer(imagenet_like):
+    _, path, _ = imagenet_like
+    wider = backbones.backbone("mobilenet_v2", SHAPE, alpha=0.75)
+    with pytest.raises(backbones.WeightImportError, match="'Conv1'"):
+        backbones.load_weights(wider, str(path))
+
+
+def test_missing_weights_file_names_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere.tflite"):
+        backbones.load_weights(backbones.backbone("mobilenet_v2", SHAPE, alpha=ALPHA), str(tmp_path / "nowhere.tflite"))
+
+
+def test_unknown_backbone_is_refused():
+    with pytest.raises(ValueError, match="resnet9"):
+        backbones.backbone("resnet9", SHAPE)
+
+
+def test_reestimated_batchnorm_keeps_the_function_and_measures_the_data(imagenet_like):
+    _, path, images = imagenet_like
+    model = backbones.backbone("mobilenet_v2", SHAPE, alpha=ALPHA)
+    backbones.load_weights(model, str(path))
+    before = _features(model, images)
+    assert backbones.reestimate_batchnorm(model, images, batch_size=8) == 52
+    np.testing.assert_allclose(_features(model, images), before, rtol=1e-3, atol=1e-3)
+    first = model.get_layer("bn_Conv1")
+    conv_out = keras.ops.convert_to_numpy(keras.Model(model.input, first.input)(images))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(first.moving_mean), conv_out.mean(axis=(0, 1, 2)),
+                               rtol=1e-3, atol=1e-4)
+    # In training mode BN now normalises by statistics close to the moving ones.
+    train_out = keras.ops.convert_to_numpy(keras.Model(model.input, first.output)(images, training=True))
+    infer_out = keras.ops.convert_to_numpy(keras.Model(model.input, first.output)(images, training=False))
+    np.testing.assert_allclose(train_out, infer_out, atol=1e-2)
+
+
+def test_quantization_aware_wrapper_round_trips(tmp_path, imagenet_like):
+    _, path, images = imagenet_like
+    plain, _ = backbones.pretrained_classifier("mobilenet_v2", SHAPE, weights=str(path), num_classes=7,
+                                               alpha=ALPHA)
+    wrapped = qat.quantize_aware(plain)
+    fakes = [layer for layer in wrapped.layers if isinstance(layer, qat.FakeQuant)]
+    adds = [layer for layer in plain.layers if isinstance(layer, keras.layers.Add)]
+    assert len(fakes) > len(adds) + 17 * 2  # every add, block outputs, the input and the head at least
+    wrapped.compile(optimizer="adam", loss="categorical_crossentropy")
+    wrapped.fit(images[:16], np.eye(7, dtype=np.float32)[np.arange(16) % 7], epochs=1, verbose=0)
+    quantized = keras.ops.convert_to_numpy(
+        keras.Model(wrapped.input, wrapped.get_layer("fq_input").output)(images[:2], training=False))
+    fq = wrapped.get_layer("fq_input")
+    lo, hi = float(keras.ops.convert_to_numpy(fq.range_min)), float(keras.ops.convert_to_numpy(fq.range_max))
+    scale = (hi - lo) / 255.0
+    levels = quantized / scale + np.round(-lo / scale)
+    np.testing.assert_allclose(levels, np.round(levels), atol=1e-2)  # 256 levels, as int8 would
+    wrapped.save(tmp_path / "qat.keras")
+    loaded = keras.models.load_model(tmp_path / "qat.keras", compile=False)
+    np.testing.assert_allclose(loaded.predict(images, verbose=0), wrapped.predict(images, verbose=0), atol=1e-5)
+    stripped = qat.strip(loaded)
+    assert not any(isinstance(layer, qat.FakeQuant) for layer in stripped.layers)
+    assert len(stripped.layers) == len(plain.layers)
+    # The stripped model is the trained float network: close to the fake-quantized one, not equal.
+    diff = np.abs(stripped.predict(images, verbose=0) - loaded.predict(images, verbose=0)).max()
+    assert 0 < diff < 0.2
+    assert qat.strip(plain) is plain

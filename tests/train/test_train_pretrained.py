@@ -1,0 +1,52 @@
+"""A pretrained-backbone run end to end on the fixture: two phases, what trains in each, the
+weights' provenance in meta.json, a quantization-aware warm restart, and resume."""
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+
+from train import qat
+from train.run import TrainingRun
+from train.train import main
+
+TINY_MNV2 = ("--arch", "mobilenet_v2", "--backbone-weights", "none", "--height", "32", "--width", "40",
+             "--width-mult", "0.35", "--batch-size", "16", "--augment", "false", "--lr-policy", "cosine",
+             "--max-lr", "1e-3", "--base-lr", "1e-5", "--freeze-epochs", "1", "--trainable-from", "block_13_expand",
+             "--bn-mode", "reestimate", "--workers", "1", "--no-evaluate")
+
+
+def _weights(model: keras.Model, name: str) -> list[np.ndarray]:
+    return [np.array(w) for w in model.get_layer(name).get_weights()]
+
+
+def test_two_phases_train_what_they_should(tmp_path, fixture_dir):
+    dirs = ("--data", str(fixture_dir), "--runs-dir", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache"))
+    head_only = main([*dirs, *TINY_MNV2, "--epochs", "1"])
+    start = keras.models.load_model(head_only / "last.keras", compile=False)
+    meta = json.loads((head_only / "meta.json").read_text())
+    assert meta["backbone"]["kind"] == "random" and meta["backbone"]["bn_mode"] == "reestimate"
+    assert meta["normalization"] == {"mean": [127.5] * 3, "std": [127.5] * 3}
+    assert not start.get_layer("block_16_project").trainable and start.get_layer("head").trainable
+
+    both = main(["--resume", str(head_only), "--epochs", "3", "--data", str(fixture_dir)])
+    end = keras.models.load_model(both / "last.keras", compile=False)
+    assert json.loads((both / "state.json").read_text())["epoch"] == 2
+
+    def changed(name: str) -> bool:
+        return any(not np.allclose(a, b) for a, b in zip(_weights(start, name), _weights(end, name), strict=True))
+
+    assert changed("block_16_project") and changed("head")  # after trainable_from: trained
+    assert not changed("block_5_project") and not changed("Conv1")  # before it: frozen
+    assert end.get_layer("block_16_project").trainable and not end.get_layer("block_5_project").trainable
+
+    restart = main([*dirs, *TINY_MNV2, "--init-from", str(both / "best.keras"), "--qat", "true",
+                    "--freeze-epochs", "0", "--epochs", "1", "--lr-policy", "constant", "--max-lr", "1e-4"])
+    checkpoint = keras.models.load_model(restart / "best.keras", compile=False)
+    assert any(isinstance(layer, qat.FakeQuant) for layer in checkpoint.layers)
+    run = TrainingRun.load(restart)
+    assert json.loads((restart / "meta.json").read_text())["quantization_aware_training"] is True
+    plain = run.load_model("best")
+    assert not any(isinstance(layer, qat.FakeQuant) for layer in plain.layers)
+    assert plain.output_shape == (None, 7)
