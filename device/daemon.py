@@ -23,12 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from device.api import HttpServer, create_app
+from device.api import create_app
 from device.capture import Capture, FrameGrabber, make_camera
 from device.config import Config, load_config, with_overrides
 from device.overlay import Display, make_display, render_overlay
 from device.predict import LoadedModel, load_model, model_for
 from device.publish import MqttPublisher
+from device.server import HttpServer
 from device.state import LiveState
 from device.types import Result
 from device.watchdog import Notifier
@@ -196,7 +197,7 @@ class Daemon:
         if not self.cfg.http.enabled:
             return
         app = create_app(self.cfg.http, self.state, self.predict)
-        self.http = HttpServer(app, self.cfg.http.host, self.cfg.http.port)
+        self.http = HttpServer.from_config(app, self.cfg.http)
         try:
             self.http.start()
         except OSError as err:
