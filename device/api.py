@@ -84,7 +84,8 @@ def create_app(cfg: HttpConfig, state: LiveState, predict: Callable[[np.ndarray]
                       DEBUG=False)
     streams = _Streams()
     app.extensions["dermedge_streams"] = streams
-    budget = DecodeBudget(int(cfg.decode_memory_mb * 1024 * 1024))
+    # Half the server threads may be busy with decodes; the rest keep /health and streams answering.
+    budget = DecodeBudget(int(cfg.decode_memory_mb * 1024 * 1024), max_decodes=max(1, cfg.threads // 2))
     token = load_token(cfg)
     if token is None and not _is_loopback(cfg.host):
         _log.warning(

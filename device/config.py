@@ -100,7 +100,7 @@ class HttpConfig:
     # is refused with 422). 64 MB keeps the daemon under ~250 MB on a 1 GB Pi.
     decode_memory_mb: float = 64.0
     stream_fps: float = 10.0  # MJPEG frames per second at most
-    threads: int = 6  # waitress worker threads (each open MJPEG stream holds one)
+    threads: int = 8  # waitress worker threads (each open MJPEG stream holds one, decodes half at most)
     connection_limit: int = 512  # open connections before waitress stops accepting
     idle_timeout_s: int = 10  # a connection with no request in progress is closed after this
 

@@ -26,6 +26,7 @@ import numpy as np
 from device.api import create_app
 from device.capture import Capture, FrameGrabber, make_camera
 from device.config import Config, load_config, with_overrides
+from device.limits import return_freed_memory
 from device.overlay import Display, make_display, render_overlay
 from device.predict import LoadedModel, load_model, model_for
 from device.publish import MqttPublisher
@@ -90,6 +91,7 @@ class Daemon:
 
     def start(self) -> None:
         """Bring everything up in order; on failure, what already started is stopped again."""
+        return_freed_memory()  # so the decode budget bounds the RSS, not only what is in use
         try:
             self._init_model()
             self._init_state()

@@ -6,9 +6,20 @@ decoded image has been scaled down. Decodes run side by side only while their re
 in the budget (``http.decode_memory_mb``); the others wait their turn, briefly. An image that
 alone needs more than the whole budget is refused before anything is allocated, so the worst
 case the uploads can cost the daemon is the budget itself, however many arrive together.
+A large decode (more than 1/``max_decodes`` of the budget, so they cannot all run side by side)
+also needs one of ``max_decodes`` slots; when they are all taken it is turned away (503) at once
+instead of queueing, so large uploads waiting their turn never hold every server thread and
+/health and the other routes keep answering. Ordinary photos (a 4000x3000 JPEG is decoded at
+1/4 scale, about 6 MB) are small and only ever wait for memory.
+
+Memory given back must also leave the process: glibc keeps freed blocks of up to 32 MB in a
+per-thread arena, so eight server threads that each decoded a large image once would keep
+eight budgets' worth of RSS. :func:`return_freed_memory` fixes that for the whole daemon.
 """
 from __future__ import annotations
 
+import ctypes
+import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,12 +28,28 @@ import numpy as np
 
 from device.preprocess import check_decode_cost, decode_planned, plan_decode
 
+_log = logging.getLogger(__name__)
+
 # How long an upload waits for other decodes to give memory back before it is turned away.
 DEFAULT_WAIT_S = 10.0
+# glibc mallopt(): blocks this large or larger are mmapped and unmapped on free (decoded images,
+# frames); a fixed threshold also stops glibc raising it to 32 MB after the first large free.
+_M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD_BYTES = 256 * 1024
+
+
+def return_freed_memory() -> bool:
+    """Make large freed blocks go back to the system at once (glibc only; False elsewhere)."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc (musl, macOS): their allocators differ
+        _log.info("mallopt not available: large freed blocks may stay in the process")
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
 
 
 class DecoderBusy(RuntimeError):
-    """The budget stayed taken by other decodes for longer than the wait allows."""
+    """Too many uploads are decoding already, or the budget stayed taken for longer than the wait."""
 
 
 class DecodeBudget:
@@ -30,11 +57,14 @@ class DecodeBudget:
 
     Args:
         total_bytes: the budget.
+        max_decodes: large decodes (over total_bytes / max_decodes each) decoding or waiting at
+            once; more get :class:`DecoderBusy`.
         wait_s: how long :meth:`reserve` waits for room before raising :class:`DecoderBusy`.
         setting: the limit as refusals name it.
     """
 
-    def __init__(self, total_bytes: int, *, wait_s: float = DEFAULT_WAIT_S, setting: str = "the decode budget (http.decode_memory_mb)"):
+    def __init__(self, total_bytes: int, *, max_decodes: int = 2, wait_s: float = DEFAULT_WAIT_S,
+                 setting: str = "the decode budget (http.decode_memory_mb)"):
         if total_bytes <= 0:
             raise ValueError(f"total_bytes: must be > 0, got {total_bytes}")
         self.total_bytes = total_bytes
@@ -42,6 +72,8 @@ class DecodeBudget:
         self.setting = setting
         self._free = total_bytes
         self._room = threading.Condition()
+        self.max_decodes = max_decodes
+        self._slots = threading.BoundedSemaphore(max_decodes)
 
     @property
     def in_use(self) -> int:
@@ -72,5 +104,12 @@ class DecodeBudget:
         """
         plan = plan_decode(data)
         check_decode_cost(plan, self.total_bytes, self.setting)
-        with self.reserve(plan.cost_bytes):
-            return decode_planned(data, plan)
+        large = plan.cost_bytes > self.total_bytes // self.max_decodes
+        if large and not self._slots.acquire(blocking=False):
+            raise DecoderBusy(f"{self.max_decodes} large images are being decoded already; try again")
+        try:
+            with self.reserve(plan.cost_bytes):
+                return decode_planned(data, plan)
+        finally:
+            if large:
+                self._slots.release()

@@ -289,11 +289,13 @@ def _webp_header(data: bytes) -> _Header:
     chunk = data[12:16]
     if chunk == b"VP8 ":  # lossy: 14-bit sizes after the frame tag and start code
         return _Header("WebP", _uint(data, 26, 2) & 0x3FFF, _uint(data, 28, 2) & 0x3FFF, 3)
-    if chunk == b"VP8L":  # lossless: 14-bit (size - 1) fields packed after the signature byte
+    if chunk == b"VP8L":  # lossless: 14-bit (size - 1) fields and an alpha bit after the signature
         bits = _uint(data, 21, 4)
-        return _Header("WebP", (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1, 4)
-    if chunk == b"VP8X":  # extended: 24-bit (size - 1) canvas fields
-        return _Header("WebP", _uint(data, 24, 3) + 1, _uint(data, 27, 3) + 1, 4)
+        channels = 4 if bits >> 28 & 1 else 3
+        return _Header("WebP", (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1, channels)
+    if chunk == b"VP8X":  # extended: flags (0x10: alpha), then 24-bit (size - 1) canvas fields
+        channels = 4 if data[20] & 0x10 else 3
+        return _Header("WebP", _uint(data, 24, 3) + 1, _uint(data, 27, 3) + 1, channels)
     raise ImageDecodeError(f"unsupported WebP chunk {chunk!r}")
 
 
