@@ -1,10 +1,11 @@
 """The daemon under hostile load: peak memory under worst-case uploads, and idle connections.
 
     python -m benchmarks.uploads [--model models/dermnet-edge] [--concurrency 8] [--rounds 2]
-                                 [--idle 200,600] [--good 200] [--out benchmarks/results]
+                                 [--idle 200,600] [--good 200] [--decode-memory-mb 64]
+                                 [--out benchmarks/results]
 
 One real ``python -m device run`` (folder camera on the fixture images, MQTT off, HTTP on
-loopback, default http settings). Then, in order:
+loopback, default http settings but ``--decode-memory-mb``). Then, in order:
 
 1. every worst-case upload of :mod:`benchmarks.hostile` (just under and just over the decode
    budget, and the 6000x6000 bombs), ``--concurrency`` copies at once, ``--rounds`` times, while
@@ -137,13 +138,15 @@ def idle_connections(port: int, count: int) -> dict:
             sock.close()
 
 
-def run(model: Path, *, concurrency: int, rounds: int, idle: list[int], good: int, workdir: Path) -> dict:
-    budget = int(HttpConfig.decode_memory_mb * 2**20)
+def run(model: Path, *, concurrency: int, rounds: int, idle: list[int], good: int, decode_memory_mb: float,
+        workdir: Path) -> dict:
+    budget = int(decode_memory_mb * 2**20)
     uploads = boundary_uploads(budget) + bombs(budget)
     port = free_port()
     config = {"device_id": "bench-uploads", "log_level": "WARNING", "model": {"dir": str(model), "threads": 2},
               "camera": {"source": "folder", "path": str(FIXTURE_IMAGES), "fps": 5.0}, "overlay": {"mode": "none"},
-              "mqtt": {"enabled": False}, "http": {"host": "127.0.0.1", "port": port}}
+              "mqtt": {"enabled": False},
+              "http": {"host": "127.0.0.1", "port": port, "decode_memory_mb": decode_memory_mb}}
     path = workdir / "device.yaml"
     path.write_text(yaml.safe_dump(config))
     base = f"http://127.0.0.1:{port}"
@@ -167,8 +170,9 @@ def run(model: Path, *, concurrency: int, rounds: int, idle: list[int], good: in
         load = good_load(base, jpeg, count=good, concurrency=concurrency)
         idle_rows = [idle_connections(port, n) for n in idle]
         peak = round(high_water_mark_kb(process.proc.pid) / 1024, 1)
-    return {"date": date.today().isoformat(), "environment": environment(), "model": str(model),
-            "decode_memory_mb": HttpConfig.decode_memory_mb, "connection_limit": HttpConfig.connection_limit,
+    shown = model.resolve().relative_to(REPO) if model.resolve().is_relative_to(REPO) else model
+    return {"date": date.today().isoformat(), "environment": environment(), "model": str(shown),
+            "decode_memory_mb": decode_memory_mb, "connection_limit": HttpConfig.connection_limit,
             "idle_timeout_s": HttpConfig.idle_timeout_s, "threads": HttpConfig.threads,
             "concurrency": concurrency, "rounds": rounds, "baseline": baseline, "hostile": hostile,
             "peak_rss_mb": peak, "good_load": load, "idle": idle_rows}
@@ -181,16 +185,19 @@ def markdown(results: dict, target_mb: float) -> str:
              f"http.decode_memory_mb {results['decode_memory_mb']:g}, threads {results['threads']}, "
              f"connection_limit {results['connection_limit']}, idle_timeout_s {results['idle_timeout_s']}."), "",
              (f"Reproduce: `python -m benchmarks.uploads --concurrency {results['concurrency']} "
-             f"--rounds {results['rounds']}`"), "",
+             f"--rounds {results['rounds']} --decode-memory-mb {results['decode_memory_mb']:g}`"), "",
              (f"**Peak RSS {results['peak_rss_mb']} MB** (target <= {target_mb:g} MB); after start-up and 20 "
              f"ordinary uploads: RSS {results['baseline']['rss_mb']} MB, peak {results['baseline']['peak_rss_mb']} MB."),
              "", f"## {results['concurrency']} at once, {results['rounds']} rounds, per kind (in this order)", "",
              "| upload | size | file | estimate | expected | got | slowest | /health max | peak RSS after |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in results["hostile"]:
-        lines.append(f"| {r['name']} | {r['size']} | {r['file_kb']} KB | {r['estimate_mb']} MB | {r['expected']} | "
-                     f"{','.join(map(str, r['codes']))} | {r['max_latency_s']} s | {r['health_max_s']} s | "
+        health = "n/a" if r["health_max_s"] is None else f"{r['health_max_s']} s"  # over before a probe
+        lines.append(f"| {r['name']} | {r['size']} | {max(r['file_kb'], 1)} KB | {r['estimate_mb']} MB | "
+                     f"{r['expected']} | {','.join(map(str, r['codes']))} | {r['max_latency_s']} s | {health} | "
                      f"{r['peak_rss_mb']} MB |")
+    lines += ["", ("503: more large images at once than the daemon decodes side by side (half the server "
+              "threads); the client is told to try again (Retry-After).")]
     g = results["good_load"]
     lines += ["", "## Load held (ordinary fixture JPEG uploads)", "",
               (f"{g['uploads']} uploads at concurrency {g['concurrency']}: {g['ok']} answered 200, {g['5xx']} 5xx, "
@@ -198,6 +205,9 @@ def markdown(results: dict, target_mb: float) -> str:
               "## Idle connections (connected, nothing sent), then a fresh /health", "",
               "| idle connections | /health answered in | ok |", "|---|---|---|"]
     lines += [f"| {r['idle']} | {r['health_s']} s | {r['health_ok']} |" for r in results["idle"]]
+    lines += ["", (f"Beyond connection_limit ({results['connection_limit']}) the server accepts nothing until its "
+              f"idle sweep closes connections idle for idle_timeout_s ({results['idle_timeout_s']} s); per-client "
+              "limits in front of it are the reverse proxy's job (`install.sh --tls`).")]
     return "\n".join(lines) + "\n"
 
 
@@ -221,13 +231,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--idle", type=lambda t: [int(v) for v in t.split(",")], default=[200, 600])
     parser.add_argument("--good", type=int, default=200)
+    parser.add_argument("--decode-memory-mb", type=float, default=HttpConfig.decode_memory_mb)
     parser.add_argument("--target-mb", type=float, default=250.0)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = parser.parse_args(argv)
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     with tempfile.TemporaryDirectory() as tmp:
         results = run(args.model, concurrency=args.concurrency, rounds=args.rounds, idle=args.idle, good=args.good,
-                      workdir=Path(tmp))
+                      decode_memory_mb=args.decode_memory_mb, workdir=Path(tmp))
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"{results['date']}-{socket.gethostname().split('.')[0]}-uploads"
     stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
