@@ -168,7 +168,7 @@ def create_app(cfg: HttpConfig, state: LiveState, predict: Callable[[np.ndarray]
         if not request.is_json:
             return _error(415, 'expected application/json {"image": "<base64>"}')
         try:
-            body = json.loads(request.get_data())
+            body = json.loads(request.get_data(cache=False))  # the raw body is freed once parsed
         except (ValueError, RecursionError):  # RecursionError: absurdly nested arrays
             return _error(400, "body is not valid JSON")
         if not isinstance(body, dict) or not isinstance(body.get("image"), str):
@@ -177,7 +177,7 @@ def create_app(cfg: HttpConfig, state: LiveState, predict: Callable[[np.ndarray]
         if text.startswith("data:"):  # accept a data URL as browsers produce it
             text = text.partition(",")[2]
         try:
-            data = base64.b64decode("".join(text.split()), validate=True)
+            data = _b64decode(text)
         except (binascii.Error, ValueError):
             return _error(400, "image: not valid base64")
         return classify(data)
@@ -226,6 +226,14 @@ def _mjpeg(state: LiveState, stop: threading.Event, seq: int, jpeg: bytes, inter
         new_seq, new_jpeg = state.wait_jpeg(seq, timeout=STREAM_KEEPALIVE_S)
         if new_jpeg is not None:
             seq, jpeg = new_seq, new_jpeg
+
+
+def _b64decode(text: str) -> bytes:
+    """Strict base64; line breaks are allowed, and only a text that has them is copied to drop them."""
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return base64.b64decode("".join(text.split()), validate=True)
 
 
 def _too_large_reason(max_upload_mb: float, limit_bytes: int) -> str:

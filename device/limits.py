@@ -26,7 +26,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from device.preprocess import check_decode_cost, decode_planned, plan_decode
+from device.preprocess import ImageTooLarge, decode_planned, plan_decode
 
 _log = logging.getLogger(__name__)
 
@@ -103,7 +103,9 @@ class DecodeBudget:
         budget, :class:`DecoderBusy` when no room came free in time, ImageDecodeError otherwise.
         """
         plan = plan_decode(data)
-        check_decode_cost(plan, self.total_bytes, self.setting)
+        if plan.cost_bytes > self.total_bytes:
+            raise ImageTooLarge(f"image too large: {plan.describe()} needs about {_mb(plan.cost_bytes)} to "
+                                f"decode, more than {self.setting} {_mb(self.total_bytes)}")
         large = plan.cost_bytes > self.total_bytes // self.max_decodes
         if large and not self._slots.acquire(blocking=False):
             raise DecoderBusy(f"{self.max_decodes} large images are being decoded already; try again")
@@ -113,3 +115,7 @@ class DecodeBudget:
         finally:
             if large:
                 self._slots.release()
+
+
+def _mb(nbytes: int) -> str:
+    return f"{nbytes / 2**20:.0f} MB"

@@ -16,9 +16,9 @@ import numpy as np
 
 from device.card import TTA_MODES
 
-# Decodes bigger than this are refused for image files read from disk (the CLI, the folder camera);
-# uploads get the smaller, shared budget of device.limits.DecodeBudget (http.decode_memory_mb).
-MAX_FILE_DECODE_BYTES = 256 * 1024 * 1024
+# Image files read from disk (the CLI, the folder camera) are refused above this many pixels;
+# uploads get the shared memory budget of device.limits.DecodeBudget (http.decode_memory_mb).
+MAX_DECODE_PIXELS = 40_000_000
 # The model sees a few hundred pixels a side at most: a large JPEG is decoded at 1/2, 1/4 or 1/8
 # scale (libjpeg's DCT scaling, so the full image is never in memory) as long as its short side
 # stays at least this long, and any decoded image is scaled down to it at once.
@@ -116,20 +116,13 @@ def dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
     return (q.astype(np.float32) - zero_point) * np.float32(scale)
 
 
-def decode_image(data: bytes, *, max_bytes: int = MAX_FILE_DECODE_BYTES) -> np.ndarray:
+def decode_image(data: bytes) -> np.ndarray:
     """Encoded JPEG, PNG, WebP or BMP bytes -> HxWx3 uint8 RGB (see :func:`plan_decode` and
-    :func:`decode_planned`), refused with :class:`ImageTooLarge` when decoding would need more
-    than ``max_bytes``."""
+    :func:`decode_planned`), refused with :class:`ImageTooLarge` above :data:`MAX_DECODE_PIXELS`."""
     plan = plan_decode(data)
-    check_decode_cost(plan, max_bytes)
+    if plan.width * plan.height > MAX_DECODE_PIXELS:
+        raise ImageTooLarge(f"image too large: {plan.width}x{plan.height} pixels (limit {MAX_DECODE_PIXELS})")
     return decode_planned(data, plan)
-
-
-def check_decode_cost(plan: DecodePlan, max_bytes: int, setting: str = "limit") -> None:
-    """Raise :class:`ImageTooLarge`, naming the size and the limit, when ``plan`` needs more than ``max_bytes``."""
-    if plan.cost_bytes > max_bytes:
-        raise ImageTooLarge(f"image too large: {plan.describe()} needs about {_mb(plan.cost_bytes)} to "
-                            f"decode, more than {setting} {_mb(max_bytes)}")
 
 
 def plan_decode(data: bytes) -> DecodePlan:
@@ -190,10 +183,6 @@ def _shrink(img: np.ndarray) -> np.ndarray:
     scale = MIN_DECODE_SIDE / min(h, w)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     return cv2.resize(img, size, interpolation=cv2.INTER_AREA)
-
-
-def _mb(nbytes: int) -> str:
-    return f"{nbytes / 2**20:.0f} MB"
 
 
 @dataclass(frozen=True)
