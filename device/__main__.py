@@ -17,9 +17,11 @@ import logging
 import sys
 from pathlib import Path
 
+from device.auth import load_token
 from device.card import ModelCard, verify_model_file
 from device.config import CARD_FILE, Config, check_model_dir, load_config, with_overrides
 from device.predict import expand_paths, load_model, predict_files
+from device.signature import check_model_signature
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 # ConfigError and CardError are ValueErrors; a missing file is an OSError.
@@ -75,16 +77,18 @@ def predict(model_dir: str | None, config_path: Path | None, paths: list[str], *
 
 
 def check_config(config_path: Path) -> int:
-    """Validate a config file and the model it names (card and sha256)."""
+    """Validate a config file, the model it names (card, sha256, signature) and the token file."""
     try:
         cfg: Config = load_config(config_path)
         folder = check_model_dir(cfg.model)
         card = ModelCard.load(folder / CARD_FILE)
         model_path = verify_model_file(card, folder)
+        signature = check_model_signature(folder, cfg.model)
+        load_token(cfg.http)
     except _INPUT_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    print(f"ok: {config_path} (device {cfg.device_id}, model {card.name} at {model_path})")
+    print(f"ok: {config_path} (device {cfg.device_id}, model {card.name} at {model_path}, {signature})")
     return EXIT_OK
 
 

@@ -2,7 +2,8 @@
 
 Routes (all but /health need ``Authorization: Bearer <token>`` when ``http.token`` is set):
 
-    GET  /health         status, model, fps, components, uptime (no token needed)
+    GET  /health         status and component states for anyone; with the token (or when none
+                         is set) also model, fps, uptime, frames and the components' details
     GET  /latest         the newest Result as JSON (404 before the first frame)
     POST /predict        multipart/form-data, file field ``image``  -> Result JSON
     POST /predict_base64 application/json {"image": "<base64>"}    -> Result JSON
@@ -14,16 +15,18 @@ Routes (all but /health need ``Authorization: Bearer <token>`` when ``http.token
 Handlers read :class:`LiveState` or classify an upload through the ``predict`` callable; they
 never drive the camera. Every error is JSON ``{"error": reason}``: 400 for a bad image or
 body, 401 for a missing or wrong token, 404, 405, 413 when the request body exceeds
-``http.max_upload_mb``, 415 for the wrong content type, 429 when too many streams are open.
-Uploads are decoded in memory; nothing from a request (no file name, no path) is used to
-touch the filesystem; the one folder read from disk is the built browser app (device/webapp.py).
+``http.max_upload_mb`` or has too many form parts (the reason says which), 415 for the wrong
+content type, 422 for an image that would need more than the decode budget
+(``http.decode_memory_mb``, see device/limits.py), 429 when too many streams are open, 503 when
+other uploads hold the decode budget for too long. Uploads are decoded in memory; nothing from a
+request (no file name, no path) is used to touch the filesystem; the one folder read from disk is
+the built browser app (device/webapp.py).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import hmac
 import ipaddress
 import json
 import logging
@@ -33,14 +36,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-import waitress
 from flask import Flask, Response, jsonify, request
-from waitress import wasyncore
-from waitress.trigger import trigger
 from werkzeug.exceptions import HTTPException
 
+from device.auth import bearer_matches, load_token
 from device.config import HttpConfig
-from device.preprocess import ImageDecodeError, decode_image
+from device.limits import DecodeBudget, DecoderBusy
+from device.preprocess import ImageDecodeError, ImageTooLarge
 from device.state import LiveState
 from device.types import Result
 from device.webapp import ENDPOINTS as WEB_APP_ENDPOINTS
@@ -48,15 +50,12 @@ from device.webapp import register_web_app
 
 _log = logging.getLogger(__name__)
 
-# waitress worker threads; each open MJPEG stream holds one for as long as it is watched.
-SERVER_THREADS = 6
 # Streams beyond this are refused (429), so viewers can never starve the other routes.
 MAX_STREAMS = 3
 # A stream with no new frame repeats the last one this often, which also notices a gone client.
 STREAM_KEEPALIVE_S = 1.0
-# waitress refuses bodies this many times the app's limit outright (plain-text 413) before
-# buffering them; between the two limits the app answers with a JSON 413.
-WAITRESS_BODY_FACTOR = 4
+# Form parts a request may carry: /predict needs one (the image); many tiny fields only cost parsing.
+MAX_FORM_PARTS = 32
 _BOUNDARY = "frame"
 _PUBLIC_ENDPOINTS = frozenset({"health"}) | WEB_APP_ENDPOINTS
 
@@ -73,34 +72,38 @@ def create_app(cfg: HttpConfig, state: LiveState, predict: Callable[[np.ndarray]
     """The Flask app for ``cfg``.
 
     Args:
-        cfg: the ``http`` config section (token, upload limit, stream rate; host only for the warning).
+        cfg: the ``http`` config section (token, upload and decode limits, stream rate; host only
+            for the warning). ``http.token_file`` is read here; a bad one raises ConfigError.
         state: what the daemon publishes; read-only here.
         predict: RGB uint8 frame -> Result through the same engine and postprocessing as the
             camera path. Called from several server threads at once, so it must be thread-safe.
     """
     app = Flask(__name__, static_folder=None)  # no static route; only the built web app is read from disk
     limit = int(cfg.max_upload_mb * 1024 * 1024)
-    app.config.update(MAX_CONTENT_LENGTH=limit, MAX_FORM_MEMORY_SIZE=limit, DEBUG=False)
+    app.config.update(MAX_CONTENT_LENGTH=limit, MAX_FORM_MEMORY_SIZE=limit, MAX_FORM_PARTS=MAX_FORM_PARTS,
+                      DEBUG=False)
     streams = _Streams()
     app.extensions["dermedge_streams"] = streams
-    token = cfg.token.encode() if cfg.token else None
+    # Half the server threads may be busy with decodes; the rest keep /health and streams answering.
+    budget = DecodeBudget(int(cfg.decode_memory_mb * 1024 * 1024), max_decodes=max(1, cfg.threads // 2))
+    token = load_token(cfg)
     if token is None and not _is_loopback(cfg.host):
         _log.warning(
             "HTTP: listening on %s without http.token: anyone on the network can read results and "
-            "watch the camera. Set http.token or bind to 127.0.0.1.",
+            "watch the camera. Set http.token (or http.token_file) or bind to 127.0.0.1.",
             cfg.host,
         )
 
+    def authorized() -> bool:
+        return token is None or bearer_matches(request.headers.get("Authorization", ""), token)
+
     @app.before_request
     def _check_token():
-        if token is None or request.endpoint in _PUBLIC_ENDPOINTS:
+        if request.endpoint in _PUBLIC_ENDPOINTS or authorized():
             return None
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token):
-            response = _error(401, "missing or wrong bearer token")
-            response.headers["WWW-Authenticate"] = 'Bearer realm="dermedge"'
-            return response
-        return None
+        response = _error(401, "missing or wrong bearer token")
+        response.headers["WWW-Authenticate"] = 'Bearer realm="dermedge"'
+        return response
 
     @app.after_request
     def _count(response: Response) -> Response:
@@ -111,7 +114,7 @@ def create_app(cfg: HttpConfig, state: LiveState, predict: Callable[[np.ndarray]
     @app.errorhandler(HTTPException)
     def _http_error(err: HTTPException):
         if err.code == 413:
-            reason = f"request body too large (limit {cfg.max_upload_mb:g} MB)"
+            reason = _too_large_reason(cfg.max_upload_mb, limit)
         else:
             reason = err.description if err.code == 400 else (err.name or "error").lower()
         response = _error(err.code or 400, reason)
@@ -128,14 +131,21 @@ def create_app(cfg: HttpConfig, state: LiveState, predict: Callable[[np.ndarray]
 
     def classify(data: bytes):
         try:
-            rgb = decode_image(data)
+            rgb = budget.decode(data)
+        except ImageTooLarge as err:
+            return _error(422, f"image: {err}")
         except ImageDecodeError as err:
             return _error(400, f"image: {err}")
+        except DecoderBusy as err:
+            response = _error(503, f"image: {err}")
+            response.headers["Retry-After"] = "1"
+            return response
         return jsonify(predict(rgb).to_dict())
 
     @app.get("/health")
     def health():
-        return jsonify(state.health())
+        # Strangers learn whether the device is well, not its paths, broker replies or model.
+        return jsonify(state.health() if authorized() else state.public_health())
 
     @app.get("/latest")
     def latest():
@@ -158,7 +168,7 @@ def create_app(cfg: HttpConfig, state: LiveState, predict: Callable[[np.ndarray]
         if not request.is_json:
             return _error(415, 'expected application/json {"image": "<base64>"}')
         try:
-            body = json.loads(request.get_data())
+            body = json.loads(request.get_data(cache=False))  # the raw body is freed once parsed
         except (ValueError, RecursionError):  # RecursionError: absurdly nested arrays
             return _error(400, "body is not valid JSON")
         if not isinstance(body, dict) or not isinstance(body.get("image"), str):
@@ -167,7 +177,7 @@ def create_app(cfg: HttpConfig, state: LiveState, predict: Callable[[np.ndarray]
         if text.startswith("data:"):  # accept a data URL as browsers produce it
             text = text.partition(",")[2]
         try:
-            data = base64.b64decode("".join(text.split()), validate=True)
+            data = _b64decode(text)
         except (binascii.Error, ValueError):
             return _error(400, "image: not valid base64")
         return classify(data)
@@ -218,6 +228,22 @@ def _mjpeg(state: LiveState, stop: threading.Event, seq: int, jpeg: bytes, inter
             seq, jpeg = new_seq, new_jpeg
 
 
+def _b64decode(text: str) -> bytes:
+    """Strict base64; line breaks are allowed, and only a text that has them is copied to drop them."""
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return base64.b64decode("".join(text.split()), validate=True)
+
+
+def _too_large_reason(max_upload_mb: float, limit_bytes: int) -> str:
+    """Which limit a 413 hit: Werkzeug raises the same error for the body size and the form parts."""
+    if request.content_length is None or request.content_length > limit_bytes:
+        return f"request body too large (limit {max_upload_mb:g} MB, http.max_upload_mb)"
+    return (f"too many form parts: more than {MAX_FORM_PARTS} fields and files "
+            "(send the image alone, in file field 'image')")
+
+
 def _error(code: int, reason: str) -> Response:
     response = jsonify({"error": reason})
     response.status_code = code
@@ -231,58 +257,3 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:  # a host name other than localhost
         return False
-
-
-class HttpServer:
-    """Serves a WSGI app with waitress on a background thread.
-
-    ``port`` 0 picks a free port; :attr:`port` gives the real one after :meth:`start`.
-    """
-
-    def __init__(self, app: Flask, host: str, port: int, *, threads: int = SERVER_THREADS):
-        self._app = app
-        self.host = host
-        self.port = port
-        self._threads = threads
-        self._map: dict = {}  # our own asyncore map, so stop() can close every channel
-        self._server = None
-        self._trigger: trigger | None = None
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        """Bind and serve; returns once the socket is listening (raises OSError if it cannot bind)."""
-        if self._server is not None:
-            return
-        limit = self._app.config.get("MAX_CONTENT_LENGTH") or 0
-        body_limit = {"max_request_body_size": limit * WAITRESS_BODY_FACTOR} if limit else {}
-        self._server = waitress.create_server(
-            self._app,
-            map=self._map,
-            host=self.host,
-            port=self.port,
-            threads=self._threads,
-            ident="dermedge",
-            channel_timeout=30,
-            asyncore_use_poll=True,
-            **body_limit,
-        )
-        listen = getattr(self._server, "effective_listen", None)
-        self.port = int(listen[0][1] if listen else self._server.effective_port)
-        self._trigger = trigger(self._map)  # wakes the loop thread to close everything on stop()
-        self._thread = threading.Thread(target=self._server.run, name="http", daemon=True)
-        self._thread.start()
-        _log.info("HTTP: serving on http://%s:%d", self.host, self.port)
-
-    def stop(self, timeout: float = 3.0) -> None:
-        """End open streams, let running requests finish (up to ``timeout``), close every connection."""
-        server, self._server = self._server, None
-        if server is None:
-            return
-        streams = self._app.extensions.get("dermedge_streams")
-        if streams is not None:
-            streams.stop.set()
-        server.task_dispatcher.shutdown(timeout=timeout)
-        # asyncore is not thread-safe: close the sockets from the loop thread itself
-        self._trigger.pull_trigger(lambda: wasyncore.close_all(self._map))
-        self._thread.join(timeout)
-        _log.info("HTTP: stopped")

@@ -35,6 +35,8 @@ def _default_device_id() -> str:
 class ModelConfig:
     dir: str = "models/dermnet-edge"  # folder with card.json and the int8 .tflite it names
     threads: int = 2  # interpreter threads
+    public_keys: tuple[str, ...] = ()  # Ed25519 public key files (PEM) that may sign models
+    require_signature: bool = False  # refuse a model without a valid signature by one of them
 
 
 @dataclass(frozen=True)
@@ -92,8 +94,15 @@ class HttpConfig:
     host: str = "127.0.0.1"
     port: int = 5000  # 0 picks a free port (tests)
     token: str | None = None  # bearer token for every route but /health
+    token_file: str | None = None  # or a file holding it, read at start (not readable by others)
     max_upload_mb: float = 8.0
+    # Memory all image decodes together may hold (uploads wait for room; one that alone needs more
+    # is refused with 422). 64 MB keeps the daemon under ~250 MB on a 1 GB Pi.
+    decode_memory_mb: float = 64.0
     stream_fps: float = 10.0  # MJPEG frames per second at most
+    threads: int = 8  # waitress worker threads (each open MJPEG stream holds one, decodes half at most)
+    connection_limit: int = 512  # open connections before waitress stops accepting
+    idle_timeout_s: int = 10  # a connection with no request in progress is closed after this
 
 
 @dataclass(frozen=True)
@@ -133,9 +142,27 @@ _RULES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "mqtt.keepalive": (lambda v: v >= 5, ">= 5"),
     "mqtt.max_rate_hz": (lambda v: v > 0, "> 0"),
     "http.port": (lambda v: 0 <= v <= 65535, "between 0 and 65535"),
+    "http.token_file": (bool, "non-empty"),
     "http.max_upload_mb": (lambda v: v > 0, "> 0"),
+    "http.decode_memory_mb": (lambda v: v >= 8, ">= 8"),
+    "http.threads": (lambda v: 1 <= v <= 64, "between 1 and 64"),
+    "http.connection_limit": (lambda v: 16 <= v <= 4096, "between 16 and 4096"),
+    "http.idle_timeout_s": (lambda v: 1 <= v <= 300, "between 1 and 300"),
     "http.stream_fps": (lambda v: v > 0, "> 0"),
 }
+
+
+def token_problem(token: str) -> str | None:
+    """Why ``token`` cannot work as a bearer token, or None. The header is read as latin-1 and
+    stripped, so only non-empty printable ASCII without spaces can ever match. The reason never
+    quotes the token."""
+    if not token:
+        return "is empty (null means no token)"
+    for position, char in enumerate(token, start=1):
+        if not "!" <= char <= "~":
+            kind = "whitespace" if char.isspace() else "a non-printable or non-ASCII character"
+            return f"has {kind} at position {position}: use printable ASCII without spaces"
+    return None
 
 
 def config_from_dict(data: Mapping[str, Any] | None) -> Config:
@@ -226,6 +253,10 @@ def _check_value(value: Any, kind: Any, dotted: str) -> Any:
         if value is None:
             return None
         kind = next(k for k in typing.get_args(kind) if k is not type(None))
+    if typing.get_origin(kind) is tuple:  # tuple[str, ...]: a YAML list of strings
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
+            raise ConfigError(f"{dotted}: expected a list of non-empty strings, got {value!r}")
+        return tuple(value)
     if typing.get_origin(kind) is Literal:
         allowed = typing.get_args(kind)
         if value not in allowed:
@@ -242,6 +273,12 @@ def _check_value(value: Any, kind: Any, dotted: str) -> Any:
 
 
 def _check_cross_fields(cfg: Config) -> None:
+    if cfg.http.token is not None and (problem := token_problem(cfg.http.token)):
+        raise ConfigError(f"http.token: {problem}")
+    if cfg.http.token is not None and cfg.http.token_file is not None:
+        raise ConfigError("http.token_file: set together with http.token; keep one")
+    if cfg.model.require_signature and not cfg.model.public_keys:
+        raise ConfigError("model.require_signature: needs at least one key in model.public_keys")
     if cfg.mqtt.password is not None and cfg.mqtt.username is None:
         raise ConfigError("mqtt.password: set without mqtt.username")
     if cfg.camera.retry_max_s < cfg.camera.retry_initial_s:

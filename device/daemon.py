@@ -23,12 +23,14 @@ from typing import Any
 
 import numpy as np
 
-from device.api import HttpServer, create_app
+from device.api import create_app
 from device.capture import Capture, FrameGrabber, make_camera
 from device.config import Config, load_config, with_overrides
+from device.limits import return_freed_memory
 from device.overlay import Display, make_display, render_overlay
 from device.predict import LoadedModel, load_model, model_for
 from device.publish import MqttPublisher
+from device.server import HttpServer
 from device.state import LiveState
 from device.types import Result
 from device.watchdog import Notifier
@@ -89,6 +91,7 @@ class Daemon:
 
     def start(self) -> None:
         """Bring everything up in order; on failure, what already started is stopped again."""
+        return_freed_memory()  # so the decode budget bounds the RSS, not only what is in use
         try:
             self._init_model()
             self._init_state()
@@ -196,7 +199,7 @@ class Daemon:
         if not self.cfg.http.enabled:
             return
         app = create_app(self.cfg.http, self.state, self.predict)
-        self.http = HttpServer(app, self.cfg.http.host, self.cfg.http.port)
+        self.http = HttpServer.from_config(app, self.cfg.http)
         try:
             self.http.start()
         except OSError as err:

@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -15,7 +16,10 @@ from device.config import Config, check_model_dir
 from device.engine import Engine
 from device.postprocess import Postprocessor
 from device.preprocess import ImageDecodeError, load_image
+from device.signature import check_model_signature
 from device.types import Result
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -28,8 +32,12 @@ class LoadedModel:
 
 
 def load_model(cfg: Config) -> LoadedModel:
-    """Check the model folder, build the engine (once) and its postprocessors."""
+    """Check the model folder and its signature, build the engine (once) and its postprocessors.
+
+    The signature is checked before the interpreter ever parses the model file.
+    """
     folder = check_model_dir(cfg.model)
+    _log.info("model %s: %s", folder, check_model_signature(folder, cfg.model))
     return model_for(Engine.from_model_dir(folder, num_threads=cfg.model.threads), cfg)
 
 

@@ -159,11 +159,10 @@ class LiveState:
     def health(self) -> dict:
         now = time.monotonic()
         with self._lock:
-            components = {name: Component("unknown") for name in CORE_COMPONENTS} | self._components
-            degraded = any(c.status in BAD_STATUSES for c in components.values())
+            components = self._all_components()
             last = self._frame_times[-1] if self._frame_times else None
             report = {
-                "status": "degraded" if degraded else "ok",
+                "status": _overall(components),
                 "model": self.model_name,
                 "fps": round(self._fps(now), 2),
                 "uptime_s": round(now - self._started, 1),
@@ -174,6 +173,12 @@ class LiveState:
                 report[name] = comp.status
             report["details"] = {name: c.detail for name, c in components.items() if c.detail}
             return report
+
+    def public_health(self) -> dict:
+        """What anyone may see: the overall status and each component's status, no details."""
+        with self._lock:
+            components = self._all_components()
+        return {"status": _overall(components), **{name: c.status for name, c in components.items()}}
 
     def metrics_text(self) -> str:
         """Prometheus text exposition format (version 0.0.4)."""
@@ -220,12 +225,20 @@ class LiveState:
                 self._jpeg = (seq, buf.tobytes())
                 return self._jpeg
 
+    def _all_components(self) -> dict[str, Component]:
+        """Every component, the core ones "unknown" until set; call with the lock held."""
+        return {name: Component("unknown") for name in CORE_COMPONENTS} | self._components
+
     def _fps(self, now: float) -> float:
         """Frames per second over the recent window; call with the lock held."""
         times = [t for t in self._frame_times if now - t <= self._fps_max_age_s]
         if len(times) < 2 or times[-1] <= times[0]:
             return 0.0
         return (len(times) - 1) / (times[-1] - times[0])
+
+
+def _overall(components: dict[str, Component]) -> str:
+    return "degraded" if any(c.status in BAD_STATUSES for c in components.values()) else "ok"
 
 
 def _labels(**labels: str) -> str:

@@ -2,18 +2,22 @@
 # Install the DermEdge daemon as a systemd service on a Raspberry Pi
 # (Raspberry Pi OS Bookworm, Python 3.11, or later). Idempotent: run it again to update.
 #
-#   sudo device/systemd/install.sh [--models DIR] [--mqtt-clients] [--no-start]
+#   sudo device/systemd/install.sh [--models DIR] [--mqtt-clients] [--no-start] [--tls [--tls-port N]]
 #
 #   --models DIR     model folders to install (default: the repository's models/)
 #   --mqtt-clients   also install mosquitto-clients (mosquitto_sub, for watching results)
 #   --no-start       install and enable nothing in systemd, only the files (chroots, images)
+#   --tls            also put nginx in front: HTTPS on port 443 (--tls-port) with a self-signed
+#                    certificate made here (its SHA-256 fingerprint is printed), per-client
+#                    connection and request limits; the daemon stays on 127.0.0.1:5000
 #
 # What it does: apt packages (python3-opencv, python3-picamera2 where the sources have it), a
 # system user 'dermedge' in the video and render groups, the code and models under
 # /opt/dermedge, a venv there with --system-site-packages (apt's numpy, OpenCV and picamera2)
 # and requirements/pi.txt, the config /etc/dermedge/device.yaml (only if it does not exist:
 # a reinstall never overwrites it; the new example goes beside it as device.yaml.example),
-# and the service dermedge.service, enabled and (re)started.
+# and the service dermedge.service, enabled and (re)started. With --tls: nginx from apt, the
+# certificate in /etc/dermedge/tls (kept on reinstall) and the site nginx-dermedge.conf.
 #
 # DESTDIR=DIR stages the files under DIR and prints the system commands instead of running them.
 set -euo pipefail
@@ -30,6 +34,12 @@ TFLITE_FALLBACK="tflite-runtime==2.14.0"
 MODELS_SRC=$SRC/models
 MQTT_CLIENTS=false
 START=true
+TLS=false
+TLS_PORT=443
+# The daemon's own port (http.port in device.yaml; keep http.host 127.0.0.1 behind the proxy).
+HTTP_PORT=5000
+TLS_DIR=$CONF_DIR/tls
+NGINX_SITE=/etc/nginx/sites-available/dermedge.conf
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 
@@ -39,6 +49,8 @@ parse_args() {
       --models) MODELS_SRC=${2:?--models needs a folder}; shift 2 ;;
       --mqtt-clients) MQTT_CLIENTS=true; shift ;;
       --no-start) START=false; shift ;;
+      --tls) TLS=true; shift ;;
+      --tls-port) TLS_PORT=${2:?--tls-port needs a port}; shift 2 ;;
       -h | --help) usage; exit 0 ;;
       *) die "unknown option '$1' (see --help)" ;;
     esac
@@ -52,8 +64,9 @@ check_python() {
 }
 
 install_apt_packages() {
-  local pkgs=(python3 python3-venv python3-pip python3-numpy python3-opencv)
+  local pkgs=(python3 python3-venv python3-pip python3-numpy python3-opencv python3-cryptography)
   "$MQTT_CLIENTS" && pkgs+=(mosquitto-clients)
+  "$TLS" && pkgs+=(nginx openssl)
   if [[ -n $DESTDIR ]] || apt-cache show python3-picamera2 >/dev/null 2>&1; then
     pkgs+=(python3-picamera2)
   else
@@ -160,6 +173,60 @@ install_unit() {
   fi
 }
 
+# A self-signed certificate, made once (a reinstall keeps it, so pinned clients keep working).
+make_certificate() {
+  local dir=$DESTDIR$TLS_DIR host
+  host=$(hostname -s 2>/dev/null || echo dermedge)
+  mkdir -p "$dir"
+  chmod 0700 "$dir"
+  if [[ ! -f $dir/dermedge.crt || ! -f $dir/dermedge.key ]]; then
+    (umask 077 && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \
+      -subj "/CN=$host" -addext "subjectAltName=DNS:$host,DNS:$host.local,DNS:localhost,IP:127.0.0.1" \
+      -keyout "$dir/dermedge.key" -out "$dir/dermedge.crt" 2>/dev/null) ||
+      die "openssl could not make the certificate in $TLS_DIR"
+    chmod 0644 "$dir/dermedge.crt"
+    say "made a self-signed certificate for $host in $TLS_DIR (valid 10 years)"
+  else
+    say "kept the certificate in $TLS_DIR"
+  fi
+  say "TLS certificate $(openssl x509 -in "$dir/dermedge.crt" -noout -fingerprint -sha256)"
+  say "check it on first connection, e.g.: openssl s_client -connect $host:$TLS_PORT </dev/null 2>/dev/null |" \
+    "openssl x509 -noout -fingerprint -sha256"
+}
+
+# The proxy is only a gate if the daemon cannot be reached around it.
+warn_unless_loopback() {
+  [[ -z $DESTDIR ]] || return 0
+  local host
+  host=$(env -C "$APP_DIR" "$APP_DIR/venv/bin/python" -c 'import sys
+from device.config import load_config
+print(load_config(sys.argv[1]).http.host)' "$CONF_DIR/device.yaml" 2>/dev/null) || return 0
+  case $host in
+    127.* | ::1 | localhost) ;;
+    *) warn "http.host is $host in $CONF_DIR/device.yaml: behind --tls set it to 127.0.0.1," \
+      "or the daemon can be reached around nginx" ;;
+  esac
+}
+
+install_tls() {
+  make_certificate
+  local site=$DESTDIR$NGINX_SITE enabled
+  enabled=$DESTDIR/etc/nginx/sites-enabled/$(basename "$NGINX_SITE")
+  mkdir -p "$(dirname "$site")" "$(dirname "$enabled")"
+  sed -e "s|@TLS_DIR@|$TLS_DIR|g" -e "s|@TLS_PORT@|$TLS_PORT|g" -e "s|@HTTP_PORT@|$HTTP_PORT|g" \
+    -e "s|@CONNECTIONS_PER_CLIENT@|8|g" -e "s|@REQUESTS_PER_S@|20|g" -e "s|@REQUEST_BURST@|40|g" \
+    -e "s|@MAX_BODY_MB@|12|g" "$SRC/device/systemd/nginx-dermedge.conf" >"$site"
+  chmod 0644 "$site"
+  ln -sfn "$NGINX_SITE" "$enabled"
+  say "nginx site $NGINX_SITE: https on port $TLS_PORT -> http://127.0.0.1:$HTTP_PORT"
+  warn_unless_loopback
+  sys nginx -t
+  if "$START" && systemd_running; then
+    sys systemctl enable nginx
+    sys systemctl reload-or-restart nginx
+  fi
+}
+
 main() {
   parse_args "$@"
   require_root "$@"
@@ -170,6 +237,7 @@ main() {
   install_venv
   install_config
   install_unit
+  if "$TLS"; then install_tls; fi
   say "done. DermEdge is a screening aid, not a diagnosis."
 }
 

@@ -92,9 +92,9 @@ class DaemonProcess:
         return requests.post(self.base + path, timeout=30, **kwargs)
 
     def health(self) -> dict:
-        """/health, or {} while the server is not answering (yet)."""
+        """/health (with the token, so the details are there), or {} while the server is not answering (yet)."""
         try:
-            return requests.get(self.base + "/health", timeout=5).json()
+            return requests.get(self.base + "/health", headers=self.headers(), timeout=5).json()
         except requests.RequestException:
             return {}
 

@@ -31,7 +31,8 @@ LIMIT = int(MAX_UPLOAD_MB * 1024 * 1024)
 WAITRESS_FACTOR = 4
 ODD_OK = (200,)
 BAD = (400,)
-BAD_OR_PARTIAL = (200, 400)  # a damaged JPEG may still decode (libjpeg fills the missing part)
+BAD_OR_PARTIAL = (200, 400)
+TOO_LARGE = (422,)  # decoding would need more than http.decode_memory_mb  # a damaged JPEG may still decode (libjpeg fills the missing part)
 PWNED = Path("/tmp/dermedge-hardening-pwned")
 
 
@@ -211,7 +212,7 @@ def build_cases(jpeg: bytes) -> list[Case]:
             data[pos] = int(rng.integers(0, 256))
         cases.append(Case(f"bitflips-{k}", "POST", "/predict", multipart(bytes(data)), BAD_OR_PARTIAL))
 
-    # Huge dimensions and decompression bombs: refused from the header, before decoding.
+    # Huge dimensions and decompression bombs: refused from the header, before decoding (422).
     bombs = {
         "png-50000x50000": png_header(50000, 50000),
         "png-65535x65535-16bit": png_header(65535, 65535, bit_depth=16),
@@ -224,12 +225,13 @@ def build_cases(jpeg: bytes) -> list[Case]:
         "bmp-50000x50000": bmp_header(50000, 50000),
         "bmp-topdown-50000x50000": bmp_header(50000, -50000),
         "webp-16384x16384": webp_vp8x(16384, 16384),
-        "real-7000x6000": encode(
-            np.full((6000, 7000, 3), 128, np.uint8), ".jpg", (cv2.IMWRITE_JPEG_QUALITY, 10)
-        ),
+        "png-6000x6000-real": encode(np.full((6000, 6000, 3), 128, np.uint8), ".png"),
     }
     for name, data in bombs.items():
-        both(name, data, BAD, "too large")
+        both(name, data, TOO_LARGE, "too large")
+    # A real big JPEG is decoded at 1/8 scale, within the budget.
+    both("real-7000x6000-jpeg", encode(np.full((6000, 7000, 3), 128, np.uint8), ".jpg",
+                                       (cv2.IMWRITE_JPEG_QUALITY, 10)), ODD_OK)
 
     # Not images at all.
     junk = {
@@ -576,3 +578,29 @@ def test_open_bind_without_token_logs_a_warning(
     daemon.wait_running()
     log = daemon.log()
     assert ("WARNING device.api" in log and "without http.token" in log) is warned, log[-2000:]
+
+
+# --- which 413, and what /health tells strangers ---------------------------------------------------
+
+
+def test_a_body_with_thousands_of_small_fields_gets_a_413_naming_the_parts_limit(daemon):
+    fields = [(f"f{i}", (None, "x")) for i in range(5000)]
+    response = daemon.post("/predict", files=[*fields, ("image", ("a.jpg", JPEG, "image/jpeg"))])
+    assert response.status_code == 413
+    reason = response.json()["error"]
+    assert "too many form parts" in reason and "body too large" not in reason, reason
+    big = daemon.post("/predict", files={"image": ("a.jpg", os.urandom(LIMIT + 1000), "image/jpeg")})
+    assert big.status_code == 413 and "request body too large (limit 1 MB" in big.json()["error"]
+
+
+def test_health_without_the_token_shows_only_status_and_component_states(daemon):
+    stranger = requests.get(daemon.base + "/health", timeout=TIMEOUT).json()
+    assert set(stranger) == {"status", "camera", "mqtt", "inference"}, stranger
+    assert all(isinstance(v, str) for v in stranger.values())
+    text = json.dumps(stranger)
+    assert str(daemon.config["camera"]["path"]) not in text and "tiny" not in text
+    wrong = requests.get(daemon.base + "/health", headers={"Authorization": "Bearer nope"}, timeout=TIMEOUT)
+    assert set(wrong.json()) == set(stranger)
+    owner = daemon.get("/health").json()
+    assert owner["model"] == "tiny" and owner["frames"] > 0 and "details" in owner
+    assert {k: owner[k] for k in stranger} == stranger

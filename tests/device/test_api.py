@@ -22,9 +22,10 @@ import requests
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from device.api import MAX_STREAMS, HttpServer, create_app
+from device.api import MAX_STREAMS, create_app
 from device.config import HttpConfig, PostprocessConfig
 from device.preprocess import decode_image
+from device.server import HttpServer
 from device.state import LiveState
 
 TOKEN = "t0ken-for-tests"
@@ -383,19 +384,19 @@ BAD_UPLOADS = {
     "tiff": (lambda j: _multipart("image", encode(np.zeros((8, 8, 3), np.uint8), "TIFF")), 400, "format"),
     "huge jpeg behind fill bytes": (
         lambda j: _multipart("image", with_fill_bytes(jpeg_with_size(j, 60_000, 60_000))),
-        400,
+        422,
         "too large",
     ),
-    "huge bmp dimensions": (lambda j: _multipart("image", bmp_with_size(30_000, 30_000)), 400, "too large"),
-    "huge webp canvas": (lambda j: _multipart("image", webp_canvas(16_000, 16_000)), 400, "too large"),
+    "huge bmp dimensions": (lambda j: _multipart("image", bmp_with_size(30_000, 30_000)), 422, "too large"),
+    "huge webp canvas": (lambda j: _multipart("image", webp_canvas(16_000, 16_000)), 422, "too large"),
     "huge jpeg dimensions": (
         lambda j: _multipart("image", jpeg_with_size(j, 60_000, 60_000)),
-        400,
+        422,
         "too large",
     ),
     "png decompression bomb": (
         lambda j: _multipart("image", png_bomb(), "bomb.png", "image/png"),
-        400,
+        422,
         "too large",
     ),
     "path as file name": (lambda j: _multipart("image", b"junk", filename="../../etc/passwd"), 400, "format"),

@@ -6,8 +6,9 @@ import pytest
 import requests
 
 from device import webapp
-from device.api import HttpServer, create_app
+from device.api import create_app
 from device.config import HttpConfig
+from device.server import HttpServer
 from device.state import LiveState
 
 TIMEOUT = 30
