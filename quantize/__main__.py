@@ -36,6 +36,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="interpreter threads for the gate")
     parser.add_argument("--tta", type=str, choices=TTA_MODES, default="none",
                         help="test-time augmentation the card asks the device for (flips: 4 inferences per frame)")
+    parser.add_argument("--sign-key", type=Path, default=None,
+                        help="Ed25519 private key (python -m quantize.sign keygen): also write card.sig")
     parser.add_argument("--referral-sensitivity", type=float, default=0.9,
                         help="the card's referral rule (P(akiec)+P(bcc)+P(mel) >= threshold) is picked on the val "
                              "split for this sensitivity; 0 leaves the rule out")
@@ -49,6 +51,7 @@ def main(argv=None) -> int:
     # Imported here so --help answers without loading TensorFlow.
     from quantize.gate import GateError, GateThresholds
     from quantize.pipeline import QuantizeOptions, quantize_run
+    from quantize.sign import load_private_key, sign
 
     options = QuantizeOptions(
         name=args.name, out=args.out, data=args.data, checkpoint=args.checkpoint,
@@ -58,7 +61,10 @@ def main(argv=None) -> int:
         referral_sensitivity=args.referral_sensitivity,
     )
     try:
+        key = load_private_key(args.sign_key) if args.sign_key else None  # a bad key fails before the long run
         dest = quantize_run(args.run_dir, options)
+        if key is not None:
+            print(f"signed {sign(dest, key)}")
     except GateError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

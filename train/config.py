@@ -5,6 +5,8 @@ Flags of ``python -m train`` and YAML files under ``train/configs/`` override th
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,4 +86,11 @@ def load_config(run_dir: Path) -> TrainConfig:
         raise ValueError(f"{run_dir}/config.yaml: unknown keys {unknown}")
     return TrainConfig(**raw)
 
+
+def field_help() -> dict[str, str]:
+    """``--help`` text per field: its comment in TrainConfig's source (one place documents each knob)
+    and its default."""
+    comments = dict(re.findall(r"^    (\w+): [^=]+=[^#\n]*#\s*(.+)$", inspect.getsource(TrainConfig), re.MULTILINE))
+    return {f.name: f"{comments.get(f.name, '')} (default: {f.default!r})".lstrip()
+            for f in dataclasses.fields(TrainConfig)}
 

@@ -28,7 +28,7 @@ from device.preprocess import normalize
 from train import backbones, qat
 from train import data as ds
 from train.augment import AugmentConfig
-from train.config import LR_POLICIES, TrainConfig, load_config, write_config
+from train.config import LR_POLICIES, TrainConfig, field_help, load_config, write_config
 from train.dataset import Batches, predict_probs
 from train.evaluate import evaluate_run
 from train.metrics import classification_report
@@ -314,13 +314,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--resume", type=Path, help="run directory to continue from its last checkpoint")
     parser.add_argument("--config", type=Path, help="YAML file of TrainConfig keys (flags override it)")
     parser.add_argument("--no-evaluate", action="store_true", help="skip the test-split evaluation at the end")
+    helps = field_help()
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         if f.type == "bool":
             parser.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=None,
-                                metavar="BOOL")
+                                metavar="BOOL", help=helps[f.name])
         else:
-            parser.add_argument(flag, type={"int": int, "float": float}.get(f.type, str), default=None)
+            parser.add_argument(flag, type={"int": int, "float": float}.get(f.type, str), default=None,
+                                help=helps[f.name])
     return parser.parse_args(argv)
 
 
