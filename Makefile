@@ -7,6 +7,7 @@ DATA   ?= ../shared/data/ham10000
 MODEL  ?= models/dermnet-edge
 RUN    ?=
 NAME   ?=
+DEMO_PORT ?= 5000
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 export PYTHONUNBUFFERED := 1
 
@@ -30,8 +31,8 @@ lint: setup                               ## ruff, with the rules in pyproject.t
 web:                                      ## the browser app in web/dist (served by the device at /app/); needs node and npm
 	cd web && npm ci --no-audit --no-fund && npm run build -- --model $(abspath $(MODEL))
 
-demo: setup-device                        ## daemon, headless, on the bundled sample images; HTTP on 127.0.0.1:5000
-	$(PY) -m device run --model $(MODEL) --source folder --path tests/fixtures/ham10000_mini/images --overlay none
+demo: setup-device                        ## daemon, headless, on the bundled sample images; page on http://127.0.0.1:$(DEMO_PORT)
+	$(PY) -m device demo --model $(MODEL) --http-port $(DEMO_PORT)
 
 predict: setup-device                     ## classify the sample images once, one JSON line each
 	$(PY) -m device predict --model $(MODEL) --json tests/fixtures/ham10000_mini/images

@@ -5,6 +5,7 @@
                          [--overlay none|opencv|drm] [--max-frames N]
     python -m device predict [--model DIR] [--config FILE] [--json] FILE_OR_DIR...
     python -m device check-config FILE
+    python -m device demo [--model DIR] [--http-port N] [--no-mqtt] [--max-frames N]
 
 Exit codes: 0 success, 1 a runtime failure (or an image that could not be read), 2 a bad
 config, model or argument (the message names the key or file).
@@ -119,6 +120,13 @@ def _parser() -> argparse.ArgumentParser:
 
     p_check = sub.add_parser("check-config", help="validate a config file and its model")
     p_check.add_argument("config", type=Path)
+
+    p_demo = sub.add_parser("demo", help="the daemon on the bundled sample images, with a private "
+                            "MQTT broker when mosquitto is installed (make demo)")
+    p_demo.add_argument("--model", dest="model_dir", type=str, default=None, help="model folder")
+    p_demo.add_argument("--http-port", dest="http_port", type=int, default=None)
+    p_demo.add_argument("--no-mqtt", dest="mqtt_enabled", action="store_const", const=False, default=None)
+    p_demo.add_argument("--max-frames", type=int, default=None, help="stop after N classified frames")
     return parser
 
 
@@ -131,6 +139,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         overrides = {key: getattr(args, key) for key in _RUN_OVERRIDES if getattr(args, key) is not None}
         return run(args.config, overrides, max_frames=args.max_frames)
+    if args.command == "demo":
+        from device.demo import demo
+
+        overrides = {key: getattr(args, key) for key in ("model_dir", "http_port", "mqtt_enabled")
+                     if getattr(args, key) is not None}
+        return demo(run, overrides, max_frames=args.max_frames)
     if args.command == "predict":
         return predict(args.model_dir, args.config, args.paths, as_json=args.json)
     return check_config(args.config)

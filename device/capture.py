@@ -71,6 +71,10 @@ class Camera(ABC):
     def describe(self) -> str:
         return type(self).__name__
 
+    def source(self) -> str:
+        """What the last frame read came from, for Result.source: a camera's name by default."""
+        return self.describe()
+
     def __enter__(self) -> Self:
         self.open()
         return self
@@ -102,9 +106,13 @@ class FolderCamera(Camera):
         self._index = 0
         self._cache: dict[Path, tuple[tuple[int, int], np.ndarray]] = {}
         self._cache_bytes = 0
+        self._last_name = ""
 
     def describe(self) -> str:
         return f"folder {self.path}"
+
+    def source(self) -> str:
+        return self._last_name
 
     def open(self) -> None:
         if not self.path.is_dir():
@@ -127,6 +135,7 @@ class FolderCamera(Camera):
             except ImageDecodeError as err:
                 _log.warning("skipping %s", err)
                 continue
+            self._last_name = path.name
             return rgb, rgb
         raise CaptureError(f"no decodable images left in {self.path}")
 
@@ -167,6 +176,9 @@ class OpenCvCamera(Camera):
 
     def describe(self) -> str:
         return f"video {self.path}" if self.path else f"usb camera {self.device}"
+
+    def source(self) -> str:
+        return Path(self.path).name if self.path else self.describe()
 
     def open(self) -> None:
         if self.path and not Path(self.path).is_file():
@@ -410,7 +422,8 @@ class FrameGrabber:
         return next_due
 
     def _publish(self, rgb: np.ndarray, display: np.ndarray) -> None:
-        frame = Frame(frame_id=self._next_id, timestamp=time.time(), t_capture=time.monotonic(), rgb=rgb)
+        frame = Frame(frame_id=self._next_id, timestamp=time.time(), t_capture=time.monotonic(), rgb=rgb,
+                      source=self.camera.source())
         self._next_id += 1
         with self._cond:
             if self._latest is not None:

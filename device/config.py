@@ -224,6 +224,15 @@ def check_model_dir(model: ModelConfig) -> Path:
     return folder
 
 
+def check_camera_path(camera: CameraConfig) -> None:
+    """A replay folder or video file must exist when the daemon starts (a typo is not a camera
+    that is "not there yet"); later disappearances are retried by the capture thread."""
+    if camera.source == "folder" and not Path(camera.path).is_dir():
+        raise ConfigError(f"camera.path: image folder not found: {camera.path}")
+    if camera.source == "opencv" and camera.path and not Path(camera.path).is_file():
+        raise ConfigError(f"camera.path: video file not found: {camera.path}")
+
+
 # --- validation -------------------------------------------------------------------
 
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from device.api import create_app
 from device.capture import Capture, FrameGrabber, make_camera
-from device.config import Config, load_config, with_overrides
+from device.config import Config, check_camera_path, load_config, with_overrides
 from device.limits import return_freed_memory
 from device.overlay import Display, make_display, render_overlay
 from device.predict import LoadedModel, load_model, model_for
@@ -93,6 +93,7 @@ class Daemon:
         """Bring everything up in order; on failure, what already started is stopped again."""
         return_freed_memory()  # so the decode budget bounds the RSS, not only what is in use
         try:
+            check_camera_path(self.cfg.camera)  # first, so a mistyped replay path fails at once
             self._init_model()
             self._init_state()
             self._start_publisher()
@@ -228,7 +229,8 @@ class Daemon:
         t_start, timestamp = time.monotonic(), time.time()
         model = self._model
         inference = model.engine.infer(rgb)
-        return model.upload.process(inference, rgb=rgb, frame_id=0, timestamp=timestamp, t_start=t_start)
+        return model.upload.process(inference, rgb=rgb, frame_id=0, timestamp=timestamp, t_start=t_start,
+                                    source="upload")
 
     def _inference_loop(self) -> None:
         try:
@@ -259,7 +261,7 @@ class Daemon:
             inference = model.engine.infer(frame.rgb)
             result = model.stream.process(inference, rgb=frame.rgb, frame_id=frame.frame_id,
                                           timestamp=frame.timestamp, t_start=frame.t_capture,
-                                          fps=self.state.fps)
+                                          fps=self.state.fps, source=frame.source)
         except (ValueError, RuntimeError) as err:  # a bad frame must not end the loop
             self.state.count_error("inference")
             _log.warning("frame %d not classified: %s", frame.frame_id, err)

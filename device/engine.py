@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from device.card import CardError, ModelCard, verify_model_file
+from device.native_stderr import native_stderr_to_log
 from device.preprocess import dequantize, fit_to_input, normalize, quantize, tta_views
 from device.types import Inference
 
@@ -84,8 +85,9 @@ def open_interpreter(model_path: Path, *, num_threads: int = 2):
     """``(interpreter with tensors allocated, backend name)`` for a ``.tflite`` file."""
     backend, cls = interpreter_class()
     try:
-        interpreter = cls(model_path=str(model_path), num_threads=num_threads)
-        interpreter.allocate_tensors()
+        with native_stderr_to_log():
+            interpreter = cls(model_path=str(model_path), num_threads=num_threads)
+            interpreter.allocate_tensors()
     except ValueError as err:
         raise CardError(f"{model_path}: not a loadable TFLite model ({err})") from err
     return interpreter, backend

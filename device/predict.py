@@ -71,4 +71,5 @@ def predict_files(engine, post: Postprocessor, files: Iterable[Path]
             yield path, err
             continue
         inference = engine.infer(rgb)
-        yield path, post.process(inference, rgb=rgb, frame_id=index, timestamp=timestamp, t_start=t_start)
+        yield path, post.process(inference, rgb=rgb, frame_id=index, timestamp=timestamp, t_start=t_start,
+                                 source=path.name)

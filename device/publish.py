@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 import threading
 import time
 
@@ -68,6 +69,7 @@ class MqttPublisher:
         self._lock = threading.Lock()
         self._last_key: tuple[str, str] | None = None  # (class_code, state) last sent
         self._last_sent = -math.inf  # time.monotonic() of the last result sent
+        self._warned_unreachable = False  # one WARNING per outage, retries at DEBUG
 
     @property
     def connected(self) -> bool:
@@ -207,12 +209,24 @@ class MqttPublisher:
         with self._lock:
             self._last_sent = -math.inf  # the first result after a (re)connect goes out at once
         self._connected = True
+        self._warned_unreachable = False
         self._set_status("connected")
         _log.info("MQTT: connected to %s:%d", self._cfg.host, self._cfg.port)
 
     def _on_connect_fail(self, client, userdata) -> None:
-        self._set_status("disconnected", "broker unreachable")
-        _log.debug("MQTT: cannot reach %s:%d, retrying", self._cfg.host, self._cfg.port)
+        # paho calls this from inside its ``except OSError`` around the connect, so the
+        # exception being handled is the reason (refused, unknown host, timed out...).
+        err = sys.exc_info()[1]
+        reason = (err.strerror or str(err)) if isinstance(err, OSError) else "unreachable"
+        address = f"{self._cfg.host}:{self._cfg.port}"
+        self._set_status("disconnected", f"cannot reach {address}: {reason}")
+        if self._warned_unreachable:
+            _log.debug("MQTT: still cannot reach %s (%s), retrying", address, reason)
+            return
+        self._warned_unreachable = True
+        _log.warning("MQTT: cannot reach the broker at %s (%s); results are not published until it "
+                     "answers, retrying every %d s at most (mqtt.enabled: false or --no-mqtt turns MQTT off)",
+                     address, reason, RECONNECT_MAX_S)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         was_connected, self._connected = self._connected, False

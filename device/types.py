@@ -17,6 +17,7 @@ class Frame:
     timestamp: float  # wall clock (time.time()) at capture, for the ISO timestamp
     t_capture: float  # time.monotonic() at capture, for latency
     rgb: np.ndarray  # HxWx3 uint8, RGB by contract (capture converts)
+    source: str = ""  # the replayed file's name, or the camera's name
 
 
 @dataclass(frozen=True)

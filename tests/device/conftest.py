@@ -9,12 +9,8 @@ record messages; ``make_result`` builds consistent Results.
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
 import subprocess
 import threading
-import time
 import uuid
 from pathlib import Path
 
@@ -22,33 +18,9 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-_MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
+from device.demo import broker_config, find_free_port, mosquitto_binary, wait_for_port
+
 _START_TIMEOUT_S = 10.0
-
-
-def find_free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def mosquitto_binary() -> str | None:
-    return shutil.which("mosquitto") or next((p for p in _MOSQUITTO_PATHS if Path(p).is_file()), None)
-
-
-def wait_for_port(host: str, port: int, timeout: float, *, alive=lambda: True) -> None:
-    """Poll until ``host:port`` accepts a TCP connection; TimeoutError otherwise."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not alive():
-            raise RuntimeError(f"process serving {host}:{port} exited")
-        try:
-            with socket.create_connection((host, port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.02)
-    raise TimeoutError(f"nothing accepted connections on {host}:{port} within {timeout} s")
 
 
 class Broker:
@@ -68,13 +40,7 @@ class Broker:
         self.workdir = workdir
         self.conf = workdir / "mosquitto.conf"
         self.log = workdir / "mosquitto.log"
-        self.conf.write_text(
-            f"listener {self.port} {self.host}\n{extra_config}\n"
-            f"allow_anonymous {'true' if anonymous else 'false'}\n"
-            "persistence false\n"
-            "log_dest stderr\n" + ("user root\n" if os.geteuid() == 0 else "")
-            # as root, mosquitto would switch to its own user and could not read files in our temp dir
-        )
+        self.conf.write_text(broker_config(self.port, self.host, anonymous=anonymous, extra=extra_config))
         self.proc: subprocess.Popen | None = None
 
     @property
