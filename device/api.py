@@ -12,15 +12,18 @@ Routes (all but /health need ``Authorization: Bearer <token>`` when ``http.token
     GET  /metrics        Prometheus text
     GET  /app/           the browser app, when built (device/webapp.py; no token needed)
 
+and the page's routes (``/``, sign-in, model card, captures: see device.web).
+
 Handlers read :class:`LiveState` or classify an upload through the ``predict`` callable; they
 never drive the camera. Every error is JSON ``{"error": reason}``: 400 for a bad image or
-body, 401 for a missing or wrong token, 404, 405, 413 when the request body exceeds
-``http.max_upload_mb`` or has too many form parts (the reason says which), 415 for the wrong
+body, 401 for a missing or wrong token (or session cookie), 404, 405, 413 when the request body
+exceeds ``http.max_upload_mb`` or has too many form parts (the reason says which), 415 for the wrong
 content type, 422 for an image that would need more than the decode budget
 (``http.decode_memory_mb``, see device/limits.py), 429 when too many streams are open, 503 when
 other uploads hold the decode budget for too long. Uploads are decoded in memory; nothing from a
-request (no file name, no path) is used to touch the filesystem; the one folder read from disk is
-the built browser app (device/webapp.py).
+request (no file name, no path) is used to touch the filesystem, except inside two folders: the
+built browser app (device/webapp.py, send_from_directory) and the captures (device/web.py, by a
+validated id).
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ from device.limits import DecodeBudget, DecoderBusy
 from device.preprocess import ImageDecodeError, ImageTooLarge
 from device.state import LiveState
 from device.types import Result
+from device.web import PUBLIC_ENDPOINTS, SESSION_COOKIE, Page, Sessions, page_blueprint
+from device.web import json_error as _error
 from device.webapp import ENDPOINTS as WEB_APP_ENDPOINTS
 from device.webapp import register_web_app
 
@@ -57,7 +62,7 @@ STREAM_KEEPALIVE_S = 1.0
 # Form parts a request may carry: /predict needs one (the image); many tiny fields only cost parsing.
 MAX_FORM_PARTS = 32
 _BOUNDARY = "frame"
-_PUBLIC_ENDPOINTS = frozenset({"health"}) | WEB_APP_ENDPOINTS
+_PUBLIC_ENDPOINTS = frozenset({"health"}) | WEB_APP_ENDPOINTS | PUBLIC_ENDPOINTS
 
 
 @dataclass
@@ -68,7 +73,8 @@ class _Streams:
     stop: threading.Event = field(default_factory=threading.Event)
 
 
-def create_app(cfg: HttpConfig, state: LiveState, predict: Callable[[np.ndarray], Result]) -> Flask:
+def create_app(cfg: HttpConfig, state: LiveState, predict: Callable[[np.ndarray], Result], *,
+               page: Page | None = None) -> Flask:
     """The Flask app for ``cfg``.
 
     Args:
@@ -77,6 +83,7 @@ def create_app(cfg: HttpConfig, state: LiveState, predict: Callable[[np.ndarray]
         state: what the daemon publishes; read-only here.
         predict: RGB uint8 frame -> Result through the same engine and postprocessing as the
             camera path. Called from several server threads at once, so it must be thread-safe.
+        page: what the page at ``/`` needs (model card, captures); None serves the JSON API only.
     """
     app = Flask(__name__, static_folder=None)  # no static route; only the built web app is read from disk
     limit = int(cfg.max_upload_mb * 1024 * 1024)
@@ -94,8 +101,14 @@ def create_app(cfg: HttpConfig, state: LiveState, predict: Callable[[np.ndarray]
             cfg.host,
         )
 
+    sessions = Sessions()
+    if page is not None:
+        app.register_blueprint(page_blueprint(page, sessions=sessions, token=token))
+
     def authorized() -> bool:
-        return token is None or bearer_matches(request.headers.get("Authorization", ""), token)
+        """The Bearer token, or a session cookie the page's sign-in made from it."""
+        return (token is None or bearer_matches(request.headers.get("Authorization", ""), token)
+                or sessions.valid(request.cookies.get(SESSION_COOKIE)))
 
     @app.before_request
     def _check_token():
@@ -242,12 +255,6 @@ def _too_large_reason(max_upload_mb: float, limit_bytes: int) -> str:
         return f"request body too large (limit {max_upload_mb:g} MB, http.max_upload_mb)"
     return (f"too many form parts: more than {MAX_FORM_PARTS} fields and files "
             "(send the image alone, in file field 'image')")
-
-
-def _error(code: int, reason: str) -> Response:
-    response = jsonify({"error": reason})
-    response.status_code = code
-    return response
 
 
 def _is_loopback(host: str) -> bool:

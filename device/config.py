@@ -106,6 +106,17 @@ class HttpConfig:
 
 
 @dataclass(frozen=True)
+class CapturesConfig:
+    enabled: bool = True
+    dir: str = ""  # "" = $STATE_DIRECTORY/captures (systemd), else ~/.local/state/dermedge/captures
+    max_count: int = 200  # the oldest captures are deleted beyond this many...
+    max_total_mb: float = 500.0  # ...or beyond this much disk space (images and sidecars)
+    min_free_mb: float = 50.0  # refuse a capture that would leave less free space than this
+    jpeg_quality: int = 92
+    button_gpio: int | None = None  # BCM pin of a push button that saves a capture (gpiozero); None = no button
+
+
+@dataclass(frozen=True)
 class Config:
     device_id: str = field(default_factory=_default_device_id)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
@@ -115,6 +126,7 @@ class Config:
     overlay: OverlayConfig = field(default_factory=OverlayConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
+    captures: CapturesConfig = field(default_factory=CapturesConfig)
 
 
 # Value rules beyond the type: dotted key -> (check, what it must be).
@@ -149,6 +161,11 @@ _RULES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "http.connection_limit": (lambda v: 16 <= v <= 4096, "between 16 and 4096"),
     "http.idle_timeout_s": (lambda v: 1 <= v <= 300, "between 1 and 300"),
     "http.stream_fps": (lambda v: v > 0, "> 0"),
+    "captures.max_count": (lambda v: v >= 1, ">= 1"),
+    "captures.max_total_mb": (lambda v: v > 0, "> 0"),
+    "captures.min_free_mb": (lambda v: v >= 0, ">= 0"),
+    "captures.jpeg_quality": (lambda v: 1 <= v <= 100, "between 1 and 100"),
+    "captures.button_gpio": (lambda v: 0 <= v <= 27, "a BCM GPIO number between 0 and 27"),
 }
 
 

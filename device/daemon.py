@@ -24,16 +24,20 @@ from typing import Any
 import numpy as np
 
 from device.api import create_app
+from device.button import CaptureButton
 from device.capture import Capture, FrameGrabber, make_camera
+from device.captures import CaptureError, CaptureInfo, CaptureStore, NothingToCaptureError
 from device.config import Config, check_camera_path, load_config, with_overrides
 from device.limits import return_freed_memory
 from device.overlay import Display, make_display, render_overlay
+from device.postprocess import iso_utc
 from device.predict import LoadedModel, load_model, model_for
 from device.publish import MqttPublisher
 from device.server import HttpServer
 from device.state import LiveState
 from device.types import Result
 from device.watchdog import Notifier
+from device.web import Page
 
 _log = logging.getLogger(__name__)
 
@@ -48,6 +52,15 @@ MODEL_ERRORS = (ValueError, OSError, ImportError)
 # Test-only (tests/deploy): while the file this variable names exists, the inference loop blocks
 # as a hung interpreter would, so the watchdog can be tested on the real process. Unset in service.
 STALL_FILE_ENV = "DERMEDGE_TEST_STALL_FILE"
+
+
+@dataclasses.dataclass(frozen=True)
+class View:
+    """What the screen shows: the display frame, its Result and the overlaid image."""
+
+    display: np.ndarray
+    result: Result
+    overlaid: np.ndarray
 
 
 class Daemon:
@@ -78,6 +91,10 @@ class Daemon:
         self.http: HttpServer | None = None
         self.grabber: FrameGrabber | None = None
         self.display: Display | None = None
+        self.captures: CaptureStore | None = None
+        self.button: CaptureButton | None = None
+        self._view: View | None = None  # the newest frame, for captures
+        self._frozen: View | None = None  # set by the window's f key: shown and captured instead
         self._loop: threading.Thread | None = None
         self._loop_failed = False
         self.frames = 0
@@ -96,10 +113,12 @@ class Daemon:
             check_camera_path(self.cfg.camera)  # first, so a mistyped replay path fails at once
             self._init_model()
             self._init_state()
+            self._init_captures()
             self._start_publisher()
             self._start_http()
             self._start_camera()
             self._start_display()
+            self._start_button()
             self._start_inference()
         except BaseException:
             self.stop()
@@ -153,6 +172,9 @@ class Daemon:
             if self._loop.is_alive():
                 _log.warning("inference loop did not stop within 3 s")
             self._loop = None
+        if self.button is not None:
+            self.button.close()
+            self.button = None
         if self.publisher is not None:
             self.publisher.stop()
             self.publisher = None
@@ -191,6 +213,10 @@ class Daemon:
         self.state = LiveState(self.model_name)
         self.state.set_component("inference", "starting")
 
+    def _init_captures(self) -> None:
+        if self.cfg.captures.enabled:
+            self.captures = CaptureStore(self.cfg.captures)
+
     def _start_publisher(self) -> None:
         self.publisher = MqttPublisher(self.cfg.mqtt, self.cfg.device_id, model_name=self.model_name,
                                        state=self.state)
@@ -199,7 +225,9 @@ class Daemon:
     def _start_http(self) -> None:
         if not self.cfg.http.enabled:
             return
-        app = create_app(self.cfg.http, self.state, self.predict)
+        page = Page(card=lambda: self._model.engine.card, captures=self.captures,
+                    save_capture=self.save_capture if self.captures else None)
+        app = create_app(self.cfg.http, self.state, self.predict, page=page)
         self.http = HttpServer.from_config(app, self.cfg.http)
         try:
             self.http.start()
@@ -216,6 +244,12 @@ class Daemon:
     def _start_display(self) -> None:
         self.display = make_display(self.cfg.overlay, target=self.grabber.camera,
                                     width=self.cfg.camera.width, height=self.cfg.camera.height)
+
+    def _start_button(self) -> None:
+        pin = self.cfg.captures.button_gpio
+        if pin is not None and self.captures is not None:
+            self.button = CaptureButton(pin, self.save_capture)
+            self.button.start()
 
     def _start_inference(self) -> None:
         self._last_frame_at = time.monotonic()
@@ -268,7 +302,9 @@ class Daemon:
             return
         overlaid = render_overlay(capture.display, result)
         self.state.publish_frame(result, overlaid)
-        self.display.show(overlaid, result)
+        self._view = View(capture.display, result, overlaid)
+        shown = self._frozen or self._view
+        self._on_command(self.display.show(shown.overlaid, shown.result))
         self.publisher.publish_result(result)
         self.frames += 1
         self._last_frame_at = time.monotonic()
@@ -281,6 +317,51 @@ class Daemon:
             self.notifier.ready(f"classifying with {self.model_name}")
             self._ready_sent = True
         self.notifier.feed()
+
+    # --- captures and window commands --------------------------------------------
+
+    def save_capture(self) -> CaptureInfo:
+        """Save the shown frame (the frozen one while frozen) with its Result; raises CaptureError."""
+        if self.captures is None:
+            raise CaptureError("captures are turned off (captures.enabled: false)")
+        view = self._frozen or self._view
+        if view is None:
+            raise NothingToCaptureError("no frame classified yet")
+        now = time.time()
+        card = self._model.engine.card
+        cfg = self.cfg
+        sidecar = {
+            "timestamp": iso_utc(now),
+            "device_id": cfg.device_id,
+            "result": view.result.to_dict(),
+            "model": {"name": card.name, "file": card.model_file.path, "sha256": card.model_file.sha256,
+                      "dir": cfg.model.dir},
+            "settings": {"camera": {"source": cfg.camera.source, "path": cfg.camera.path,
+                                    "device": cfg.camera.device, "width": cfg.camera.width,
+                                    "height": cfg.camera.height},
+                         "postprocess": dataclasses.asdict(cfg.postprocess)},
+            "disclaimer": card.disclaimer,
+        }
+        try:
+            info = self.captures.save(view.display, sidecar, timestamp=now, frame_id=view.result.frame_id)
+        except CaptureError:
+            self.state.count_error("capture")
+            raise
+        self.publisher.publish_capture({"device_id": cfg.device_id, **info.to_dict()})
+        return info
+
+    def _on_command(self, command: str | None) -> None:
+        if command == "quit":
+            _log.info("window: quit")
+            self._stop.set()
+        elif command == "freeze":
+            self._frozen = None if self._frozen else self._view
+            _log.info("window: display %s", "frozen" if self._frozen else "live again")
+        elif command == "capture":
+            try:
+                self.save_capture()
+            except CaptureError as err:
+                _log.warning("window: capture not saved: %s", err)
 
     # --- supervision (main thread) --------------------------------------------------
 

@@ -187,11 +187,20 @@ def _fit_text(value: str, font_scale: float, thick: int, max_w: int) -> str:
 # --- displays ---------------------------------------------------------------------
 
 
+# Window keys -> the commands Display.show returns.
+KEY_COMMANDS = {ord("s"): "capture", ord("f"): "freeze", ord("q"): "quit", 27: "quit"}  # 27: Esc
+COMMANDS = ("capture", "freeze", "quit")
+
+
 class Display(ABC):
-    """Shows overlaid frames; every mode accepts the same calls."""
+    """Shows overlaid frames; every mode accepts the same calls.
+
+    ``show`` returns a command the viewer gave (one of COMMANDS), or None; only a window
+    has keys, so the other displays always return None.
+    """
 
     @abstractmethod
-    def show(self, overlaid: np.ndarray, result: Result | None) -> None: ...
+    def show(self, overlaid: np.ndarray, result: Result | None) -> str | None: ...
 
     def close(self) -> None:
         """Release the screen; quiet when nothing is open."""
@@ -200,12 +209,14 @@ class Display(ABC):
 class NullDisplay(Display):
     """Headless: frames still go to HTTP, nothing to a screen."""
 
-    def show(self, overlaid: np.ndarray, result: Result | None) -> None:
+    def show(self, overlaid: np.ndarray, result: Result | None) -> str | None:
         return None
 
 
 class OpenCvDisplay(Display):
     """A (full-screen) OpenCV window: a desktop session or a USB camera setup.
+
+    Keys: ``s`` saves a capture, ``f`` freezes or unfreezes the shown frame, ``q`` or Esc stops.
 
     ``gui`` is the module with OpenCV's highgui calls; the tests pass a stand-in screen,
     because the headless OpenCV wheel used here has no window support.
@@ -218,7 +229,7 @@ class OpenCvDisplay(Display):
         self._fullscreen = fullscreen
         self._open = False
 
-    def show(self, overlaid: np.ndarray, result: Result | None) -> None:
+    def show(self, overlaid: np.ndarray, result: Result | None) -> str | None:
         gui = self._gui
         if not self._open:
             gui.namedWindow(self.WINDOW, gui.WINDOW_NORMAL)
@@ -226,7 +237,8 @@ class OpenCvDisplay(Display):
                 gui.setWindowProperty(self.WINDOW, gui.WND_PROP_FULLSCREEN, gui.WINDOW_FULLSCREEN)
             self._open = True
         gui.imshow(self.WINDOW, cv2.cvtColor(overlaid, cv2.COLOR_RGB2BGR))
-        gui.waitKey(1)  # lets highgui paint; key presses are ignored
+        key = gui.waitKey(1)  # also lets highgui paint; -1 when no key was pressed
+        return KEY_COMMANDS.get(key & 0xFF) if key >= 0 else None
 
     def close(self) -> None:
         if self._open:
@@ -248,12 +260,13 @@ class DrmDisplay(Display):
         self._min_interval = 1.0 / max_hz
         self._last = float("-inf")
 
-    def show(self, overlaid: np.ndarray, result: Result | None) -> None:
+    def show(self, overlaid: np.ndarray, result: Result | None) -> str | None:
         now = time.monotonic()
         if now - self._last < self._min_interval:
-            return
+            return None
         self._last = now
         self._target.set_overlay(render_layer(*self._size, result))
+        return None
 
     def close(self) -> None:
         self._target.set_overlay(None)  # picamera2 removes the overlay

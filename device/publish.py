@@ -4,6 +4,7 @@ Topics, under ``<prefix>/<device_id>/``:
 
 - ``result``: :meth:`Result.to_dict` as JSON, not retained. Rate-limited: sent at once when the
   class or the state changes, otherwise at most ``max_rate_hz`` times a second.
+- ``capture``: a saved case capture (its id, links, class and time), not retained.
 - ``status``: ``online`` (retained) on every connect; the broker publishes the retained last
   will ``offline`` if the connection dies, and :meth:`MqttPublisher.stop` publishes it on a
   clean stop.
@@ -62,6 +63,7 @@ class MqttPublisher:
         base = f"{cfg.prefix}/{device_id}"
         self.result_topic = f"{base}/result"
         self.status_topic = f"{base}/status"
+        self.capture_topic = f"{base}/capture"
         self._min_interval = 1.0 / cfg.max_rate_hz
         self._client: mqtt.Client | None = None
         self._connected = False
@@ -175,6 +177,21 @@ class MqttPublisher:
             self._count_error()
             _log.warning("MQTT: publishing a result failed", exc_info=True)
             return False
+
+    def publish_capture(self, capture: dict) -> bool:
+        """Queue the event for a saved capture (not rate-limited); whether it was queued."""
+        client = self._client
+        if client is None or not self._connected:
+            return False
+        try:
+            info = client.publish(self.capture_topic, json.dumps(capture), qos=self._cfg.qos)
+        except Exception:  # noqa: BLE001 - saving the capture must not fail because of MQTT
+            _log.warning("MQTT: publishing a capture event failed", exc_info=True)
+            info = None
+        if info is None or info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self._count_error()
+            return False
+        return True
 
     def stop(self) -> None:
         """Publish the retained ``offline`` status, disconnect and stop the network thread."""

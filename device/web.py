@@ -1,0 +1,210 @@
+"""The page people use, at ``/``, and the routes it needs beside the JSON API.
+
+    GET  /                 the page (HTML; its script and style under /assets/)
+    GET  /session          {"token_required", "signed_in"}: whether the page must ask for the token
+    POST /login            {"token": "..."} -> sets an HttpOnly, SameSite=Strict session cookie
+    POST /logout           forgets the session
+    GET  /model            the loaded model card's summary
+    POST /capture          saves the shown frame and its Result (201), see device.captures
+    GET  /captures         the stored captures, newest first
+    GET  /captures/<id>.jpg | .json
+
+The device is offline, so the page is plain HTML, CSS and JavaScript shipped in
+``device/static/``, read once when the app is built and served from memory by name (no request
+path ever reaches the disk). Its Content-Security-Policy allows nothing but this origin. With
+``http.token`` set the session cookie is accepted beside the Bearer header (``api.py`` asks
+:class:`Sessions`); the token itself is only ever sent in a POST body, never in a URL.
+"""
+from __future__ import annotations
+
+import hmac
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from flask import Blueprint, Response, jsonify, request, send_file
+
+from device.captures import CaptureError, CaptureStore, DiskFullError, NothingToCaptureError
+from device.card import ModelCard
+
+STATIC_DIR = Path(__file__).with_name("static")
+ASSETS = {"app.js": "text/javascript", "style.css": "text/css", "icon.svg": "image/svg+xml"}
+SESSION_COOKIE = "dermedge_session"
+SESSION_TTL_S = 12 * 3600
+MAX_SESSIONS = 64  # the oldest session is dropped beyond this
+# Endpoints that answer without a token: the page must load to ask for it.
+PUBLIC_ENDPOINTS = frozenset({"page.index", "page.asset", "page.session", "page.login", "page.logout"})
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; connect-src 'self'; "
+       "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+INTENDED_USE = ("A screening aid for dermatoscopic photographs of pigmented skin lesions: it suggests which of "
+                "seven HAM10000 classes a lesion resembles. It does not diagnose; a dermatologist does.")
+LIMITATIONS = (
+    ("Trained and tested on HAM10000 dermatoscopic images only (mostly lighter skin, from two centres); "
+     "phone photos, other skin types and lesions outside the seven classes are not covered."),
+    "Balanced accuracy is well below overall accuracy: rare classes are recognised less often.",
+    "A poor-quality or uncertain result says nothing about the lesion.",
+)
+
+
+@dataclass(frozen=True)
+class Page:
+    """What the page needs from the daemon."""
+
+    card: Callable[[], ModelCard]  # the loaded model's card (it changes on reload)
+    captures: CaptureStore | None = None  # None: captures turned off
+    save_capture: Callable[[], object] | None = None  # -> CaptureInfo; raises CaptureError
+
+
+class Sessions:
+    """Browser sessions made by a correct token; in memory, so a restart signs everyone out."""
+
+    def __init__(self, *, ttl_s: float = SESSION_TTL_S, max_sessions: int = MAX_SESSIONS):
+        self._ttl = ttl_s
+        self._max = max_sessions
+        self._expiry: OrderedDict[str, float] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def create(self) -> str:
+        session = secrets.token_urlsafe(32)
+        with self._lock:
+            self._expiry[session] = time.monotonic() + self._ttl
+            while len(self._expiry) > self._max:
+                self._expiry.popitem(last=False)
+        return session
+
+    def valid(self, session: str | None) -> bool:
+        if not session:
+            return False
+        with self._lock:
+            expiry = self._expiry.get(session)
+            if expiry is None:
+                return False
+            if expiry < time.monotonic():
+                del self._expiry[session]
+                return False
+            return True
+
+    def drop(self, session: str | None) -> None:
+        with self._lock:
+            self._expiry.pop(session or "", None)
+
+
+def card_summary(card: ModelCard) -> dict:
+    """The model card as the page shows it: name, test metrics, intended use, limitations, referral."""
+    test = card.split.get("counts", {}).get("test", {})
+    return {
+        "name": card.name,
+        "description": card.description,
+        "labels": [{"code": label.code, "name": label.name} for label in card.labels],
+        "metrics": {k: v for k, v in card.metrics.get("int8", {}).items() if k != "per_class"},
+        "test_images": sum(test.values()) if isinstance(test, dict) else None,
+        "split": card.split.get("method", ""),
+        "dataset": card.dataset.get("name", ""),
+        "intended_use": INTENDED_USE,
+        "limitations": list(LIMITATIONS),
+        "referral": asdict(card.referral) if card.referral else None,
+        "disclaimer": card.disclaimer,
+    }
+
+
+def page_blueprint(page: Page, *, sessions: Sessions, token: bytes | None) -> Blueprint:
+    """The page's routes; ``token`` is ``http.token`` (None: no sign-in needed)."""
+    bp = Blueprint("page", __name__)
+    assets = {name: (STATIC_DIR / name).read_bytes() for name in ASSETS}
+    index_html = (STATIC_DIR / "index.html").read_bytes()
+
+    @bp.after_request
+    def _headers(response: Response) -> Response:
+        response.headers.setdefault("Content-Security-Policy", CSP)
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        return response
+
+    @bp.get("/")
+    def index():
+        return Response(index_html, mimetype="text/html", headers={"Cache-Control": "no-cache"})
+
+    @bp.get("/assets/<name>")
+    def asset(name: str):
+        if name not in assets:
+            return json_error(404, "not found")
+        return Response(assets[name], mimetype=ASSETS[name], headers={"Cache-Control": "no-cache"})
+
+    @bp.get("/session")
+    def session():
+        return jsonify({"token_required": token is not None,
+                        "signed_in": token is None or sessions.valid(request.cookies.get(SESSION_COOKIE))})
+
+    @bp.post("/login")
+    def login():
+        body = request.get_json(silent=True)
+        given = body.get("token") if isinstance(body, dict) else None
+        if not isinstance(given, str):
+            return json_error(400, 'expected application/json {"token": "..."}')
+        if token is None:
+            return jsonify({"signed_in": True})
+        if not hmac.compare_digest(given.encode(), token):
+            return json_error(401, "wrong token")
+        response = jsonify({"signed_in": True})
+        response.set_cookie(SESSION_COOKIE, sessions.create(), max_age=SESSION_TTL_S, httponly=True,
+                            samesite="Strict", secure=request.is_secure, path="/")
+        return response
+
+    @bp.post("/logout")
+    def logout():
+        sessions.drop(request.cookies.get(SESSION_COOKIE))
+        response = jsonify({"signed_in": False})
+        response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="Strict")
+        return response
+
+    @bp.get("/model")
+    def model():
+        return jsonify(card_summary(page.card()))
+
+    if page.captures is None or page.save_capture is None:
+        return bp
+    store, save = page.captures, page.save_capture
+
+    @bp.post("/capture")
+    def capture():
+        try:
+            info = save()
+        except DiskFullError as err:
+            return json_error(507, str(err))
+        except NothingToCaptureError as err:
+            return json_error(409, str(err))
+        except CaptureError as err:
+            return json_error(500, f"capture not saved: {err}")
+        return jsonify(info.to_dict()), 201
+
+    @bp.get("/captures")
+    def captures():
+        items = [info.to_dict() for info in store.list()]
+        return jsonify({"captures": items, "count": len(items), "max_count": store.max_count})
+
+    def stored(capture_id: str, kind: str, mimetype: str):
+        path = store.path(capture_id, kind)
+        if path is None:
+            return json_error(404, f"no capture {capture_id!r}")
+        return send_file(path, mimetype=mimetype, max_age=0, conditional=False)
+
+    @bp.get("/captures/<capture_id>.jpg")
+    def capture_image(capture_id: str):
+        return stored(capture_id, "jpg", "image/jpeg")
+
+    @bp.get("/captures/<capture_id>.json")
+    def capture_sidecar(capture_id: str):
+        return stored(capture_id, "json", "application/json")
+
+    return bp
+
+
+def json_error(code: int, reason: str) -> Response:
+    """``{"error": reason}`` with ``code``: the one error shape of every route."""
+    response = jsonify({"error": reason})
+    response.status_code = code
+    return response
