@@ -11,7 +11,7 @@ DEMO_PORT ?= 5000
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup setup-device test lint web demo predict train evaluate gradcam quantize bench bench-quick install-pi check-arm64 clean
+.PHONY: setup setup-device test lint web demo screenshot predict train evaluate gradcam quantize bench bench-quick install-pi check-arm64 clean
 
 $(VENV)/.installed-%: requirements/%.txt requirements/device.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,9 @@ web:                                      ## the browser app in web/dist (served
 
 demo: setup-device                        ## daemon, headless, on the bundled sample images; page on http://127.0.0.1:$(DEMO_PORT)
 	$(PY) -m device demo --model $(MODEL) --http-port $(DEMO_PORT)
+
+screenshot: setup                         ## docs/device-page.png: the page in headless Chromium, as the browser test sees it
+	DERMEDGE_SCREENSHOT=docs/device-page.png $(PY) -m pytest -q tests/device/test_page_browser.py -k token
 
 predict: setup-device                     ## classify the sample images once, one JSON line each
 	$(PY) -m device predict --model $(MODEL) --json tests/fixtures/ham10000_mini/images

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import WEB, run_node
+
 FIXTURE_DIR = Path(__file__).parent / "fixtures" / "ham10000_mini"
 
 
@@ -50,3 +52,12 @@ def tiny_model_dir(tmp_path_factory, tiny_run_dir, fixture_dir) -> Path:
     options = QuantizeOptions(name="tiny", out=tmp_path_factory.mktemp("models"), data=fixture_dir,
                               representative=32, keep_float=True, thresholds=lenient, num_threads=1)
     return quantize_run(tiny_run_dir, options)
+
+
+@pytest.fixture(scope="session")
+def web_deps() -> Path:
+    """web/node_modules as web/package-lock.json pins it (installed once with npm ci when missing):
+    LiteRT.js and esbuild for the browser app, playwright-core for every browser test."""
+    if not (WEB / "node_modules" / "@litertjs" / "core").is_dir():
+        run_node("npm", "ci", "--no-audit", "--no-fund")
+    return WEB / "node_modules"

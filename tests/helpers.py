@@ -2,10 +2,19 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 import time
 from pathlib import Path
 
 TIMEOUT = 30.0  # guards against hangs only; nothing here measures speed
+WEB = Path(__file__).resolve().parents[1] / "web"
+
+
+def run_node(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """A node/npm command in web/; fails the test with its output when it fails."""
+    done = subprocess.run(args, cwd=WEB, check=False, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"{' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+    return done
 
 
 def wait_for(predicate, timeout: float = TIMEOUT, what: str = "condition", interval: float = 0.02):
@@ -39,3 +48,30 @@ class NotifySocket:
 
     def close(self):
         self.sock.close()
+
+
+class StandInGui:
+    """Stand-in for cv2's highgui calls (the headless OpenCV wheel here has no windows, and there is
+    no screen): records every call; ``waitKey`` returns the queued ``keys`` one by one, then -1."""
+
+    WINDOW_NORMAL, WND_PROP_FULLSCREEN, WINDOW_FULLSCREEN = 0, 0, 1
+
+    def __init__(self, keys=()):
+        self.calls = []
+        self.keys = list(keys)
+
+    def namedWindow(self, name, flags):
+        self.calls.append(("namedWindow", name))
+
+    def setWindowProperty(self, name, prop, value):
+        self.calls.append(("fullscreen", name))
+
+    def imshow(self, name, image):
+        self.calls.append(("imshow", image))
+
+    def waitKey(self, ms):
+        self.calls.append(("waitKey", ms))
+        return self.keys.pop(0) if self.keys else -1
+
+    def destroyWindow(self, name):
+        self.calls.append(("destroyWindow", name))

@@ -4,12 +4,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 import yaml
 
 from device.__main__ import main
@@ -113,3 +116,65 @@ def test_run_with_missing_model_names_the_path(tmp_path, fixture_dir, capsys):
                  "--no-mqtt", "--http-port", "0"])
     assert code == 2
     assert f"model.dir: model folder not found: {missing}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("source", "kind"), [("folder", "image folder"), ("opencv", "video file")])
+def test_run_with_a_missing_replay_path_exits_2_naming_it_once(tmp_path, source, kind):
+    missing = tmp_path / ("absent" if source == "folder" else "absent.mp4")
+    proc = cli("run", "--model", "models/dermnet-edge", "--source", source, "--path", str(missing), "--no-mqtt",
+               "--http-port", "0", timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"error: camera.path: {kind} not found: {missing}"  # nothing else, once
+
+
+def test_the_interpreter_info_line_stays_off_the_terminal(fixture_dir):
+    image = min((fixture_dir / "images").glob("*.jpg"))
+    env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
+    proc = subprocess.run([sys.executable, "-m", "device", "predict", "--model", "models/dermnet-edge", str(image)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0 and image.name in proc.stdout
+    assert proc.stderr == ""  # the runtime prints "INFO: Created TensorFlow Lite XNNPACK delegate" here
+
+
+def test_native_stderr_other_than_the_info_line_still_reaches_the_log(caplog):
+    from device.native_stderr import native_stderr_to_log
+
+    with caplog.at_level("WARNING", logger="device.native_stderr"), native_stderr_to_log():
+        os.write(2, b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\nERROR: something real\n")
+    assert [r.getMessage() for r in caplog.records] == ["interpreter: ERROR: something real"]
+
+
+def test_demo_comes_up_healthy_with_a_private_broker(tmp_path, free_port, fixture_dir):
+    """``make demo`` as the README runs it (setup skipped: the venv exists), stopped with Ctrl-C."""
+    if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
+        pytest.fail("mosquitto is not installed: apt-get install mosquitto (.ci/run does it)")
+    port = free_port()
+    log = tmp_path / "demo.log"
+    env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(["make", "-s", "-o", "setup-device", "demo", f"DEMO_PORT={port}",
+                                 f"PY={sys.executable}"], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        deadline, health = time.monotonic() + 60, {}
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                health = requests.get(f"http://127.0.0.1:{port}/health", timeout=2).json()
+            except requests.RequestException:
+                health = {}
+            if health.get("frames", 0) >= 2 and health.get("mqtt") == "connected":
+                break
+            time.sleep(0.2)
+        assert health.get("status") == "ok", f"{health}\n{log.read_text()}"
+        assert (health["camera"], health["inference"], health["mqtt"]) == ("ok", "ok", "connected")
+        assert requests.get(f"http://127.0.0.1:{port}/", timeout=5).status_code == 200
+        latest = requests.get(f"http://127.0.0.1:{port}/latest", timeout=5).json()
+        assert (fixture_dir / "images" / latest["source"]).is_file()  # says which sample it classified
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches make and the daemon, not the broker
+        proc.wait(30)
+    text = log.read_text()
+    assert "mosquitto_sub -h 127.0.0.1 -p" in text
+    assert "XNNPACK" not in text and " WARNING " not in text and "Traceback" not in text, text
+    assert proc.returncode in (0, 2, -signal.SIGINT)  # make's view of Ctrl-C; the daemon's is below
+    assert "SIGINT received, stopping" in text and "HTTP: stopped" in text

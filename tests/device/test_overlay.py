@@ -22,6 +22,7 @@ from device.overlay import (
     title_text,
 )
 from device.types import ReferralDecision, Result
+from tests.helpers import StandInGui
 
 GREY = 200
 
@@ -170,28 +171,12 @@ def test_rgba_layer_is_transparent_outside_the_panel():
 # --- displays (stand-ins for the screen) ---------------------------------------------
 
 
-class StandInGui:
-    """Stand-in for cv2's highgui calls (the headless wheel here has no windows)."""
-
-    WINDOW_NORMAL, WND_PROP_FULLSCREEN, WINDOW_FULLSCREEN = 0, 0, 1
-
-    def __init__(self):
-        self.calls = []
-
-    def namedWindow(self, name, flags):
-        self.calls.append(("namedWindow", name))
-
-    def setWindowProperty(self, name, prop, value):
-        self.calls.append(("fullscreen", name))
-
-    def imshow(self, name, image):
-        self.calls.append(("imshow", image))
-
-    def waitKey(self, ms):
-        self.calls.append(("waitKey", ms))
-
-    def destroyWindow(self, name):
-        self.calls.append(("destroyWindow", name))
+def test_window_keys_become_commands():
+    gui = StandInGui(keys=[ord("s"), -1, ord("f"), ord("x"), ord("q"), 27, ord("S")])
+    display = OpenCvDisplay(gui=gui)
+    frame = np.zeros((4, 4, 3), np.uint8)
+    commands = [display.show(frame, None) for _ in range(8)]
+    assert commands == ["capture", None, "freeze", None, "quit", "quit", None, None]  # S is not s; no key: None
 
 
 def test_opencv_display_shows_bgr_full_screen():

@@ -359,3 +359,33 @@ def test_disabled_publisher_does_nothing(mqtt_broker, publishers, make_result):
     assert state.health()["mqtt"] == "disabled"
     assert pub.publish_result(make_result()) is False
     assert not pub.connected
+
+
+def test_an_unreachable_broker_is_one_warning_naming_the_address_and_the_reason(
+    make_broker, free_port, publishers, caplog
+):
+    broker = make_broker(port=free_port())  # nothing listens there yet
+    state = LiveState("test-model")
+    with caplog.at_level("DEBUG", logger="device.publish"):
+        pub = publishers(broker, state=state)
+        wait_for(lambda: pub._client is not None and state.health()["mqtt"] == "disconnected", what="a failure")
+        wait_for(lambda: sum("still cannot reach" in r.getMessage() for r in caplog.records) >= 1, WAIT_S,
+                 "a retry")  # paho retries after its reconnect delay
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1  # retries are DEBUG, so the journal is not flooded
+    assert f"cannot reach the broker at {broker.host}:{broker.port} (Connection refused)" in warnings[0]
+    assert state.health()["details"]["mqtt"] == f"cannot reach {broker.host}:{broker.port}: Connection refused"
+
+    broker.start()
+    wait_for(lambda: pub.connected, WAIT_S, "the connection once the broker is up")
+    assert state.health()["mqtt"] == "connected"
+
+
+def test_capture_events_go_to_their_own_topic(mqtt_broker, mqtt_subscriber, publishers):
+    pub = publishers(mqtt_broker)
+    wait_for(lambda: pub.connected, what="connect")
+    sub = mqtt_subscriber(mqtt_broker, [pub.capture_topic])
+    assert pub.capture_topic.endswith("/capture")
+    assert pub.publish_capture({"id": "20260101T000000000Z-1", "image": "/captures/20260101T000000000Z-1.jpg"})
+    message = sub.wait_for(pub.capture_topic)
+    assert json.loads(message.payload)["id"] == "20260101T000000000Z-1" and not message.retain

@@ -1,34 +1,21 @@
-"""Fixtures for the web app tests: node dependencies, a fresh build, a static server on loopback."""
+"""Fixtures for the web app tests: a fresh build, a static server on loopback (node dependencies:
+``web_deps`` in tests/conftest.py, shared with the device page's browser test)."""
 from __future__ import annotations
 
 import functools
 import json
 import shutil
-import subprocess
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import run_node
+
 REPO = Path(__file__).resolve().parents[2]
 WEB = REPO / "web"
 DEFAULT_MODEL = REPO / "models" / "dermnet-edge"
-
-
-def run_node(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    """A node/npm command in web/; fails the test with its output when it fails."""
-    done = subprocess.run(args, cwd=WEB, check=False, capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, f"{' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
-    return done
-
-
-@pytest.fixture(scope="session")
-def web_deps() -> Path:
-    """web/node_modules as the lockfile pins it (installed once with npm ci when missing)."""
-    if not (WEB / "node_modules" / "@litertjs" / "core").is_dir():
-        run_node("npm", "ci", "--no-audit", "--no-fund")
-    return WEB / "node_modules"
 
 
 @pytest.fixture(scope="session")

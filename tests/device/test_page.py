@@ -1,0 +1,139 @@
+"""The page at / and its routes, and case captures, over HTTP against the real daemon process
+(``python -m device run``, waitress, the shipped model with a test referral rule, folder replay)."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import requests
+
+from device.web import CSP, SESSION_COOKIE
+from tests.deploy.daemon_process import DaemonProcess, daemon_config, wait_for
+
+TOKEN = "page-test-token-0123456789"
+
+
+@pytest.fixture
+def daemon(tmp_path, referral_model_dir, fixture_dir):
+    """A running daemon with a token, captures in tmp_path/captures (at most 3)."""
+    config = daemon_config(referral_model_dir, fixture_dir / "images", device_id="page-test", http={"token": TOKEN},
+                           captures={"dir": str(tmp_path / "captures"), "max_count": 3, "min_free_mb": 0.0})
+    process = DaemonProcess(tmp_path, config).start()
+    process.wait_running()
+    yield process
+    process.stop()
+
+
+def signed_in(daemon: DaemonProcess) -> requests.Session:
+    session = requests.Session()
+    response = session.post(daemon.base + "/login", json={"token": TOKEN}, timeout=10)
+    assert response.status_code == 200, response.text
+    return session
+
+
+def test_page_is_served_with_a_strict_csp_and_loads_nothing_from_elsewhere(daemon):
+    page = requests.get(daemon.base + "/", timeout=10)  # no token: the page must load to ask for it
+    assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
+    assert page.headers["Content-Security-Policy"] == CSP and "default-src 'none'" in CSP
+    assert page.headers["X-Content-Type-Options"] == "nosniff"
+    assert "Screening aid, not a diagnosis" in page.text
+    refs = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert refs and all(ref.startswith("/assets/") for ref in refs)  # no CDN, fonts or other hosts
+    for ref in refs:
+        asset = requests.get(daemon.base + ref, timeout=10)
+        assert asset.status_code == 200 and asset.content, ref
+        text = asset.text.replace('xmlns="http://www.w3.org/2000/svg"', "")  # a namespace, not a fetch
+        assert "http://" not in text and "https://" not in text and "//" + "cdn" not in text, ref
+    for probe in ("/assets/..%2Fweb.py", "/assets/index.html", "/assets/%2e%2e%2fcard.py"):  # only named assets
+        response = requests.get(daemon.base + probe, headers=daemon.headers(), timeout=10)
+        assert response.status_code == 404 and "error" in response.json(), probe
+
+
+def test_token_login_sets_an_httponly_strict_cookie_that_works_like_the_bearer_header(daemon):
+    anonymous = requests.Session()
+    assert anonymous.get(daemon.base + "/session", timeout=10).json() == {"token_required": True, "signed_in": False}
+    assert anonymous.get(daemon.base + "/latest", timeout=10).status_code == 401
+    wrong = anonymous.post(daemon.base + "/login", json={"token": "nope"}, timeout=10)
+    assert wrong.status_code == 401 and wrong.json() == {"error": "wrong token"}
+    assert SESSION_COOKIE not in wrong.headers.get("Set-Cookie", "")
+    assert anonymous.post(daemon.base + "/login", data="token=" + TOKEN, timeout=10).status_code == 400
+
+    response = anonymous.post(daemon.base + "/login", json={"token": TOKEN}, timeout=10)
+    cookie = response.headers["Set-Cookie"]
+    assert cookie.startswith(f"{SESSION_COOKIE}=") and TOKEN not in cookie
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/" in cookie
+    assert anonymous.get(daemon.base + "/session", timeout=10).json()["signed_in"] is True
+    latest = anonymous.get(daemon.base + "/latest", timeout=10)
+    assert latest.status_code == 200 and latest.json()["source"].endswith(".jpg")
+    assert requests.get(daemon.base + "/latest", cookies={SESSION_COOKIE: "forged"}, timeout=10).status_code == 401
+    assert daemon.get("/latest").status_code == 200  # the Bearer header still works
+
+    anonymous.post(daemon.base + "/logout", timeout=10)
+    assert anonymous.get(daemon.base + "/latest", timeout=10).status_code == 401
+    stale = requests.get(daemon.base + "/latest", cookies={SESSION_COOKIE: cookie.split(";")[0].split("=", 1)[1]},
+                         timeout=10)
+    assert stale.status_code == 401  # a signed-out session is gone on the server too
+
+
+def test_model_card_summary_and_referral_in_results(daemon, referral_model_dir):
+    session = signed_in(daemon)
+    card = session.get(daemon.base + "/model", timeout=10).json()
+    shipped = json.loads((referral_model_dir / "card.json").read_text())
+    assert card["name"] == "dermnet-edge"
+    assert card["metrics"]["balanced_accuracy"] == shipped["metrics"]["int8"]["balanced_accuracy"]
+    assert card["test_images"] == sum(shipped["split"]["counts"]["test"].values())
+    assert card["intended_use"] and card["limitations"]
+    assert card["referral"]["threshold"] == 0.3 and "not a diagnosis" in card["disclaimer"]
+
+    def referral_seen():
+        result = session.get(daemon.base + "/latest", timeout=10).json()
+        return result if result["refer"] is not None else None
+
+    result = wait_for(referral_seen, 20, "a result with a referral decision")
+    score = sum(result["all_probabilities"][c] for c in ("akiec", "bcc", "mel"))
+    assert result["referral"]["score"] == pytest.approx(score, abs=1e-5)
+    assert result["refer"] is (result["referral"]["score"] >= 0.3)
+    assert result["referral"]["advice"].startswith("See a dermatologist")
+
+
+def test_captures_end_to_end_with_retention_and_safe_ids(daemon, tmp_path):
+    session = signed_in(daemon)
+    assert requests.post(daemon.base + "/capture", timeout=10).status_code == 401
+    saved = []
+    for _ in range(4):
+        before = daemon.health()["frames"]
+        wait_for(lambda b=before: daemon.health()["frames"] > b, 10, "a new frame")
+        response = session.post(daemon.base + "/capture", timeout=10)
+        assert response.status_code == 201, response.text
+        saved.append(response.json())
+    ids = [c["id"] for c in saved]
+    assert len(set(ids)) == 4 and all(re.fullmatch(r"\d{8}T\d{9}Z-\d+(-\d+)?", i) for i in ids)
+
+    listing = session.get(daemon.base + "/captures", timeout=10).json()
+    assert [c["id"] for c in listing["captures"]] == ids[::-1][:3]  # newest first, the oldest deleted
+    assert sorted(p.name for p in (tmp_path / "captures").iterdir()) == sorted(
+        f"{i}.{kind}" for i in ids[1:] for kind in ("jpg", "json"))
+    assert session.get(daemon.base + f"/captures/{ids[0]}.jpg", timeout=10).status_code == 404
+
+    newest = saved[-1]
+    image = session.get(daemon.base + newest["image"], timeout=10)
+    assert image.status_code == 200 and image.headers["Content-Type"] == "image/jpeg"
+    frame = cv2.imdecode(np.frombuffer(image.content, np.uint8), cv2.IMREAD_COLOR)
+    sidecar = session.get(daemon.base + newest["sidecar"], timeout=10).json()
+    assert frame.shape[:2] == (sidecar["image"]["height"], sidecar["image"]["width"])
+    assert sidecar["id"] == newest["id"] and sidecar["device_id"] == "page-test"
+    shipped = json.loads(Path(daemon.config["model"]["dir"], "card.json").read_text())
+    assert sidecar["model"] == {"name": "dermnet-edge", "file": "model_int8.tflite",
+                                "sha256": shipped["model_file"]["sha256"], "dir": daemon.config["model"]["dir"]}
+    assert sidecar["result"]["source"] == newest["source"] and sidecar["result"]["refer"] is not None
+    assert sidecar["settings"]["camera"]["source"] == "folder" and "min_confidence" in sidecar["settings"]["postprocess"]
+    assert "not a diagnosis" in sidecar["disclaimer"]
+
+    for bad in ("..%2F..%2Fdevice%2Fconfig", "%2e%2e", "x" * 30, f"{ids[-1]}%00", "../../etc/passwd"):
+        for kind in ("jpg", "json"):
+            response = session.get(daemon.base + f"/captures/{bad}.{kind}", timeout=10)
+            assert response.status_code == 404 and response.headers["Content-Type"] == "application/json", bad
