@@ -137,3 +137,35 @@ def test_captures_end_to_end_with_retention_and_safe_ids(daemon, tmp_path):
         for kind in ("jpg", "json"):
             response = session.get(daemon.base + f"/captures/{bad}.{kind}", timeout=10)
             assert response.status_code == 404 and response.headers["Content-Type"] == "application/json", bad
+
+
+def test_every_route_but_the_public_ones_needs_the_token_or_a_session(tmp_path):
+    """Walks the app's own route table, so a route added later cannot be left open by mistake."""
+    from device.api import HttpServer, create_app
+    from device.captures import CaptureStore
+    from device.card import ModelCard
+    from device.config import CapturesConfig, HttpConfig
+    from device.state import LiveState
+    from device.web import Page
+
+    card = ModelCard.load(Path(__file__).parents[2] / "models" / "dermnet-edge" / "card.json")
+    store = CaptureStore(CapturesConfig(dir=str(tmp_path), min_free_mb=0.0))
+    page = Page(card=lambda: card, captures=store, save_capture=lambda: None)
+    app = create_app(HttpConfig(port=0, token=TOKEN), LiveState("m"), lambda rgb: None, page=page)
+    server = HttpServer(app, "127.0.0.1", 0)
+    server.start()
+    public = {"/health", "/", "/assets/<name>", "/session", "/login", "/logout"}
+    try:
+        base = f"http://127.0.0.1:{server.port}"
+        rules = [r for r in app.url_map.iter_rules() if r.endpoint != "static"]
+        assert {r.rule for r in rules} >= public | {"/capture", "/captures", "/model", "/latest"}
+        for rule in rules:
+            path = rule.rule.replace("<name>", "style.css").replace("<capture_id>", "20260101T000000000Z-1")
+            for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+                response = requests.request(method, base + path, timeout=10)
+                if rule.rule in public:
+                    assert response.status_code != 401, (method, path)
+                else:
+                    assert response.status_code == 401, (method, path)
+    finally:
+        server.stop()
