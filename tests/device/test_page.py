@@ -154,13 +154,15 @@ def test_every_route_but_the_public_ones_needs_the_token_or_a_session(tmp_path):
     app = create_app(HttpConfig(port=0, token=TOKEN), LiveState("m"), lambda rgb: None, page=page)
     server = HttpServer(app, "127.0.0.1", 0)
     server.start()
-    public = {"/health", "/", "/assets/<name>", "/session", "/login", "/logout"}
+    public = {"/health", "/", "/assets/<name>", "/session", "/login", "/logout",
+              "/app/", "/app/<path:name>"}  # the browser app (device/webapp.py): code and model only
     try:
         base = f"http://127.0.0.1:{server.port}"
         rules = [r for r in app.url_map.iter_rules() if r.endpoint != "static"]
         assert {r.rule for r in rules} >= public | {"/capture", "/captures", "/model", "/latest"}
         for rule in rules:
-            path = rule.rule.replace("<name>", "style.css").replace("<capture_id>", "20260101T000000000Z-1")
+            path = (rule.rule.replace("<path:name>", "index.html").replace("<name>", "style.css")
+                    .replace("<capture_id>", "20260101T000000000Z-1"))
             for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
                 response = requests.request(method, base + path, timeout=10)
                 if rule.rule in public:
