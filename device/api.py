@@ -12,7 +12,7 @@ Routes (all but /health need ``Authorization: Bearer <token>`` when ``http.token
     GET  /metrics        Prometheus text
     GET  /app/           the browser app, when built (device/webapp.py; no token needed)
 
-and the page's routes (``/``, sign-in, model card, captures: see device.web).
+and the page's routes (``/``, sign-in, model card, captures: see device.page).
 
 Handlers read :class:`LiveState` or classify an upload through the ``predict`` callable; they
 never drive the camera. Every error is JSON ``{"error": reason}``: 400 for a bad image or
@@ -22,7 +22,7 @@ content type, 422 for an image that would need more than the decode budget
 (``http.decode_memory_mb``, see device/limits.py), 429 when too many streams are open, 503 when
 other uploads hold the decode budget for too long. Uploads are decoded in memory; nothing from a
 request (no file name, no path) is used to touch the filesystem, except inside two folders: the
-built browser app (device/webapp.py, send_from_directory) and the captures (device/web.py, by a
+built browser app (device/webapp.py, send_from_directory) and the captures (device/page.py, by a
 validated id).
 """
 
@@ -45,11 +45,11 @@ from werkzeug.exceptions import HTTPException
 from device.auth import bearer_matches, load_token
 from device.config import HttpConfig
 from device.limits import DecodeBudget, DecoderBusy
+from device.page import PUBLIC_ENDPOINTS, SESSION_COOKIE, Page, Sessions, page_blueprint
+from device.page import json_error as _error
 from device.preprocess import ImageDecodeError, ImageTooLarge
 from device.state import LiveState
 from device.types import Result
-from device.web import PUBLIC_ENDPOINTS, SESSION_COOKIE, Page, Sessions, page_blueprint
-from device.web import json_error as _error
 from device.webapp import ENDPOINTS as WEB_APP_ENDPOINTS
 from device.webapp import register_web_app
 

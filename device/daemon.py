@@ -30,6 +30,7 @@ from device.captures import CaptureError, CaptureInfo, CaptureStore, NothingToCa
 from device.config import Config, check_camera_path, load_config, with_overrides
 from device.limits import return_freed_memory
 from device.overlay import Display, make_display, render_overlay
+from device.page import Page
 from device.postprocess import iso_utc
 from device.predict import LoadedModel, load_model, model_for
 from device.publish import MqttPublisher
@@ -37,7 +38,6 @@ from device.server import HttpServer
 from device.state import LiveState
 from device.types import Result
 from device.watchdog import Notifier
-from device.web import Page
 
 _log = logging.getLogger(__name__)
 

@@ -11,7 +11,12 @@ import numpy as np
 import pytest
 import requests
 
-from device.web import CSP, SESSION_COOKIE
+from device.api import HttpServer, create_app
+from device.captures import CaptureStore
+from device.card import ModelCard
+from device.config import CapturesConfig, HttpConfig
+from device.page import CSP, SESSION_COOKIE, Page
+from device.state import LiveState
 from tests.deploy.daemon_process import DaemonProcess, daemon_config, wait_for
 
 TOKEN = "page-test-token-0123456789"
@@ -141,13 +146,6 @@ def test_captures_end_to_end_with_retention_and_safe_ids(daemon, tmp_path):
 
 def test_every_route_but_the_public_ones_needs_the_token_or_a_session(tmp_path):
     """Walks the app's own route table, so a route added later cannot be left open by mistake."""
-    from device.api import HttpServer, create_app
-    from device.captures import CaptureStore
-    from device.card import ModelCard
-    from device.config import CapturesConfig, HttpConfig
-    from device.state import LiveState
-    from device.web import Page
-
     card = ModelCard.load(Path(__file__).parents[2] / "models" / "dermnet-edge" / "card.json")
     store = CaptureStore(CapturesConfig(dir=str(tmp_path), min_free_mb=0.0))
     page = Page(card=lambda: card, captures=store, save_capture=lambda: None)
