@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import requests
 
-from device.api import HttpServer, create_app
+from device.api import create_app
 from device.captures import CaptureStore
 from device.card import ModelCard
 from device.config import CapturesConfig, HttpConfig
 from device.page import CSP, SESSION_COOKIE, Page
+from device.server import HttpServer
 from device.state import LiveState
 from tests.deploy.daemon_process import DaemonProcess, daemon_config, wait_for
 
