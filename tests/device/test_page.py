@@ -72,6 +72,10 @@ def test_token_login_sets_an_httponly_strict_cookie_that_works_like_the_bearer_h
     cookie = response.headers["Set-Cookie"]
     assert cookie.startswith(f"{SESSION_COOKIE}=") and TOKEN not in cookie
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/" in cookie
+    assert "Secure" not in cookie  # plain HTTP: a Secure cookie would never come back
+    behind_tls = requests.post(daemon.base + "/login", json={"token": TOKEN}, timeout=10,
+                               headers={"X-Forwarded-Proto": "https"})  # as install.sh --tls's nginx
+    assert "; Secure" in behind_tls.headers["Set-Cookie"]
     assert anonymous.get(daemon.base + "/session", timeout=10).json()["signed_in"] is True
     latest = anonymous.get(daemon.base + "/latest", timeout=10)
     assert latest.status_code == 200 and latest.json()["source"].endswith(".jpg")
