@@ -18,7 +18,6 @@ path ever reaches the disk). Its Content-Security-Policy allows nothing but this
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import secrets
 import threading
 import time
@@ -152,7 +151,7 @@ def page_blueprint(page: Page, *, sessions: Sessions, token: bytes | None) -> Bl
             return json_error(401, "wrong token")
         response = jsonify({"signed_in": True})
         response.set_cookie(SESSION_COOKIE, sessions.create(), max_age=SESSION_TTL_S, httponly=True,
-                            samesite="Strict", secure=_over_https(), path="/")
+                            samesite="Strict", secure=request.is_secure, path="/")
         return response
 
     @bp.post("/logout")
@@ -202,18 +201,6 @@ def page_blueprint(page: Page, *, sessions: Sessions, token: bytes | None) -> Bl
         return stored(capture_id, "json", "application/json")
 
     return bp
-
-
-def _over_https() -> bool:
-    """Whether the browser reached us over HTTPS: directly, or through the nginx of ``install.sh
-    --tls``, which says so in X-Forwarded-Proto. Only a proxy on this machine is believed."""
-    if request.is_secure:
-        return True
-    try:
-        local = ipaddress.ip_address(request.remote_addr or "").is_loopback
-    except ValueError:
-        return False
-    return local and request.headers.get("X-Forwarded-Proto") == "https"
 
 
 def json_error(code: int, reason: str) -> Response:

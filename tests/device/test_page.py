@@ -75,7 +75,7 @@ def test_token_login_sets_an_httponly_strict_cookie_that_works_like_the_bearer_h
     assert "Secure" not in cookie  # plain HTTP: a Secure cookie would never come back
     behind_tls = requests.post(daemon.base + "/login", json={"token": TOKEN}, timeout=10,
                                headers={"X-Forwarded-Proto": "https"})  # as install.sh --tls's nginx
-    assert "; Secure" in behind_tls.headers["Set-Cookie"]
+    assert "; Secure" in behind_tls.headers["Set-Cookie"]  # waitress trusts the header from 127.0.0.1 only
     assert anonymous.get(daemon.base + "/session", timeout=10).json()["signed_in"] is True
     latest = anonymous.get(daemon.base + "/latest", timeout=10)
     assert latest.status_code == 200 and latest.json()["source"].endswith(".jpg")
