@@ -13,8 +13,8 @@ from device.engine import Engine
 from device.preprocess import load_image
 
 REPO = Path(__file__).parents[2]
-MODEL_DIR = REPO / "models" / "dermnet-edge"
-GOLDEN = REPO / "tests" / "fixtures" / "golden_dermnet_edge.json"
+MODEL_DIR = REPO / "models" / "dermnet-mnv2"
+GOLDEN = REPO / "tests" / "fixtures" / "golden_dermnet_mnv2.json"
 IMAGES = REPO / "tests" / "fixtures" / "ham10000_mini" / "images"
 
 

@@ -10,7 +10,7 @@ from device.card import DISCLAIMER, ModelCard, verify_model_file
 from quantize.table import render
 
 MODELS = Path(__file__).parents[2] / "models"
-SHIPPED = ("concat-resnet", "dermnet-edge", "seed-cnn")  # the design's two families and the default
+SHIPPED = ("concat-resnet", "dermnet-edge", "dermnet-mnv2", "seed-cnn")  # the design's two families and the default
 MAX_FILE_BYTES = 10 * 1024 * 1024
 
 
