@@ -92,7 +92,12 @@ def _rebuild(model: keras.Model, *, insert: bool) -> keras.Model:
         if insert and _quantized_by_converter(layer, consumers.get(id(source), [])):
             out = FakeQuant(name=f"fq_{layer.name}")(out)
         tensors[id(source)] = out
-    return keras.Model(inputs, tensors[id(copy.outputs[0])], name=model.name)
+    rebuilt = keras.Model(inputs, tensors[id(copy.outputs[0])], name=model.name)
+    # Its layers also belong to the walked copy's graph; a last clone leaves one graph per layer, so
+    # tools that follow ``layer.output`` (Grad-CAM, a later rebuild) see only this model.
+    clean = keras.models.clone_model(rebuilt)
+    clean.set_weights(rebuilt.get_weights())
+    return clean
 
 
 def _inputs(layer: layers.Layer) -> list:

@@ -133,3 +133,6 @@ def test_quantization_aware_wrapper_round_trips(tmp_path, imagenet_like):
     diff = np.abs(stripped.predict(images, verbose=0) - loaded.predict(images, verbose=0)).max()
     assert 0 < diff < 0.2
     assert qat.strip(plain) is plain
+    # One graph per layer: a sub-model through an inner layer (as Grad-CAM builds) still works.
+    inner = keras.Model(stripped.input, [stripped.get_layer("out_relu").output, stripped.output])
+    assert inner.predict(images[:2], verbose=0)[0].shape[0] == 2
