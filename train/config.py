@@ -58,6 +58,9 @@ class TrainConfig:
     split_file: str = ""  # reuse an existing split CSV instead of drawing one
     split_seed: int = 42
     init_from: str = ""  # a .keras checkpoint to start from; its run's split and normalization are kept
+    teacher: str = ""  # a .keras checkpoint to distil from (train.distill); its run's split is kept
+    distill_weight: float = 0.7  # share of the teacher's soft targets in each training target
+    distill_temperature: float = 2.0  # softens the teacher's probabilities
     seed: int = 1
     limit: int = 0  # use only the first N images of each split (smoke runs)
     runs_dir: str = "runs"

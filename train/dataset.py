@@ -13,23 +13,34 @@ SAMPLING = ("shuffle", "balanced")
 
 
 class Batches(keras.utils.PyDataset):
-    """One epoch of (normalized images, one-hot labels).
+    """One epoch of (normalized images, targets[, sample weights]).
 
-    ``sampling="balanced"`` draws each epoch's indices with probability proportional to
-    ``count(class) ** -power`` instead of a plain shuffle, for class-imbalance handling.
+    Targets are one-hot labels, or with ``soft_targets`` (N x classes, e.g. a teacher's, see
+    train.distill) ``(1 - soft_weight) * one_hot + soft_weight * soft_targets``. ``class_weight``
+    (class -> weight) adds per-image weights by the true label; Keras' own ``class_weight`` would
+    go by the argmax of a soft target instead. ``sampling="balanced"`` draws each epoch's indices
+    with probability proportional to ``count(class) ** -power`` instead of a plain shuffle.
     """
 
     def __init__(self, pixels: np.ndarray, labels: np.ndarray, *, batch_size: int, mean, std,
                  num_classes: int = 7, augment: AugmentConfig | None = None, shuffle: bool = True,
                  sampling: str = "shuffle", balance_power: float = 0.5, seed: int = 0, start_epoch: int = 0,
-                 **kwargs):
+                 class_weight: dict[int, float] | None = None, soft_targets: np.ndarray | None = None,
+                 soft_weight: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         if sampling not in SAMPLING:
             raise ValueError(f"unknown sampling {sampling!r}; choose from {SAMPLING}")
+        if soft_targets is not None and np.shape(soft_targets) != (len(labels), num_classes):
+            raise ValueError(f"soft_targets: shape {np.shape(soft_targets)}, expected {(len(labels), num_classes)}")
+        if not 0.0 <= soft_weight <= 1.0:
+            raise ValueError(f"soft_weight must be in [0, 1], got {soft_weight}")
         self.pixels, self.labels = pixels, np.asarray(labels)
         self.batch_size, self.mean, self.std = batch_size, mean, std
         self.num_classes, self.augment, self.shuffle = num_classes, augment, shuffle
         self.sampling, self.balance_power, self.seed = sampling, balance_power, seed
+        self.weights = (None if class_weight is None else
+                        np.array([class_weight.get(c, 0.0) for c in range(num_classes)], np.float32))
+        self.soft_targets, self.soft_weight = soft_targets, soft_weight
         self.epoch = start_epoch  # a resumed run sees the same epoch order as an uninterrupted one
         self.order = self._order()
 
@@ -52,8 +63,12 @@ class Batches(keras.utils.PyDataset):
         x = np.asarray(self.pixels[idx])
         if self.augment is not None:
             x = augment_batch(x, self.augment, np.random.default_rng([self.seed, self.epoch, i]))
-        y = np.eye(self.num_classes, dtype=np.float32)[self.labels[idx]]
-        return normalize(x, self.mean, self.std), y
+        labels = self.labels[idx]
+        y = np.eye(self.num_classes, dtype=np.float32)[labels]
+        if self.soft_targets is not None:
+            y = (1.0 - self.soft_weight) * y + self.soft_weight * self.soft_targets[idx]
+        x = normalize(x, self.mean, self.std)
+        return (x, y) if self.weights is None else (x, y, self.weights[labels])
 
     def on_epoch_end(self):
         self.epoch += 1

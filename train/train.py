@@ -25,7 +25,7 @@ import numpy as np
 import yaml
 
 from device.preprocess import normalize
-from train import backbones, qat
+from train import backbones, distill, qat
 from train import data as ds
 from train.augment import AugmentConfig
 from train.config import LR_POLICIES, TrainConfig, field_help, load_config, write_config
@@ -113,9 +113,10 @@ def _save_atomic(model: keras.Model, path: Path) -> None:
 
 
 def prepare_split(cfg: TrainConfig, run_dir: Path) -> list[ds.Record]:
-    """The run's split: reused from ``split_file`` (or from the ``init_from`` checkpoint's run, whose
-    test images the checkpoint never saw) or drawn now; always written to the run."""
-    split_file = cfg.split_file or (str(Path(cfg.init_from).parent / "split.csv") if cfg.init_from else "")
+    """The run's split: reused from ``split_file`` (or from the ``init_from`` or ``teacher`` checkpoint's
+    run, whose test images that checkpoint never saw) or drawn now; always written to the run."""
+    source = cfg.init_from or cfg.teacher
+    split_file = cfg.split_file or (str(Path(source).parent / "split.csv") if source else "")
     if split_file:
         records = ds.read_split(Path(split_file), Path(cfg.data))
     else:
@@ -162,6 +163,8 @@ def fit(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> Path:
             "init_from": cfg.init_from or None,
             "backbone": provenance,
             "quantization_aware_training": cfg.qat,
+            "distillation": ({"teacher": cfg.teacher, "weight": cfg.distill_weight,
+                              "temperature": cfg.distill_temperature} if cfg.teacher else None),
         }
         meta_path.write_text(json.dumps(meta, indent=2))
         initial_epoch, best = 0, -1.0
@@ -172,22 +175,27 @@ def fit(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> Path:
         _log.info("run already has %d epochs; nothing to do", cfg.epochs)
         return run_dir
 
+    soft = None
+    if cfg.teacher:
+        soft = distill.teacher_targets(Path(cfg.teacher), by_split["train"], temperature=cfg.distill_temperature,
+                                       cache_dir=Path(cfg.cache_dir), out=run_dir / "teacher_targets.npy")
     train_batches = Batches(
         pixels["train"], labels["train"], batch_size=cfg.batch_size, mean=mean, std=std,
         augment=AugmentConfig() if cfg.augment else None,
         sampling="balanced" if cfg.imbalance == "sampling" else "shuffle",
         balance_power=cfg.balance_power, seed=cfg.seed, start_epoch=initial_epoch, workers=cfg.workers,
+        class_weight=ds.class_weights(labels["train"], cfg.balance_power) if cfg.imbalance == "weights" else None,
+        soft_targets=soft, soft_weight=cfg.distill_weight if cfg.teacher else 0.0,
     )
     checkpointer = Checkpointer(run_dir, pixels["val"], labels["val"], mean, std, ds.CLASS_CODES, best)
     csv_log = keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=resume)
 
     def run_phase(lr_fn, until: int) -> None:
         nonlocal initial_epoch
-        model.fit(train_batches, epochs=until, initial_epoch=initial_epoch, class_weight=class_weight,
+        model.fit(train_batches, epochs=until, initial_epoch=initial_epoch,
                   callbacks=[LRPolicy(lr_fn), checkpointer, csv_log], verbose=1)
         initial_epoch = until
 
-    class_weight = (ds.class_weights(labels["train"], cfg.balance_power) if cfg.imbalance == "weights" else None)
     head_epochs = cfg.freeze_epochs if cfg.pretrained else 0
     if initial_epoch < head_epochs:
         _log.info("phase 1: head only, %d epoch(s) at lr %g", head_epochs, cfg.head_lr)
@@ -341,6 +349,8 @@ def main(argv=None) -> Path:
         cfg = TrainConfig(**{**base, **overrides})
         if cfg.init_from:
             init_source_meta(cfg)  # fail before an empty run directory is made
+        if cfg.teacher:
+            distill.teacher_run(Path(cfg.teacher))
         run_dir = new_run_dir(cfg)
     _setup_logging(run_dir)
     _log.info("run directory %s (backend %s)", run_dir, keras.backend.backend())

@@ -103,3 +103,11 @@ def test_warm_start_refuses_another_architecture(trained_run, tiny_argv, tmp_pat
 def test_warm_start_names_a_missing_checkpoint(tiny_argv, tmp_path):
     with pytest.raises(FileNotFoundError, match="init_from: .*nowhere.keras not found"):
         main(tiny_argv(tmp_path, "--init-from", str(tmp_path / "nowhere.keras"), "--no-evaluate"))
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[2] / "train" / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_recipe_is_a_valid_config(path):
+    from train.config import TrainConfig
+
+    cfg = TrainConfig(**yaml.safe_load(path.read_text()))
+    assert cfg.epochs > 0 and cfg.name
