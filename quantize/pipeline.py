@@ -79,8 +79,8 @@ def quantize_run(run_dir: Path, options: QuantizeOptions) -> Path:
         card = build_card(run, name=options.name, int8_path=int8_path,
                           float_path=float_path if options.keep_float else None, checkpoint=options.checkpoint,
                           tta=options.tta)
-        result = evaluate(Engine(float_path, card, variant="float", num_threads=options.num_threads),
-                          Engine(int8_path, card, num_threads=options.num_threads),
+        int8_engine = Engine(int8_path, card, num_threads=options.num_threads)
+        result = evaluate(Engine(float_path, card, variant="float", num_threads=options.num_threads), int8_engine,
                           pixels, y_true, options.thresholds)
         facts = {
             "run": f"`{run.path.name}` ({options.checkpoint} checkpoint)",
@@ -99,7 +99,6 @@ def quantize_run(run_dir: Path, options: QuantizeOptions) -> Path:
         check(result, name=options.name)
         referral = None
         if options.referral_sensitivity:
-            int8_engine = Engine(int8_path, card, num_threads=options.num_threads)
             val = select(records, "val")
             val_probs = predict(int8_engine, load_pixels(val, height, width, options.cache_dir), desc="int8 val")
             referral = build_referral(val_probs, np.array([r.label for r in val]), result.int8_probs, y_true,

@@ -26,7 +26,7 @@ from device.preprocess import fit_to_input, load_image
 
 _log = logging.getLogger(__name__)
 
-# name -> (keras.applications constructor, the input normalization it was trained with)
+# name -> keras.applications constructor (normalization below)
 BACKBONES = {"mobilenet_v2": keras.applications.MobileNetV2}
 # Both ImageNet MobileNetV2 sources expect x / 127.5 - 1, i.e. (x - 127.5) / 127.5 per channel.
 IMAGENET_NORMALIZATION = ([127.5, 127.5, 127.5], [127.5, 127.5, 127.5])
@@ -171,7 +171,7 @@ def reestimate_batchnorm(model: keras.Model, images: np.ndarray, *, batch_size: 
             a = a.reshape(-1, a.shape[-1])
             sums[k] += a.sum(axis=0)
             squares[k] += (a * a).sum(axis=0)
-        count += int(np.prod(keras.ops.convert_to_numpy(outs[0]).shape[:-1]))
+        count += int(np.prod(tuple(outs[0].shape)[:-1]))
     for bn, s, sq in zip(bns, sums, squares, strict=True):
         new_mean = s / count
         new_var = np.maximum(sq / count - new_mean**2, 0.0)

@@ -234,8 +234,10 @@ def _initial_model(cfg: TrainConfig, train_pixels: np.ndarray) -> tuple[keras.Mo
     """The model a new run starts from, its input normalization and where its weights came from."""
     h, w = cfg.input_hw()
     if cfg.init_from:
-        model, norm = _warm_start(cfg)
-        provenance = init_source_meta(cfg).get("backbone")
+        source_meta = init_source_meta(cfg)
+        model = keras.models.load_model(cfg.init_from, compile=False)  # compiled afresh: new optimizer, schedule
+        norm = (source_meta["normalization"]["mean"], source_meta["normalization"]["std"])
+        provenance = source_meta.get("backbone")
     elif cfg.pretrained:
         model, imported = backbones.pretrained_classifier(cfg.arch, (h, w, 3), weights=cfg.backbone_weights,
                                                           num_classes=len(ds.CLASSES), dropout=cfg.dropout,
@@ -286,13 +288,6 @@ def init_source_meta(cfg: TrainConfig) -> dict:
         raise ValueError(f"init_from: {checkpoint} is {meta['arch']} at {source_hw[0]}x{source_hw[1]}, "
                          f"not {cfg.arch} at {hw[0]}x{hw[1]}")
     return meta
-
-
-def _warm_start(cfg: TrainConfig) -> tuple[keras.Model, tuple[list, list]]:
-    """The ``init_from`` model, to be compiled afresh (new optimizer, new schedule), and its run's
-    normalization."""
-    norm = init_source_meta(cfg)["normalization"]
-    return keras.models.load_model(cfg.init_from, compile=False), (norm["mean"], norm["std"])
 
 
 def new_run_dir(cfg: TrainConfig) -> Path:
