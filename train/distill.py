@@ -54,10 +54,11 @@ def teacher_targets(checkpoint: Path, records: list[ds.Record], *, temperature: 
     run = teacher_run(checkpoint)
     h, w = run.input_hw
     model = qat.strip(keras.models.load_model(checkpoint, compile=False))
+    _log.info("teacher %s: scoring %d training images at %dx%d", checkpoint, len(records), h, w)
     probs = predict_probs(model, ds.load_pixels(records, h, w, cache_dir), *run.normalization)
     labels = np.array([r.label for r in records])
-    _log.info("teacher %s: %.1f%% of the %d training images right; soft targets at T=%g", checkpoint,
-              100 * float((probs.argmax(1) == labels).mean()), len(records), temperature)
+    _log.info("teacher: %.1f%% of them right; soft targets at T=%g", 100 * float((probs.argmax(1) == labels).mean()),
+              temperature)
     targets = soften(probs, temperature)
     np.save(out, targets)
     return targets

@@ -195,6 +195,7 @@ def fit(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> Path:
         model.fit(train_batches, epochs=until, initial_epoch=initial_epoch,
                   callbacks=[LRPolicy(lr_fn), checkpointer, csv_log], verbose=1)
         initial_epoch = until
+        csv_log.append = True  # the next phase's fit() must not overwrite this one's rows
 
     head_epochs = cfg.freeze_epochs if cfg.pretrained else 0
     if initial_epoch < head_epochs:

@@ -106,6 +106,15 @@ def test_reestimated_batchnorm_keeps_the_function_and_measures_the_data(imagenet
     np.testing.assert_allclose(train_out, infer_out, atol=1e-2)
 
 
+def test_kernels_are_fake_quantized_per_channel_by_hand():
+    kernel = np.array([[1.0, 0.01], [-0.5, 0.02], [0.3, -0.03]], np.float32)  # 2 output channels
+    q = keras.ops.convert_to_numpy(qat.fake_quant_kernel(keras.ops.convert_to_tensor(kernel), axis=(0,)))
+    for channel in range(2):
+        scale = np.abs(kernel[:, channel]).max() / 127.0  # each channel its own scale
+        np.testing.assert_allclose(q[:, channel], np.round(kernel[:, channel] / scale) * scale, rtol=1e-6)
+    assert not np.allclose(q, kernel)  # 0.3 is not on channel 0's grid of 1/127
+
+
 def test_quantization_aware_wrapper_round_trips(tmp_path, imagenet_like):
     _, path, images = imagenet_like
     plain, _ = backbones.pretrained_classifier("mobilenet_v2", SHAPE, weights=str(path), num_classes=7,
@@ -114,6 +123,9 @@ def test_quantization_aware_wrapper_round_trips(tmp_path, imagenet_like):
     fakes = [layer for layer in wrapped.layers if isinstance(layer, qat.FakeQuant)]
     adds = [layer for layer in plain.layers if isinstance(layer, keras.layers.Add)]
     assert len(fakes) > len(adds) + 17 * 2  # every add, block outputs, the input and the head at least
+    convs = [layer for layer in plain.layers if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D))]
+    twins = [layer for layer in wrapped.layers if isinstance(layer, (qat.QuantConv2D, qat.QuantDepthwiseConv2D))]
+    assert [layer.name for layer in twins] == [layer.name for layer in convs]  # every kernel as int8 stores it
     wrapped.compile(optimizer="adam", loss="categorical_crossentropy")
     wrapped.fit(images[:16], np.eye(7, dtype=np.float32)[np.arange(16) % 7], epochs=1, verbose=0)
     quantized = keras.ops.convert_to_numpy(
@@ -127,7 +139,8 @@ def test_quantization_aware_wrapper_round_trips(tmp_path, imagenet_like):
     loaded = keras.models.load_model(tmp_path / "qat.keras", compile=False)
     np.testing.assert_allclose(loaded.predict(images, verbose=0), wrapped.predict(images, verbose=0), atol=1e-5)
     stripped = qat.strip(loaded)
-    assert not any(isinstance(layer, qat.FakeQuant) for layer in stripped.layers)
+    assert not any(isinstance(layer, (qat.FakeQuant, qat.QuantConv2D, qat.QuantDepthwiseConv2D))
+                   for layer in stripped.layers)
     assert len(stripped.layers) == len(plain.layers)
     # The stripped model is the trained float network: close to the fake-quantized one, not equal.
     diff = np.abs(stripped.predict(images, verbose=0) - loaded.predict(images, verbose=0)).max()

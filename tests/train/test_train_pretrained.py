@@ -50,3 +50,14 @@ def test_two_phases_train_what_they_should(tmp_path, fixture_dir):
     plain = run.load_model("best")
     assert not any(isinstance(layer, qat.FakeQuant) for layer in plain.layers)
     assert plain.output_shape == (None, 7)
+    # The float model of a quantization-aware run keeps each kernel on its per-channel int8 grid.
+    kernel = plain.get_layer("block_16_project").get_weights()[0]
+    levels = kernel / (np.abs(kernel).max(axis=(0, 1, 2), keepdims=True) / 127.0)
+    np.testing.assert_allclose(levels, np.round(levels), atol=1e-3)
+
+
+def test_both_phases_of_one_run_are_in_its_history(tmp_path, fixture_dir):
+    dirs = ("--data", str(fixture_dir), "--runs-dir", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache"))
+    run_dir = main([*dirs, *TINY_MNV2, "--epochs", "2"])
+    rows = (run_dir / "history.csv").read_text().splitlines()
+    assert rows[0].startswith("epoch") and [r.split(",")[0] for r in rows[1:]] == ["0", "1"]
