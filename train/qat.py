@@ -64,8 +64,10 @@ def fake_quant_kernel(kernel, axis: tuple[int, ...]):
 class QuantConv2D(layers.Conv2D):
     """Conv2D whose kernel is fake-quantized per output channel (the last kernel axis)."""
 
+    KERNEL_AXES = (0, 1, 2)  # reduced over: all but the output channel
+
     def convolution_op(self, inputs, kernel):
-        return super().convolution_op(inputs, fake_quant_kernel(kernel, axis=(0, 1, 2)))
+        return super().convolution_op(inputs, fake_quant_kernel(kernel, axis=self.KERNEL_AXES))
 
 
 @keras.saving.register_keras_serializable(package="dermedge")
@@ -73,13 +75,15 @@ class QuantDepthwiseConv2D(layers.DepthwiseConv2D):
     """DepthwiseConv2D whose kernel is fake-quantized per channel; as MobileNetV2's, without bias or
     activation (BatchNorm follows)."""
 
+    KERNEL_AXES = (0, 1, 3)  # kernel (h, w, channels, multiplier): all but the channel
+
     def build(self, input_shape):
         if self.use_bias or self.activation not in (None, keras.activations.linear):
             raise ValueError(f"{self.name}: quantization-aware depthwise convs take no bias or activation")
         super().build(input_shape)
 
     def call(self, inputs):
-        return ops.depthwise_conv(inputs, fake_quant_kernel(self.kernel, axis=(0, 1, 3)), strides=self.strides,
+        return ops.depthwise_conv(inputs, fake_quant_kernel(self.kernel, axis=self.KERNEL_AXES), strides=self.strides,
                                   padding=self.padding, dilation_rate=self.dilation_rate,
                                   data_format=self.data_format)
 
@@ -99,8 +103,7 @@ def _swap_conv(layer: layers.Layer, *, insert: bool) -> layers.Layer:
     twin.build(layer.input.shape)
     weights = layer.get_weights()
     if not insert:  # the kernel the network trained with (and int8 stores), so float == what was trained
-        axis = (0, 1, 3) if isinstance(layer, layers.DepthwiseConv2D) else (0, 1, 2)
-        weights[0] = keras.ops.convert_to_numpy(fake_quant_kernel(layer.kernel, axis=axis))
+        weights[0] = keras.ops.convert_to_numpy(fake_quant_kernel(layer.kernel, axis=layer.KERNEL_AXES))
     twin.set_weights(weights)
     return twin
 
