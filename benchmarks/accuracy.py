@@ -28,8 +28,8 @@ MELANOMA = "mel"
 FRAMINGS = {"square": None, "zoom75": 0.75}
 
 
-def evaluation_records(card: ModelCard, data_root: Path):
-    """The test records of ``card``'s split, re-drawn from ``data_root`` and checked against the card."""
+def evaluation_records(card: ModelCard, data_root: Path, subset: str = "test"):
+    """The ``subset`` records of ``card``'s split, re-drawn from ``data_root`` and checked against the card."""
     split = card.split
     if "method" not in split or "seed" not in split:
         raise Skipped(f"card of {card.name} records no split method and seed")
@@ -38,7 +38,7 @@ def evaluation_records(card: ModelCard, data_root: Path):
     if expected and split_counts(records) != expected:
         raise ValueError(f"{data_root} does not reproduce the split in the card of {card.name}: "
                          f"counts {split_counts(records)['test']} vs the card's {expected.get('test')} (test)")
-    return select(records, "test")
+    return select(records, subset)
 
 
 def summarize(report: dict, codes: tuple[str, ...]) -> dict:

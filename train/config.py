@@ -34,7 +34,7 @@ class TrainConfig:
     bn_mode: str = "reestimate"  # reestimate (measure stats on our images, then train) | frozen | train
     bn_momentum: float = 0.9
     dropout: float = 0.2
-    qat: bool = False  # quantization-aware fine-tuning: simulate int8 activations (train.qat)
+    qat: bool = False  # quantization-aware fine-tuning: simulate int8 activations and conv kernels (train.qat)
     name: str = ""  # run name; defaults to arch
     height: int = 0  # model input; 0 = the architecture's default
     width: int = 0

@@ -1,0 +1,91 @@
+"""Operating points of one shipped model: what favouring one class buys in its recall and costs
+in accuracy, on the card's validation and test splits (int8, through ``Engine.infer_pixels``).
+
+    python -m benchmarks.operating --model-dir models/dermnet-mnv2 --data ../shared/data/ham10000 \
+        [--class mel] [--biases 0,0.25,0.5,0.75,1,1.25,1.5]
+
+Adding ``b`` to one class's log-probability before the arg-max moves decisions towards it
+(the same as multiplying its probability by ``exp(b)``). A bias would be picked on val; the
+test columns show what it would cost there. This answers "can a threshold alone reach a recall
+target at an accuracy floor?" without retraining.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_BIASES = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    bias: float
+    accuracy: float
+    balanced_accuracy: float
+    recall: float  # of the favoured class
+
+
+def operating_point(probs: np.ndarray, labels: np.ndarray, index: int, bias: float) -> OperatingPoint:
+    """Scores of the arg-max of ``log(probs)`` with ``bias`` added to class ``index``."""
+    scores = np.log(np.clip(probs, 1e-12, 1.0))
+    scores[:, index] += bias
+    predicted = scores.argmax(axis=1)
+    present = np.unique(labels)
+    recalls = {c: float((predicted[labels == c] == c).mean()) for c in present}
+    if index not in recalls:
+        raise ValueError(f"class {index} has no images in this split")
+    return OperatingPoint(bias=float(bias), accuracy=float((predicted == labels).mean()),
+                          balanced_accuracy=float(np.mean(list(recalls.values()))), recall=recalls[index])
+
+
+def _split_probs(model_dir: Path, data_root: Path, cache_dir: Path | None, subset: str):
+    from benchmarks.accuracy import evaluation_records
+    from device.card import ModelCard
+    from device.engine import Engine
+    from train.data import load_pixels
+
+    card = ModelCard.load(model_dir / "card.json")
+    records = evaluation_records(card, data_root, subset)
+    pixels = load_pixels(records, card.input.height, card.input.width, cache_dir)
+    engine = Engine.from_model_dir(model_dir, variant="int8", num_threads=2)
+    probs = np.stack([engine.infer_pixels(np.asarray(p)) for p in pixels])
+    return card.codes, probs, np.array([card.codes.index(r.dx) for r in records], dtype=np.int64)
+
+
+def _biases(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from err
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.operating", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model-dir", type=Path, required=True)
+    parser.add_argument("--data", type=Path, required=True, help="the dataset root the model's split was drawn from")
+    parser.add_argument("--cache-dir", type=Path, default=Path("cache"))
+    parser.add_argument("--class", dest="code", default="mel", help="the class to favour (a card label code)")
+    parser.add_argument("--biases", type=_biases, default=DEFAULT_BIASES)
+    args = parser.parse_args(argv)
+    table = {}
+    for subset in ("val", "test"):
+        codes, probs, labels = _split_probs(args.model_dir, args.data, args.cache_dir, subset)
+        if args.code not in codes:
+            parser.error(f"--class {args.code!r} is not one of the card's labels {list(codes)}")
+        table[subset] = [operating_point(probs, labels, codes.index(args.code), b) for b in args.biases]
+    print(f"| {args.code} bias | val accuracy | val balanced | val {args.code} recall "
+          f"| test accuracy | test balanced | test {args.code} recall |")
+    print("|---|---|---|---|---|---|---|")
+    for val, test in zip(table["val"], table["test"]):
+        print(f"| {val.bias:.2f} | {val.accuracy:.1%} | {val.balanced_accuracy:.1%} | {val.recall:.1%} "
+              f"| {test.accuracy:.1%} | {test.balanced_accuracy:.1%} | {test.recall:.1%} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,48 @@
+"""Operating points: a class bias worked by hand, and the command on the tiny model and fixture."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from benchmarks.operating import main, operating_point
+
+# Three images of class 0, one of class 1; the class-1 image and one class-0 image are close calls.
+PROBS = np.array([[0.9, 0.1], [0.55, 0.45], [0.8, 0.2], [0.6, 0.4]])
+LABELS = np.array([0, 0, 0, 1])
+
+
+def test_no_bias_is_the_plain_arg_max():
+    point = operating_point(PROBS, LABELS, index=1, bias=0.0)
+    assert point.accuracy == pytest.approx(0.75)
+    assert point.recall == 0.0
+    assert point.balanced_accuracy == pytest.approx(0.5)
+
+
+def test_a_bias_moves_close_calls_to_the_favoured_class():
+    # log(0.4) + 0.5 > log(0.6) flips image 3 (right); log(0.45) + 0.5 > log(0.55) flips image 1 (wrong).
+    point = operating_point(PROBS, LABELS, index=1, bias=0.5)
+    assert point.recall == 1.0
+    assert point.accuracy == pytest.approx(0.75)
+    assert point.balanced_accuracy == pytest.approx((2 / 3 + 1.0) / 2)
+
+
+def test_a_class_absent_from_the_split_is_an_error():
+    with pytest.raises(ValueError, match="class 1 has no images"):
+        operating_point(PROBS[:3], LABELS[:3], index=1, bias=0.0)
+
+
+def test_the_command_prints_val_and_test_rows(tiny_model_dir, fixture_dir, tmp_path, capsys):
+    assert main(["--model-dir", str(tiny_model_dir), "--data", str(fixture_dir), "--cache-dir", str(tmp_path),
+                 "--class", "nv", "--biases", "0,1"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("| 0.00", "| 1.00"))]
+    assert len(rows) == 2
+    # favouring nv never lowers nv's recall, on val or on test
+    cells = [[float(c.strip().rstrip("%")) for c in row.strip("|").split("|")] for row in rows]
+    assert cells[1][3] >= cells[0][3] and cells[1][6] >= cells[0][6]
+
+
+def test_the_command_refuses_an_unknown_class(tiny_model_dir, fixture_dir, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--model-dir", str(tiny_model_dir), "--data", str(fixture_dir), "--cache-dir", str(tmp_path),
+              "--class", "tumour"])
+    assert exit_info.value.code == 2
