@@ -41,6 +41,15 @@ def evaluation_records(card: ModelCard, data_root: Path, subset: str = "test"):
     return select(records, subset)
 
 
+def true_labels(card: ModelCard, records) -> np.ndarray:
+    return np.array([card.codes.index(r.dx) for r in records], dtype=np.int64)
+
+
+def infer_all(engine: Engine, pixels, *, desc: str) -> np.ndarray:
+    """``engine``'s probabilities for each decoded image, one row per image."""
+    return np.stack([engine.infer_pixels(np.asarray(p)) for p in tqdm(pixels, desc=desc, unit="img", leave=False)])
+
+
 def summarize(report: dict, codes: tuple[str, ...]) -> dict:
     """The headline figures of a ``train.metrics.classification_report``; NaN (a class absent
     from a small split) becomes None so the JSON stays strict."""
@@ -59,13 +68,12 @@ def model_accuracy(model_dir: Path, card: ModelCard, data_root: Path, *, cache_d
     """``{variant: headline figures}`` plus top-1 agreement of int8 with float."""
     records = evaluation_records(card, data_root)
     pixels = load_pixels(records, card.input.height, card.input.width, cache_dir)
-    y_true = np.array([card.codes.index(r.dx) for r in records], dtype=np.int64)
+    y_true = true_labels(card, records)
     out: dict = {"split": {"method": card.split["method"], "seed": card.split["seed"], "subset": "test"}}
     predictions = {}
     for variant in variants(card):
         engine = Engine.from_model_dir(model_dir, variant=variant, num_threads=threads)
-        probs = np.stack([engine.infer_pixels(np.asarray(p))
-                          for p in tqdm(pixels, desc=f"{card.name} {variant} test", unit="img", leave=False)])
+        probs = infer_all(engine, pixels, desc=f"{card.name} {variant} test")
         predictions[variant] = probs.argmax(axis=1)
         out[variant] = summarize(classification_report(probs, y_true, card.codes), card.codes)
         _log.info("%s %s: accuracy %.4f, balanced %.4f", card.name, variant, out[variant]["accuracy"],

@@ -29,31 +29,19 @@ class OperatingPoint:
     recall: float  # of the favoured class
 
 
-def operating_point(probs: np.ndarray, labels: np.ndarray, index: int, bias: float) -> OperatingPoint:
-    """Scores of the arg-max of ``log(probs)`` with ``bias`` added to class ``index``."""
-    scores = np.log(np.clip(probs, 1e-12, 1.0))
-    scores[:, index] += bias
-    predicted = scores.argmax(axis=1)
-    present = np.unique(labels)
-    recalls = {c: float((predicted[labels == c] == c).mean()) for c in present}
-    if index not in recalls:
-        raise ValueError(f"class {index} has no images in this split")
-    return OperatingPoint(bias=float(bias), accuracy=float((predicted == labels).mean()),
-                          balanced_accuracy=float(np.mean(list(recalls.values()))), recall=recalls[index])
+def operating_point(probs: np.ndarray, labels: np.ndarray, codes: tuple[str, ...], code: str,
+                    bias: float) -> OperatingPoint:
+    """Scores of the arg-max of ``log(probs)`` with ``bias`` added to class ``code``."""
+    # train.calibrate imports Keras: only after main has set the TF log level
+    from train.calibrate import adjust
+    from train.metrics import classification_report
 
-
-def _split_probs(model_dir: Path, data_root: Path, cache_dir: Path | None, subset: str):
-    from benchmarks.accuracy import evaluation_records
-    from device.card import ModelCard
-    from device.engine import Engine
-    from train.data import load_pixels
-
-    card = ModelCard.load(model_dir / "card.json")
-    records = evaluation_records(card, data_root, subset)
-    pixels = load_pixels(records, card.input.height, card.input.width, cache_dir)
-    engine = Engine.from_model_dir(model_dir, variant="int8", num_threads=2)
-    probs = np.stack([engine.infer_pixels(np.asarray(p)) for p in pixels])
-    return card.codes, probs, np.array([card.codes.index(r.dx) for r in records], dtype=np.int64)
+    favour = np.array([c == code for c in codes], dtype=np.float64)
+    report = classification_report(adjust(probs, favour, bias), labels, codes)
+    if report["per_class"][code]["support"] == 0:
+        raise ValueError(f"class {code!r} has no images in this split")
+    return OperatingPoint(bias=float(bias), accuracy=report["accuracy"],
+                          balanced_accuracy=report["balanced_accuracy"], recall=report["per_class"][code]["recall"])
 
 
 def _biases(text: str) -> tuple[float, ...]:
@@ -72,12 +60,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--class", dest="code", default="mel", help="the class to favour (a card label code)")
     parser.add_argument("--biases", type=_biases, default=DEFAULT_BIASES)
     args = parser.parse_args(argv)
+    from benchmarks.accuracy import evaluation_records, infer_all, true_labels
+    from device.card import ModelCard
+    from device.engine import Engine
+    from train.data import load_pixels
+
+    card = ModelCard.load(args.model_dir / "card.json")
+    if args.code not in card.codes:
+        parser.error(f"--class {args.code!r} is not one of the card's labels {list(card.codes)}")
+    engine = Engine.from_model_dir(args.model_dir, variant="int8", num_threads=2)
     table = {}
     for subset in ("val", "test"):
-        codes, probs, labels = _split_probs(args.model_dir, args.data, args.cache_dir, subset)
-        if args.code not in codes:
-            parser.error(f"--class {args.code!r} is not one of the card's labels {list(codes)}")
-        table[subset] = [operating_point(probs, labels, codes.index(args.code), b) for b in args.biases]
+        records = evaluation_records(card, args.data, subset)
+        probs = infer_all(engine, load_pixels(records, card.input.height, card.input.width, args.cache_dir),
+                          desc=f"{card.name} int8 {subset}")
+        table[subset] = [operating_point(probs, true_labels(card, records), card.codes, args.code, b)
+                         for b in args.biases]
     print(f"| {args.code} bias | val accuracy | val balanced | val {args.code} recall "
           f"| test accuracy | test balanced | test {args.code} recall |")
     print("|---|---|---|---|---|---|---|")
