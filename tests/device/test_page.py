@@ -24,9 +24,9 @@ TOKEN = "page-test-token-0123456789"
 
 
 @pytest.fixture
-def daemon(tmp_path, referral_model_dir, fixture_dir):
+def daemon(tmp_path, default_model_dir, fixture_dir):
     """A running daemon with a token, captures in tmp_path/captures (at most 3)."""
-    config = daemon_config(referral_model_dir, fixture_dir / "images", device_id="page-test", http={"token": TOKEN},
+    config = daemon_config(default_model_dir, fixture_dir / "images", device_id="page-test", http={"token": TOKEN},
                            captures={"dir": str(tmp_path / "captures"), "max_count": 3, "min_free_mb": 0.0})
     process = DaemonProcess(tmp_path, config).start()
     process.wait_running()
@@ -89,15 +89,16 @@ def test_token_login_sets_an_httponly_strict_cookie_that_works_like_the_bearer_h
     assert stale.status_code == 401  # a signed-out session is gone on the server too
 
 
-def test_model_card_summary_and_referral_in_results(daemon, referral_model_dir):
+def test_model_card_summary_and_referral_in_results(daemon, default_model_dir):
     session = signed_in(daemon)
     card = session.get(daemon.base + "/model", timeout=10).json()
-    shipped = json.loads((referral_model_dir / "card.json").read_text())
-    assert card["name"] == "dermnet-edge"
+    shipped = json.loads((default_model_dir / "card.json").read_text())
+    assert card["name"] == shipped["name"]
     assert card["metrics"]["balanced_accuracy"] == shipped["metrics"]["int8"]["balanced_accuracy"]
     assert card["test_images"] == sum(shipped["split"]["counts"]["test"].values())
     assert card["intended_use"] and card["limitations"]
-    assert card["referral"]["threshold"] == 0.3 and "not a diagnosis" in card["disclaimer"]
+    threshold = shipped["referral"]["threshold"]
+    assert card["referral"]["threshold"] == threshold and "not a diagnosis" in card["disclaimer"]
 
     def referral_seen():
         result = session.get(daemon.base + "/latest", timeout=10).json()
@@ -106,7 +107,7 @@ def test_model_card_summary_and_referral_in_results(daemon, referral_model_dir):
     result = wait_for(referral_seen, 20, "a result with a referral decision")
     score = sum(result["all_probabilities"][c] for c in ("akiec", "bcc", "mel"))
     assert result["referral"]["score"] == pytest.approx(score, abs=1e-5)
-    assert result["refer"] is (result["referral"]["score"] >= 0.3)
+    assert result["refer"] is (result["referral"]["score"] >= threshold)
     assert result["referral"]["advice"].startswith("See a dermatologist")
 
 
@@ -137,7 +138,7 @@ def test_captures_end_to_end_with_retention_and_safe_ids(daemon, tmp_path):
     assert frame.shape[:2] == (sidecar["image"]["height"], sidecar["image"]["width"])
     assert sidecar["id"] == newest["id"] and sidecar["device_id"] == "page-test"
     shipped = json.loads(Path(daemon.config["model"]["dir"], "card.json").read_text())
-    assert sidecar["model"] == {"name": "dermnet-edge", "file": "model_int8.tflite",
+    assert sidecar["model"] == {"name": shipped["name"], "file": shipped["model_file"]["path"],
                                 "sha256": shipped["model_file"]["sha256"], "dir": daemon.config["model"]["dir"]}
     assert sidecar["result"]["source"] == newest["source"] and sidecar["result"]["refer"] is not None
     assert sidecar["settings"]["camera"]["source"] == "folder" and "min_confidence" in sidecar["settings"]["postprocess"]

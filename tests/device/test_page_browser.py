@@ -51,8 +51,8 @@ def start(tmp_path: Path, model: Path, images: Path, **http) -> DaemonProcess:
     return daemon
 
 
-def test_the_page_in_chromium_with_a_token(tmp_path, referral_model_dir, fixture_dir, web_deps):
-    daemon = start(tmp_path, referral_model_dir, fixture_dir / "images", token=TOKEN)
+def test_the_page_in_chromium_with_a_token(tmp_path, default_model_dir, fixture_dir, web_deps):
+    daemon = start(tmp_path, default_model_dir, fixture_dir / "images", token=TOKEN)
     screenshot = Path(os.environ.get("DERMEDGE_SCREENSHOT") or tmp_path / "page.png")
     try:
         report = run_page_check({"base": daemon.base, "token": TOKEN, "wrong_token": "not-the-token",
