@@ -19,7 +19,8 @@ never drive the camera. Every error is JSON ``{"error": reason}``: 400 for a bad
 body, 401 for a missing or wrong token (or session cookie), 404, 405, 413 when the request body
 exceeds ``http.max_upload_mb`` or has too many form parts (the reason says which), 415 for the wrong
 content type, 422 for an image that would need more than the decode budget
-(``http.decode_memory_mb``, see device/limits.py), 429 when too many streams are open, 503 when
+(``http.decode_memory_mb``, see device/limits.py), 429 when too many streams are open or a client
+sent too many wrong tokens (device.auth.GuessLimiter; with Retry-After), 503 when
 other uploads hold the decode budget for too long. Uploads are decoded in memory; nothing from a
 request (no file name, no path) is used to touch the filesystem, except inside two folders: the
 built browser app (device/webapp.py, send_from_directory) and the captures (device/page.py, by a
@@ -42,10 +43,17 @@ import numpy as np
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from device.auth import bearer_matches, load_token
+from device.auth import GuessLimiter, bearer_matches, load_token
 from device.config import HttpConfig
 from device.limits import DecodeBudget, DecoderBusy
-from device.page import PUBLIC_ENDPOINTS, SESSION_COOKIE, Page, Sessions, page_blueprint
+from device.page import (
+    PUBLIC_ENDPOINTS,
+    SESSION_COOKIE,
+    Page,
+    Sessions,
+    page_blueprint,
+    too_many_guesses,
+)
 from device.page import json_error as _error
 from device.preprocess import ImageDecodeError, ImageTooLarge
 from device.state import LiveState
@@ -102,8 +110,9 @@ def create_app(cfg: HttpConfig, state: LiveState, predict: Callable[[np.ndarray]
         )
 
     sessions = Sessions()
+    guesses = GuessLimiter(limit=cfg.wrong_tokens_per_minute, window_s=60.0)
     if page is not None:
-        app.register_blueprint(page_blueprint(page, sessions=sessions, token=token))
+        app.register_blueprint(page_blueprint(page, sessions=sessions, token=token, guesses=guesses))
 
     def authorized() -> bool:
         """The Bearer token, or a session cookie the page's sign-in made from it."""
@@ -112,6 +121,12 @@ def create_app(cfg: HttpConfig, state: LiveState, predict: Callable[[np.ndarray]
 
     @app.before_request
     def _check_token():
+        header = request.headers.get("Authorization") if token is not None else None
+        if header is not None:  # counted on every route, /health too, which shows more to the token
+            if (wait_s := guesses.wait_s(request.remote_addr)) > 0:
+                return too_many_guesses(wait_s)
+            if not bearer_matches(header, token):
+                guesses.failed(request.remote_addr)
         if request.endpoint in _PUBLIC_ENDPOINTS or authorized():
             return None
         response = _error(401, "missing or wrong bearer token")

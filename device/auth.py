@@ -4,11 +4,17 @@ The token is ``http.token`` or the contents of ``http.token_file``, read once at
 secret need not live in the YAML. The file must not be readable by other users, nor writable
 by its group; its content follows the same rules as ``http.token`` (see
 :func:`device.config.token_problem`), bar one trailing newline.
+
+Wrong tokens are counted per client (:class:`GuessLimiter`): a long random token cannot be
+guessed anyway, but a script trying at line rate is turned away (429) instead of being answered.
 """
 from __future__ import annotations
 
 import hmac
 import stat
+import threading
+import time
+from collections import OrderedDict, deque
 from pathlib import Path
 
 from device.config import ConfigError, HttpConfig, token_problem
@@ -50,3 +56,35 @@ def bearer_matches(authorization: str, token: bytes) -> bool:
     except UnicodeEncodeError:  # never equal to a valid token, which is ASCII
         return False
     return scheme.lower() == "bearer" and hmac.compare_digest(given_bytes, token)
+
+
+class GuessLimiter:
+    """At most ``limit`` wrong tokens per client within ``window_s``; beyond that the client waits
+    until its oldest failure leaves the window. Only failures count, so a client that signs in
+    is never slowed; at most ``max_clients`` are remembered (the least recent is forgotten)."""
+
+    def __init__(self, *, limit: int, window_s: float, max_clients: int = 1024, clock=time.monotonic):
+        self._limit, self._window, self._max, self._clock = limit, window_s, max_clients, clock
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def wait_s(self, client: str) -> float:
+        """Seconds before ``client`` may present a token again (0: now)."""
+        with self._lock:
+            failures = self._recent(self._failures.get(client, deque()))
+            if len(failures) < self._limit:
+                return 0.0
+            return failures[0] + self._window - self._clock()
+
+    def failed(self, client: str) -> None:
+        with self._lock:
+            failures = self._recent(self._failures.pop(client, deque()))
+            failures.append(self._clock())
+            self._failures[client] = failures  # now the most recent
+            while len(self._failures) > self._max:
+                self._failures.popitem(last=False)
+
+    def _recent(self, failures: deque[float]) -> deque[float]:
+        while failures and failures[0] <= self._clock() - self._window:
+            failures.popleft()
+        return failures

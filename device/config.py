@@ -103,6 +103,7 @@ class HttpConfig:
     threads: int = 8  # waitress worker threads (each open MJPEG stream holds one, decodes half at most)
     connection_limit: int = 512  # open connections before waitress stops accepting
     idle_timeout_s: int = 10  # a connection with no request in progress is closed after this
+    wrong_tokens_per_minute: int = 10  # per client; beyond this its token checks get 429 until a minute has passed
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,7 @@ _RULES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "http.threads": (lambda v: 1 <= v <= 64, "between 1 and 64"),
     "http.connection_limit": (lambda v: 16 <= v <= 4096, "between 16 and 4096"),
     "http.idle_timeout_s": (lambda v: 1 <= v <= 300, "between 1 and 300"),
+    "http.wrong_tokens_per_minute": (lambda v: v >= 1, ">= 1"),
     "http.stream_fps": (lambda v: v > 0, "> 0"),
     "captures.max_count": (lambda v: v >= 1, ">= 1"),
     "captures.max_total_mb": (lambda v: v > 0, "> 0"),

@@ -18,6 +18,7 @@ path ever reaches the disk). Its Content-Security-Policy allows nothing but this
 from __future__ import annotations
 
 import hmac
+import math
 import secrets
 import threading
 import time
@@ -28,6 +29,7 @@ from pathlib import Path
 
 from flask import Blueprint, Response, jsonify, request, send_file
 
+from device.auth import GuessLimiter
 from device.captures import CaptureError, CaptureStore, DiskFullError, NothingToCaptureError
 from device.card import ModelCard
 
@@ -111,8 +113,9 @@ def card_summary(card: ModelCard) -> dict:
     }
 
 
-def page_blueprint(page: Page, *, sessions: Sessions, token: bytes | None) -> Blueprint:
-    """The page's routes; ``token`` is ``http.token`` (None: no sign-in needed)."""
+def page_blueprint(page: Page, *, sessions: Sessions, token: bytes | None, guesses: GuessLimiter) -> Blueprint:
+    """The page's routes; ``token`` is ``http.token`` (None: no sign-in needed); wrong ones count
+    in ``guesses``, shared with the Bearer header's check."""
     bp = Blueprint("page", __name__)
     assets = {name: (STATIC_DIR / name).read_bytes() for name in ASSETS}
     index_html = (STATIC_DIR / "index.html").read_bytes()
@@ -147,7 +150,10 @@ def page_blueprint(page: Page, *, sessions: Sessions, token: bytes | None) -> Bl
             return json_error(400, 'expected application/json {"token": "..."}')
         if token is None:
             return jsonify({"signed_in": True})
+        if (wait_s := guesses.wait_s(request.remote_addr)) > 0:
+            return too_many_guesses(wait_s)
         if not hmac.compare_digest(given.encode(), token):
+            guesses.failed(request.remote_addr)
             return json_error(401, "wrong token")
         response = jsonify({"signed_in": True})
         response.set_cookie(SESSION_COOKIE, sessions.create(), max_age=SESSION_TTL_S, httponly=True,
@@ -207,4 +213,12 @@ def json_error(code: int, reason: str) -> Response:
     """``{"error": reason}`` with ``code``: the one error shape of every route."""
     response = jsonify({"error": reason})
     response.status_code = code
+    return response
+
+
+def too_many_guesses(wait_s: float) -> Response:
+    """429 for a client over :class:`GuessLimiter`'s count, saying when it may try again."""
+    seconds = math.ceil(wait_s)
+    response = json_error(429, f"too many wrong tokens from this address: try again in {seconds} s")
+    response.headers["Retry-After"] = str(seconds)
     return response

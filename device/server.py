@@ -73,9 +73,10 @@ class HttpServer:
             cleanup_interval=max(1, self._idle_timeout_s // 2),
             asyncore_use_poll=True,  # select() cannot watch more than 1024 sockets
             # install.sh --tls's nginx, on this machine, says the browser came over HTTPS, so the
-            # page's session cookie is marked Secure; the header is dropped from anyone else.
+            # page's session cookie is marked Secure, and which address it serves (the last hop of
+            # X-Forwarded-For), so wrong tokens count per client; the headers are dropped from anyone else.
             trusted_proxy="127.0.0.1",
-            trusted_proxy_headers={"x-forwarded-proto"},
+            trusted_proxy_headers={"x-forwarded-proto", "x-forwarded-for"},
             **body_limit,
         )
         listen = getattr(self._server, "effective_listen", None)

@@ -445,7 +445,8 @@ def daemon(tmp_path_factory, tiny_model_dir, fixture_dir):
         tiny_model_dir,
         fixture_dir / "images",
         device_id=f"hardening-{os.getpid()}",
-        http={"token": TOKEN, "max_upload_mb": MAX_UPLOAD_MB},
+        # the wrong-token tests below send dozens on purpose; the guess count is tested in test_api.py
+        http={"token": TOKEN, "max_upload_mb": MAX_UPLOAD_MB, "wrong_tokens_per_minute": 1000},
     )
     config["camera"]["fps"] = 5.0
     # Whatever the environment says, the server must not run in debug mode.

@@ -60,12 +60,12 @@ def jpeg_bytes(fixture_dir) -> bytes:
 
 @pytest.fixture
 def serve(engine_predict):
-    """``serve(token=None, predict=None, stream_fps=50)`` -> a running server (url, state, server)."""
+    """``serve(token=None, predict=None, stream_fps=50, **http)`` -> a running server (url, state, server)."""
     servers: list[HttpServer] = []
 
-    def start(*, token: str | None = None, predict=None, stream_fps: float = 50.0):
+    def start(*, token: str | None = None, predict=None, stream_fps: float = 50.0, **http):
         state = LiveState(engine_predict.card.name)
-        cfg = HttpConfig(port=0, token=token, max_upload_mb=UPLOAD_MB, stream_fps=stream_fps)
+        cfg = HttpConfig(port=0, token=token, max_upload_mb=UPLOAD_MB, stream_fps=stream_fps, **http)
         server = HttpServer(create_app(cfg, state, predict or engine_predict), cfg.host, cfg.port)
         server.start()
         servers.append(server)
@@ -522,7 +522,7 @@ def _request(api, method, path, jpeg, headers):
 
 
 def test_token_guards_every_route_but_health(serve, engine_predict, lesion, jpeg_bytes):
-    api = serve(token=TOKEN)
+    api = serve(token=TOKEN, wrong_tokens_per_minute=1000)  # this test sends many wrong ones on purpose
     publish_frame(api.state, engine_predict, lesion)
     assert requests.get(f"{api.url}/health", timeout=TIMEOUT).status_code == 200
     for method, path in GUARDED:
@@ -542,6 +542,24 @@ def test_token_guards_every_route_but_health(serve, engine_predict, lesion, jpeg
         expected = 404 if path == "/no-such-route" else 200
         response = _request(api, method, path, jpeg_bytes, {"Authorization": f"Bearer {TOKEN}"})
         assert response.status_code == expected, (method, path)
+
+
+def test_a_client_sending_wrong_tokens_is_turned_away_and_others_are_not(serve):
+    api = serve(token=TOKEN, wrong_tokens_per_minute=3)
+    right, wrong = {"Authorization": f"Bearer {TOKEN}"}, {"Authorization": "Bearer guess"}
+    assert requests.get(f"{api.url}/health", headers=wrong, timeout=TIMEOUT).status_code == 200  # counted, still public
+    for _ in range(2):
+        assert_json_error(requests.get(f"{api.url}/latest", headers=wrong, timeout=TIMEOUT), 401)
+    for headers in (wrong, right):  # over the count even the right token waits: guessing must not pay
+        response = requests.get(f"{api.url}/latest", headers=headers, timeout=TIMEOUT)
+        assert "wrong tokens" in assert_json_error(response, 429)
+        assert 55 <= int(response.headers["Retry-After"]) <= 60
+    # another client behind the proxy (nginx on loopback names it in X-Forwarded-For) is not affected
+    other = {**right, "X-Forwarded-For": "192.0.2.7"}
+    response = requests.get(f"{api.url}/health", headers=other, timeout=TIMEOUT)
+    assert response.status_code == 200 and "fps" in response.json(), response.text
+    # a request that presents no token has nothing to count: the usual 401, not 429
+    assert_json_error(requests.get(f"{api.url}/latest", timeout=TIMEOUT), 401)
 
 
 def test_warning_when_listening_beyond_loopback_without_a_token(engine_predict, caplog):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from device.__main__ import main as cli
-from device.auth import bearer_matches, load_token
+from device.auth import GuessLimiter, bearer_matches, load_token
 from device.config import ConfigError, HttpConfig, config_from_dict
 
 # Each of these passed check-config before and could never match a request (or turned auth off).
@@ -103,3 +103,32 @@ def test_check_config_reads_the_token_file(tmp_path, capsys):
 )
 def test_bearer_header_check(header, ok):
     assert bearer_matches(header, b"s3cret") is ok
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_guess_limiter_counts_failures_per_client_within_the_window():
+    clock = FakeClock()
+    limiter = GuessLimiter(limit=3, window_s=60.0, clock=clock)
+    for _ in range(3):
+        assert limiter.wait_s("a") == 0
+        limiter.failed("a")
+        clock.now += 10
+    assert limiter.wait_s("a") == pytest.approx(30.0)  # the first failure (t=1000) leaves at t=1060
+    assert limiter.wait_s("b") == 0  # others are not affected
+    clock.now += 30
+    assert limiter.wait_s("a") == 0  # one failure aged out: one more try
+
+
+def test_guess_limiter_forgets_the_least_recent_client_beyond_its_size():
+    limiter = GuessLimiter(limit=1, window_s=60.0, max_clients=2, clock=FakeClock())
+    for client in ("a", "b", "c"):
+        limiter.failed(client)
+    assert limiter.wait_s("a") == 0 and limiter.wait_s("b") > 0 and limiter.wait_s("c") > 0
+

@@ -89,6 +89,17 @@ def test_token_login_sets_an_httponly_strict_cookie_that_works_like_the_bearer_h
     assert stale.status_code == 401  # a signed-out session is gone on the server too
 
 
+def test_sign_in_guesses_are_counted_with_the_bearer_header(daemon):
+    limit = daemon.config["http"].get("wrong_tokens_per_minute", 10)  # the default
+    for _ in range(limit - 1):
+        assert requests.post(daemon.base + "/login", json={"token": "guess"}, timeout=10).status_code == 401
+    assert requests.get(daemon.base + "/latest", headers={"Authorization": "Bearer guess"}, timeout=10).status_code == 401
+    for token in ("guess", TOKEN):  # the count is full: even the right token waits a minute
+        refused = requests.post(daemon.base + "/login", json={"token": token}, timeout=10)
+        assert refused.status_code == 429 and int(refused.headers["Retry-After"]) > 0, refused.text
+        assert SESSION_COOKIE not in refused.headers.get("Set-Cookie", "")
+
+
 def test_model_card_summary_and_referral_in_results(daemon, default_model_dir):
     session = signed_in(daemon)
     card = session.get(daemon.base + "/model", timeout=10).json()
