@@ -2,7 +2,10 @@
 in accuracy, on the card's validation and test splits (int8, through ``Engine.infer_pixels``).
 
     python -m benchmarks.operating --model-dir models/dermnet-mnv2 --data ../shared/data/ham10000 \
-        [--class mel] [--biases 0,0.25,0.5,0.75,1,1.25,1.5]
+        [--model-dir ANOTHER ...] [--class mel] [--biases 0,0.25,0.5,0.75,1,1.25,1.5]
+
+With several ``--model-dir`` the models' probabilities are averaged first: what an ensemble of
+them would decide (each at its own input size; their cards must share labels and split).
 
 Adding ``b`` to one class's log-probability before the arg-max moves decisions towards it
 (the same as multiplying its probability by ``exp(b)``). A bias would be picked on val; the
@@ -54,7 +57,8 @@ def _biases(text: str) -> tuple[float, ...]:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     parser = argparse.ArgumentParser(prog="python -m benchmarks.operating", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model-dir", type=Path, required=True)
+    parser.add_argument("--model-dir", type=Path, action="append", required=True,
+                        help="a model folder; repeat it to score the mean of several models' probabilities")
     parser.add_argument("--data", type=Path, required=True, help="the dataset root the model's split was drawn from")
     parser.add_argument("--cache-dir", type=Path, default=Path("cache"))
     parser.add_argument("--class", dest="code", default="mel", help="the class to favour (a card label code)")
@@ -65,15 +69,19 @@ def main(argv: list[str] | None = None) -> int:
     from device.engine import Engine
     from train.data import load_pixels
 
-    card = ModelCard.load(args.model_dir / "card.json")
+    cards = [ModelCard.load(folder / "card.json") for folder in args.model_dir]
+    card = cards[0]
+    if any(other.codes != card.codes or other.split != card.split for other in cards[1:]):
+        parser.error("the models' cards differ in labels or split: their probabilities cannot be averaged")
     if args.code not in card.codes:
         parser.error(f"--class {args.code!r} is not one of the card's labels {list(card.codes)}")
-    engine = Engine.from_model_dir(args.model_dir, variant="int8", num_threads=2)
+    engines = [Engine.from_model_dir(folder, variant="int8", num_threads=2) for folder in args.model_dir]
     table = {}
     for subset in ("val", "test"):
         records = evaluation_records(card, args.data, subset)
-        probs = infer_all(engine, load_pixels(records, card.input.height, card.input.width, args.cache_dir),
-                          desc=f"{card.name} int8 {subset}")
+        probs = np.mean([infer_all(engine, load_pixels(records, engine.card.input.height, engine.card.input.width,
+                                                       args.cache_dir), desc=f"{engine.card.name} int8 {subset}")
+                         for engine in engines], axis=0)
         table[subset] = [operating_point(probs, true_labels(card, records), card.codes, args.code, b)
                          for b in args.biases]
     print(f"| {args.code} bias | val accuracy | val balanced | val {args.code} recall "

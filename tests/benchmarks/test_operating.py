@@ -1,6 +1,9 @@
 """Operating points: a class bias worked by hand, and the command on the tiny model and fixture."""
 from __future__ import annotations
 
+import json
+import shutil
+
 import numpy as np
 import pytest
 
@@ -40,6 +43,26 @@ def test_the_command_prints_val_and_test_rows(tiny_model_dir, fixture_dir, tmp_p
     # favouring nv never lowers nv's recall, on val or on test
     cells = [[float(c.strip().rstrip("%")) for c in row.strip("|").split("|")] for row in rows]
     assert cells[1][3] >= cells[0][3] and cells[1][6] >= cells[0][6]
+
+
+def test_an_ensemble_of_one_model_twice_scores_as_the_model(tiny_model_dir, fixture_dir, tmp_path, capsys):
+    args = ["--data", str(fixture_dir), "--cache-dir", str(tmp_path), "--class", "nv", "--biases", "0,0.5,1"]
+    assert main(["--model-dir", str(tiny_model_dir), *args]) == 0
+    alone = capsys.readouterr().out
+    assert main(["--model-dir", str(tiny_model_dir), "--model-dir", str(tiny_model_dir), *args]) == 0
+    assert capsys.readouterr().out == alone
+
+
+def test_the_command_refuses_models_whose_labels_differ(tiny_model_dir, fixture_dir, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(tiny_model_dir, other)
+    card = json.loads((other / "card.json").read_text())
+    card["labels"] = card["labels"][::-1]
+    (other / "card.json").write_text(json.dumps(card))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--model-dir", str(tiny_model_dir), "--model-dir", str(other), "--data", str(fixture_dir),
+              "--cache-dir", str(tmp_path)])
+    assert exit_info.value.code == 2
 
 
 def test_the_command_refuses_an_unknown_class(tiny_model_dir, fixture_dir, tmp_path):
