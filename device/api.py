@@ -51,8 +51,8 @@ from device.page import (
     SESSION_COOKIE,
     Page,
     Sessions,
+    count_guess,
     page_blueprint,
-    too_many_guesses,
 )
 from device.page import json_error as _error
 from device.preprocess import ImageDecodeError, ImageTooLarge
@@ -122,11 +122,9 @@ def create_app(cfg: HttpConfig, state: LiveState, predict: Callable[[np.ndarray]
     @app.before_request
     def _check_token():
         header = request.headers.get("Authorization") if token is not None else None
-        if header is not None:  # counted on every route, /health too, which shows more to the token
-            if (wait_s := guesses.wait_s(request.remote_addr)) > 0:
-                return too_many_guesses(wait_s)
-            if not bearer_matches(header, token):
-                guesses.failed(request.remote_addr)
+        # counted on every route, /health too, which shows more to the token
+        if header is not None and (refused := count_guess(guesses, matches=bearer_matches(header, token))):
+            return refused
         if request.endpoint in _PUBLIC_ENDPOINTS or authorized():
             return None
         response = _error(401, "missing or wrong bearer token")

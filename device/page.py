@@ -150,10 +150,10 @@ def page_blueprint(page: Page, *, sessions: Sessions, token: bytes | None, guess
             return json_error(400, 'expected application/json {"token": "..."}')
         if token is None:
             return jsonify({"signed_in": True})
-        if (wait_s := guesses.wait_s(request.remote_addr)) > 0:
-            return too_many_guesses(wait_s)
-        if not hmac.compare_digest(given.encode(), token):
-            guesses.failed(request.remote_addr)
+        matches = hmac.compare_digest(given.encode(), token)
+        if refused := count_guess(guesses, matches=matches):
+            return refused
+        if not matches:
             return json_error(401, "wrong token")
         response = jsonify({"signed_in": True})
         response.set_cookie(SESSION_COOKIE, sessions.create(), max_age=SESSION_TTL_S, httponly=True,
@@ -216,9 +216,15 @@ def json_error(code: int, reason: str) -> Response:
     return response
 
 
-def too_many_guesses(wait_s: float) -> Response:
-    """429 for a client over :class:`GuessLimiter`'s count, saying when it may try again."""
-    seconds = math.ceil(wait_s)
-    response = json_error(429, f"too many wrong tokens from this address: try again in {seconds} s")
-    response.headers["Retry-After"] = str(seconds)
-    return response
+def count_guess(guesses: GuessLimiter, *, matches: bool) -> Response | None:
+    """A 429 saying when to try again if this request's client is over its count of wrong tokens;
+    else None, with a wrong token (``matches`` False) counted, and the caller answers."""
+    client = request.remote_addr
+    if (wait_s := guesses.wait_s(client)) > 0:
+        seconds = math.ceil(wait_s)
+        response = json_error(429, f"too many wrong tokens from this address: try again in {seconds} s")
+        response.headers["Retry-After"] = str(seconds)
+        return response
+    if not matches:
+        guesses.failed(client)
+    return None

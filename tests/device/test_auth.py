@@ -131,4 +131,3 @@ def test_guess_limiter_forgets_the_least_recent_client_beyond_its_size():
     for client in ("a", "b", "c"):
         limiter.failed(client)
     assert limiter.wait_s("a") == 0 and limiter.wait_s("b") > 0 and limiter.wait_s("c") > 0
-

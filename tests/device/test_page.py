@@ -90,7 +90,7 @@ def test_token_login_sets_an_httponly_strict_cookie_that_works_like_the_bearer_h
 
 
 def test_sign_in_guesses_are_counted_with_the_bearer_header(daemon):
-    limit = daemon.config["http"].get("wrong_tokens_per_minute", 10)  # the default
+    limit = HttpConfig().wrong_tokens_per_minute  # the daemon runs with the default
     for _ in range(limit - 1):
         assert requests.post(daemon.base + "/login", json={"token": "guess"}, timeout=10).status_code == 401
     assert requests.get(daemon.base + "/latest", headers={"Authorization": "Bearer guess"}, timeout=10).status_code == 401
