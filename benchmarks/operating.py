@@ -1,5 +1,6 @@
-"""Operating points of one shipped model: what favouring one class buys in its recall and costs
-in accuracy, on the card's validation and test splits (int8, through ``Engine.infer_pixels``).
+"""Operating points of a shipped model (or the mean of several): what favouring one class buys in
+its recall and costs in accuracy, on the card's validation and test splits (int8, through
+``Engine.infer_pixels``).
 
     python -m benchmarks.operating --model-dir models/dermnet-mnv2 --data ../shared/data/ham10000 \
         [--model-dir ANOTHER ...] [--class mel] [--biases 0,0.25,0.5,0.75,1,1.25,1.5]
@@ -65,17 +66,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--biases", type=_biases, default=DEFAULT_BIASES)
     args = parser.parse_args(argv)
     from benchmarks.accuracy import evaluation_records, infer_all, true_labels
-    from device.card import ModelCard
     from device.engine import Engine
     from train.data import load_pixels
 
-    cards = [ModelCard.load(folder / "card.json") for folder in args.model_dir]
-    card = cards[0]
-    if any(other.codes != card.codes or other.split != card.split for other in cards[1:]):
+    engines = [Engine.from_model_dir(folder, variant="int8", num_threads=2) for folder in args.model_dir]
+    card = engines[0].card
+    if any(e.card.codes != card.codes or e.card.split != card.split for e in engines[1:]):
         parser.error("the models' cards differ in labels or split: their probabilities cannot be averaged")
     if args.code not in card.codes:
         parser.error(f"--class {args.code!r} is not one of the card's labels {list(card.codes)}")
-    engines = [Engine.from_model_dir(folder, variant="int8", num_threads=2) for folder in args.model_dir]
     table = {}
     for subset in ("val", "test"):
         records = evaluation_records(card, args.data, subset)
