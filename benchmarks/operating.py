@@ -17,35 +17,11 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 DEFAULT_BIASES = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
-
-
-@dataclass(frozen=True)
-class OperatingPoint:
-    bias: float
-    accuracy: float
-    balanced_accuracy: float
-    recall: float  # of the favoured class
-
-
-def operating_point(probs: np.ndarray, labels: np.ndarray, codes: tuple[str, ...], code: str,
-                    bias: float) -> OperatingPoint:
-    """Scores of the arg-max of ``log(probs)`` with ``bias`` added to class ``code``."""
-    # train.calibrate imports Keras: only after main has set the TF log level
-    from train.calibrate import adjust
-    from train.metrics import classification_report
-
-    favour = np.array([c == code for c in codes], dtype=np.float64)
-    report = classification_report(adjust(probs, favour, bias), labels, codes)
-    if report["per_class"][code]["support"] == 0:
-        raise ValueError(f"class {code!r} has no images in this split")
-    return OperatingPoint(bias=float(bias), accuracy=report["accuracy"],
-                          balanced_accuracy=report["balanced_accuracy"], recall=report["per_class"][code]["recall"])
 
 
 def _biases(text: str) -> tuple[float, ...]:
@@ -65,8 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--class", dest="code", default="mel", help="the class to favour (a card label code)")
     parser.add_argument("--biases", type=_biases, default=DEFAULT_BIASES)
     args = parser.parse_args(argv)
+    # train imports Keras: only after the TF log level is set above
     from benchmarks.accuracy import evaluation_records, infer_all, true_labels
     from device.engine import Engine
+    from train.calibrate import operating_point
     from train.data import load_pixels
 
     engines = [Engine.from_model_dir(folder, variant="int8", num_threads=2) for folder in args.model_dir]

@@ -68,8 +68,11 @@ def build_card(run: TrainingRun, *, name: str, int8_path: Path, float_path: Path
 
 
 def training_summary(run: TrainingRun, checkpoint: str) -> dict[str, Any]:
+    where = {"run": run.path.name, "checkpoint": checkpoint, "keras_backend": run.meta.get("backend", "")}
+    if run.meta.get("ensemble"):  # built by train.ensemble: its members' cards hold their training
+        return {"ensemble": run.meta["ensemble"], **where}
     summary = {k: v for k, v in dataclasses.asdict(run.config).items() if k not in _LOCAL_KEYS}
-    summary.update(run=run.path.name, checkpoint=checkpoint, keras_backend=run.meta.get("backend", ""))
+    summary.update(where)
     if run.config.init_from:  # the starting run and checkpoint, without this workstation's folders
         start = Path(run.config.init_from)
         summary["init_from"] = f"{start.parent.name}/{start.name}"

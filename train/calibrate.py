@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,26 @@ def choose_tau(probs: np.ndarray, labels: np.ndarray, log_prior: np.ndarray, cod
                       "recall": {code: row["recall"] for code, row in rep["per_class"].items()}})
     best = max(table, key=lambda row: (row["accuracy"] + row["balanced_accuracy"], -row["tau"]))
     return best["tau"], table
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    bias: float
+    accuracy: float
+    balanced_accuracy: float
+    recall: float  # of the favoured class
+
+
+def operating_point(probs: np.ndarray, labels: np.ndarray, codes: tuple[str, ...], code: str,
+                    bias: float) -> OperatingPoint:
+    """Scores of the arg-max of ``log(probs)`` with ``bias`` added to class ``code`` (the same as
+    multiplying its probability by ``exp(bias)``)."""
+    favour = np.array([c == code for c in codes], dtype=np.float64)
+    report = classification_report(adjust(probs, favour, bias), labels, codes)
+    if report["per_class"][code]["support"] == 0:
+        raise ValueError(f"class {code!r} has no images in this split")
+    return OperatingPoint(bias=float(bias), accuracy=report["accuracy"],
+                          balanced_accuracy=report["balanced_accuracy"], recall=report["per_class"][code]["recall"])
 
 
 def nll(logits: np.ndarray, labels: np.ndarray) -> float:

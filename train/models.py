@@ -120,7 +120,9 @@ def count_macs(model: keras.Model) -> int:
     """Multiply-accumulates per frame of the conv and dense layers (BN folds into convs)."""
     total = 0
     for layer in model.layers:
-        if isinstance(layer, layers.DepthwiseConv2D):
+        if isinstance(layer, keras.Model):  # a nested model, e.g. an ensemble's member
+            total += count_macs(layer)
+        elif isinstance(layer, layers.DepthwiseConv2D):
             _, h, w, c = layer.output.shape
             kh, kw = layer.kernel_size
             total += h * w * c * kh * kw

@@ -5,7 +5,15 @@ import keras
 import numpy as np
 import pytest
 
-from train.calibrate import adjust, calibrate_run, choose_tau, fit_temperature, fold_into_head, nll
+from train.calibrate import (
+    adjust,
+    calibrate_run,
+    choose_tau,
+    fit_temperature,
+    fold_into_head,
+    nll,
+    operating_point,
+)
 from train.dataset import predict_probs
 from train.evaluate import load_run
 
@@ -70,3 +78,29 @@ def test_folding_into_the_head_divides_the_logits():
     z = (logits + shift) / 2.0
     want = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
     np.testing.assert_allclose(model.predict(images, verbose=0), want, atol=1e-5)
+
+
+# Three images of class 0, one of class 1; the class-1 image and one class-0 image are close calls.
+PROBS = np.array([[0.9, 0.1], [0.55, 0.45], [0.8, 0.2], [0.6, 0.4]])
+LABELS = np.array([0, 0, 0, 1])
+CODES = ("nv", "mel")
+
+
+def test_no_bias_is_the_plain_arg_max():
+    point = operating_point(PROBS, LABELS, CODES, "mel", bias=0.0)
+    assert point.accuracy == pytest.approx(0.75)
+    assert point.recall == 0.0
+    assert point.balanced_accuracy == pytest.approx(0.5)
+
+
+def test_a_bias_moves_close_calls_to_the_favoured_class():
+    # log(0.4) + 0.5 > log(0.6) flips image 3 (right); log(0.45) + 0.5 > log(0.55) flips image 1 (wrong).
+    point = operating_point(PROBS, LABELS, CODES, "mel", bias=0.5)
+    assert point.recall == 1.0
+    assert point.accuracy == pytest.approx(0.75)
+    assert point.balanced_accuracy == pytest.approx((2 / 3 + 1.0) / 2)
+
+
+def test_a_class_absent_from_the_split_is_an_error():
+    with pytest.raises(ValueError, match="class 'mel' has no images"):
+        operating_point(PROBS[:3], LABELS[:3], CODES, "mel", bias=0.0)
