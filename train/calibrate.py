@@ -36,7 +36,7 @@ TEMPERATURES = tuple(np.exp(np.linspace(np.log(0.25), np.log(8.0), 161)))  # 2.2
 
 def adjust(probs: np.ndarray, log_prior: np.ndarray, tau: float, temperature: float = 1.0) -> np.ndarray:
     """Softmax of ``(log(probs) + tau * log_prior) / temperature``."""
-    return _softmax((np.log(np.clip(probs, 1e-12, 1.0)) + tau * log_prior) / temperature)
+    return softmax((np.log(np.clip(probs, 1e-12, 1.0)) + tau * log_prior) / temperature)
 
 
 def choose_tau(probs: np.ndarray, labels: np.ndarray, log_prior: np.ndarray, codes, taus=TAUS) -> tuple[float, list]:
@@ -128,7 +128,7 @@ def calibrate_run(run_dir: Path, *, data: Path | None = None, logit_adjustment: 
     return summary
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
+def softmax(logits: np.ndarray) -> np.ndarray:
     e = np.exp(logits - logits.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)
 

@@ -9,10 +9,10 @@ gate compared it with). The ensemble averages the members' logits (the log of th
 of their probabilities), so the whole ensemble stays one int8 graph the device runs like any model.
 
 Two choices are then made on the validation split, never on test, and folded into every member's
-``head`` conv: a bias on one class's logit (``--favour``, melanoma by default), the largest on the
-grid whose val accuracy stays within ``--max-accuracy-cost`` points of no bias, because a missed
-melanoma costs far more than a nevus sent for a second look; then one temperature fitted to the
-val negative log-likelihood, so ``confidence`` still means what it says.
+``head`` conv: a bias on one class's logit (``--favour``, melanoma by default), walking up the
+grid while val accuracy (of the members' int8 outputs) stays within ``--max-accuracy-cost`` points
+of no bias, because a missed melanoma costs far more than a nevus sent for a second look; then one
+temperature fitted to the val negative log-likelihood, so ``confidence`` still means what it says.
 """
 from __future__ import annotations
 
@@ -26,11 +26,13 @@ from pathlib import Path
 import keras
 import numpy as np
 from keras import layers
+from tqdm import tqdm
 
 from device.card import ModelCard, verify_model_file
+from device.engine import Engine
 from train import data as ds
 from train.backbones import BACKBONES, import_tflite, pretrained_classifier
-from train.calibrate import fit_temperature, fold_into_head, nll, operating_point
+from train.calibrate import fit_temperature, fold_into_head, nll, operating_point, softmax
 from train.config import TrainConfig
 from train.dataset import predict_probs
 from train.metrics import json_safe
@@ -59,6 +61,12 @@ def load_member(model_dir: Path, index: int) -> Member:
                                      num_classes=len(card.labels), alpha=card.architecture.get("width_mult", 1.0))
     import_tflite(model, verify_model_file(card, model_dir))
     return Member(card, keras.Model(model.input, model.get_layer("logits").output, name=f"member{index}"))
+
+
+def int8_probs(model_dir: Path, pixels: np.ndarray) -> np.ndarray:
+    """A shipped model's int8 probabilities, through the device engine, for fitted images."""
+    engine = Engine.from_model_dir(model_dir, num_threads=2)
+    return np.stack([engine.infer_pixels(p) for p in tqdm(pixels, desc=f"{engine.card.name} int8", leave=False)])
 
 
 def check_compatible(members: list[Member]) -> None:
@@ -114,10 +122,13 @@ def build(model_dirs: list[Path], *, data: Path, name: str = "ensemble", favour:
     pixels = ds.load_pixels(val, card.input.height, card.input.width, cache_dir)
     labels = np.array([card.codes.index(r.dx) for r in val], dtype=np.int64)
     norm = card.normalization
-    probs = predict_probs(ensemble_model(members), pixels, norm.mean, norm.std)
-    # The graph's mean logits up to a per-image constant, which no softmax sees.
-    logits = np.log(np.clip(probs, 1e-12, 1.0))
-    bias, table = choose_bias(probs, labels, card.codes, favour, max_accuracy_cost)
+    # The bias decides arg-maxes, so it is picked on what the device computes: the members' int8
+    # outputs, combined as the graph combines them (its own int8 file does not exist yet).
+    int8_log_probs = np.mean([np.log(np.clip(int8_probs(folder, pixels), 1e-12, 1.0)) for folder in model_dirs],
+                             axis=0)
+    bias, table = choose_bias(softmax(int8_log_probs), labels, card.codes, favour, max_accuracy_cost)
+    # The temperature is a smooth fit: on the float graph's mean logits (up to a per-image constant).
+    logits = np.log(np.clip(predict_probs(ensemble_model(members), pixels, norm.mean, norm.std), 1e-12, 1.0))
     shift = bias * np.array([c == favour for c in card.codes], dtype=np.float64)
     temperature = fit_temperature(logits + shift, labels)
     chosen = next(row for row in table if row["bias"] == bias)

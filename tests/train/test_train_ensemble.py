@@ -93,6 +93,16 @@ def test_the_graph_is_the_biased_tempered_mean_of_the_members_logits(members, en
     assert [row["bias"] for row in calibration["val"]["bias"]][:2] == [0.0, 0.25]
 
 
+def test_the_bias_is_scored_on_the_members_int8_outputs(members, ensemble_run, fixture_dir):
+    calibration = json.loads((ensemble_run / "calibration.json").read_text())
+    pixels = _fixture_pixels(ensemble_run, fixture_dir, "val")
+    labels = np.array([ModelCard.load(members[0] / "card.json").codes.index(r.dx)
+                       for r in select(read_split(ensemble_run / "split.csv", fixture_dir), "val")])
+    engines = [Engine.from_model_dir(folder, num_threads=1) for folder in members]
+    log_probs = np.mean([np.log(np.clip([e.infer_pixels(p) for p in pixels], 1e-12, 1)) for e in engines], axis=0)
+    assert calibration["val"]["bias"][0]["accuracy"] == pytest.approx(float((log_probs.argmax(1) == labels).mean()))
+
+
 def test_the_run_records_its_members_and_counts_their_cost(members, ensemble_run):
     meta = json.loads((ensemble_run / "meta.json").read_text())
     cards = [ModelCard.load(folder / "card.json") for folder in members]
