@@ -152,7 +152,7 @@ def build(model_dirs: list[Path], *, data: Path, name: str = "ensemble", favour:
         "temperature": temperature,
     }
     meta = {
-        "arch": card.architecture["arch"],
+        "arch": model.name,  # e.g. mobilenet_v2_x2: not a member architecture, so never nested again
         "input": {"height": card.input.height, "width": card.input.width},
         "labels": [{"code": label.code, "name": label.name} for label in card.labels],
         "normalization": {"mean": list(norm.mean), "std": list(norm.std)},

@@ -118,7 +118,7 @@ def test_quantize_gates_and_cards_the_ensemble_like_any_run(ensemble_run, fixtur
     card = ModelCard.load(dest / "card.json")
     assert card.training["ensemble"]["combine"] == "mean of the members' logits"
     assert card.training["checkpoint"] == "calibrated" and "lr_policy" not in card.training
-    assert card.architecture["family"] == "mobilenet_v2_x2"
+    assert card.architecture["arch"] == card.architecture["family"] == "mobilenet_v2_x2"
     probs = Engine.from_model_dir(dest, num_threads=1).infer_pixels(_fixture_pixels(ensemble_run, fixture_dir)[0])
     assert probs.shape == (7,) and abs(float(probs.sum()) - 1.0) < 0.05
 
