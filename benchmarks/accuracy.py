@@ -17,7 +17,7 @@ from benchmarks.latency import variants
 from device.card import ModelCard
 from device.engine import Engine
 from device.preprocess import load_image
-from train.data import load_pixels, load_records, select, split_counts, split_records
+from train.data import load_pixels, redraw_split, select
 from train.metrics import classification_report, json_safe
 
 _log = logging.getLogger(__name__)
@@ -33,12 +33,7 @@ def evaluation_records(card: ModelCard, data_root: Path, subset: str = "test"):
     split = card.split
     if "method" not in split or "seed" not in split:
         raise Skipped(f"card of {card.name} records no split method and seed")
-    records = split_records(load_records(Path(data_root)), method=split["method"], seed=int(split["seed"]))
-    expected = split.get("counts")
-    if expected and split_counts(records) != expected:
-        raise ValueError(f"{data_root} does not reproduce the split in the card of {card.name}: "
-                         f"counts {split_counts(records)['test']} vs the card's {expected.get('test')} (test)")
-    return select(records, subset)
+    return select(redraw_split(split, Path(data_root), owner=card.name), subset)
 
 
 def true_labels(card: ModelCard, records) -> np.ndarray:

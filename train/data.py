@@ -144,6 +144,18 @@ def split_records(
     ]
 
 
+def redraw_split(split: dict, root: Path, *, owner: str) -> list[Record]:
+    """Every record under ``root`` in the split a model card records (``method``, ``seed``), refused
+    when its per-class counts differ from the card's ``counts``: then ``root`` is not the data
+    ``owner`` was trained on, and scoring it could mean scoring images the model has seen."""
+    records = split_records(load_records(Path(root)), method=split["method"], seed=int(split["seed"]))
+    expected = split.get("counts")
+    if expected and split_counts(records) != expected:
+        raise ValueError(f"{root} does not reproduce the split in the card of {owner}: "
+                         f"counts {split_counts(records)['test']} vs the card's {expected.get('test')} (test)")
+    return records
+
+
 def write_split(records: list[Record], path: Path) -> None:
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)

@@ -114,9 +114,7 @@ def build(model_dirs: list[Path], *, data: Path, name: str = "ensemble", favour:
     card = members[0].card
     if favour not in card.codes:
         raise ValueError(f"--favour {favour!r} is not one of the cards' labels {list(card.codes)}")
-    records = ds.split_records(ds.load_records(Path(data)), method=card.split["method"], seed=int(card.split["seed"]))
-    if ds.split_counts(records) != card.split.get("counts"):
-        raise ValueError(f"{data} does not reproduce the split in the card of {card.name}")
+    records = ds.redraw_split(card.split, Path(data), owner=card.name)
 
     val = ds.select(records, "val")
     pixels = ds.load_pixels(val, card.input.height, card.input.width, cache_dir)

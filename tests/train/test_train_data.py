@@ -220,3 +220,11 @@ def test_class_weights_by_hand():
     assert weights[0] == pytest.approx(2 / 3)
     assert weights[1] == pytest.approx(2.0)
     assert all(weights[i] == 0.0 for i in range(2, 7))
+
+
+def test_a_cards_split_is_redrawn_and_checked_against_its_counts(fixture_dir):
+    records = ds.split_records(ds.load_records(fixture_dir), seed=7)
+    card_split = {"method": "lesion", "seed": 7, "counts": ds.split_counts(records)}
+    assert ds.redraw_split(card_split, fixture_dir, owner="m") == records
+    with pytest.raises(ValueError, match="does not reproduce the split in the card of m"):
+        ds.redraw_split({**card_split, "seed": 8}, fixture_dir, owner="m")
