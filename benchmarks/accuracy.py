@@ -18,6 +18,7 @@ from device.card import ModelCard
 from device.engine import Engine
 from device.preprocess import load_image
 from train.data import load_pixels, redraw_split, select
+from train.dataset import engine_probs
 from train.metrics import classification_report, json_safe
 
 _log = logging.getLogger(__name__)
@@ -38,11 +39,6 @@ def evaluation_records(card: ModelCard, data_root: Path, subset: str = "test"):
 
 def true_labels(card: ModelCard, records) -> np.ndarray:
     return np.array([card.codes.index(r.dx) for r in records], dtype=np.int64)
-
-
-def infer_all(engine: Engine, pixels, *, desc: str) -> np.ndarray:
-    """``engine``'s probabilities for each decoded image, one row per image."""
-    return np.stack([engine.infer_pixels(np.asarray(p)) for p in tqdm(pixels, desc=desc, unit="img", leave=False)])
 
 
 def summarize(report: dict, codes: tuple[str, ...]) -> dict:
@@ -68,7 +64,7 @@ def model_accuracy(model_dir: Path, card: ModelCard, data_root: Path, *, cache_d
     predictions = {}
     for variant in variants(card):
         engine = Engine.from_model_dir(model_dir, variant=variant, num_threads=threads)
-        probs = infer_all(engine, pixels, desc=f"{card.name} {variant} test")
+        probs = engine_probs(engine, pixels, desc=f"{card.name} {variant} test")
         predictions[variant] = probs.argmax(axis=1)
         out[variant] = summarize(classification_report(probs, y_true, card.codes), card.codes)
         _log.info("%s %s: accuracy %.4f, balanced %.4f", card.name, variant, out[variant]["accuracy"],

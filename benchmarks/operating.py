@@ -42,10 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--biases", type=_biases, default=DEFAULT_BIASES)
     args = parser.parse_args(argv)
     # train imports Keras: only after the TF log level is set above
-    from benchmarks.accuracy import evaluation_records, infer_all, true_labels
+    from benchmarks.accuracy import evaluation_records, true_labels
     from device.engine import Engine
     from train.calibrate import operating_point
     from train.data import load_pixels
+    from train.dataset import engine_probs
 
     engines = [Engine.from_model_dir(folder, variant="int8", num_threads=2) for folder in args.model_dir]
     card = engines[0].card
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     table = {}
     for subset in ("val", "test"):
         records = evaluation_records(card, args.data, subset)
-        probs = np.mean([infer_all(engine, load_pixels(records, engine.card.input.height, engine.card.input.width,
+        probs = np.mean([engine_probs(engine, load_pixels(records, engine.card.input.height, engine.card.input.width,
                                                        args.cache_dir), desc=f"{engine.card.name} int8 {subset}")
                          for engine in engines], axis=0)
         table[subset] = [operating_point(probs, true_labels(card, records), card.codes, args.code, b)

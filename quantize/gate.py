@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from tqdm import tqdm
 
 from device.engine import Engine
+from train.dataset import engine_probs
 from train.metrics import classification_report
 
 
@@ -46,12 +46,6 @@ class GateResult:
                 "agreement": self.agreement, "failures": list(self.failures), **asdict(self.thresholds)}
 
 
-def predict(engine: Engine, pixels: np.ndarray, *, desc: str) -> np.ndarray:
-    """Probabilities (N, classes) for fitted uint8 images, one engine call per image."""
-    rows = [engine.infer_pixels(np.asarray(p)) for p in tqdm(pixels, desc=desc, unit="img", leave=False)]
-    return np.stack(rows) if rows else np.zeros((0, len(engine.card.labels)), np.float32)
-
-
 def compare(float_probs: np.ndarray, int8_probs: np.ndarray, y_true: np.ndarray, labels: tuple[str, ...],
             thresholds: GateThresholds) -> GateResult:
     """Score both models on the same labels and apply the thresholds."""
@@ -74,8 +68,8 @@ def compare(float_probs: np.ndarray, int8_probs: np.ndarray, y_true: np.ndarray,
 def evaluate(float_engine: Engine, int8_engine: Engine, pixels: np.ndarray, y_true: np.ndarray,
              thresholds: GateThresholds) -> GateResult:
     labels = int8_engine.card.codes
-    float_probs = predict(float_engine, pixels, desc="float")
-    int8_probs = predict(int8_engine, pixels, desc="int8")
+    float_probs = engine_probs(float_engine, pixels, desc="float")
+    int8_probs = engine_probs(int8_engine, pixels, desc="int8")
     return compare(float_probs, int8_probs, np.asarray(y_true), labels, thresholds)
 
 

@@ -22,9 +22,10 @@ import tensorflow as tf
 from device.engine import Engine
 from quantize.card import build_card
 from quantize.convert import convert_float, convert_int8, representative_set
-from quantize.gate import GateThresholds, check, evaluate, markdown_report, predict
+from quantize.gate import GateThresholds, check, evaluate, markdown_report
 from quantize.referral import build as build_referral
 from train.data import load_pixels, select
+from train.dataset import engine_probs
 from train.metrics import json_safe
 from train.run import TrainingRun
 
@@ -100,7 +101,7 @@ def quantize_run(run_dir: Path, options: QuantizeOptions) -> Path:
         referral = None
         if options.referral_sensitivity:
             val = select(records, "val")
-            val_probs = predict(int8_engine, load_pixels(val, height, width, options.cache_dir), desc="int8 val")
+            val_probs = engine_probs(int8_engine, load_pixels(val, height, width, options.cache_dir), desc="int8 val")
             referral = build_referral(val_probs, np.array([r.label for r in val]), result.int8_probs, y_true,
                                       card.codes, target_sensitivity=options.referral_sensitivity)
             _log.info("referral: threshold %.4f (val sensitivity >= %.2f); test sensitivity %.4f, specificity %.4f",

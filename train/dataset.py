@@ -5,6 +5,7 @@ import math
 
 import keras
 import numpy as np
+from tqdm import tqdm
 
 from device.preprocess import normalize, tta_views
 from train.augment import AugmentConfig, augment_batch
@@ -87,3 +88,10 @@ def predict_probs(model: keras.Model, pixels: np.ndarray, mean, std, *, batch_si
         views = tta_views(x, "flips" if tta else "none")
         out.append(np.mean([model.predict(v, batch_size=batch_size, verbose=0) for v in views], axis=0))
     return np.concatenate(out) if out else np.zeros((0, model.output_shape[-1]), np.float32)
+
+
+def engine_probs(engine, pixels: np.ndarray, *, desc: str) -> np.ndarray:
+    """The same for a ``device.engine.Engine`` (int8 or float TFLite): probabilities (N, classes)
+    for fitted uint8 images, one engine call per image, as the device scores them."""
+    rows = [engine.infer_pixels(np.asarray(p)) for p in tqdm(pixels, desc=desc, unit="img", leave=False)]
+    return np.stack(rows) if rows else np.zeros((0, len(engine.card.labels)), np.float32)

@@ -26,7 +26,6 @@ from pathlib import Path
 import keras
 import numpy as np
 from keras import layers
-from tqdm import tqdm
 
 from device.card import ModelCard, verify_model_file
 from device.engine import Engine
@@ -34,7 +33,7 @@ from train import data as ds
 from train.backbones import BACKBONES, import_tflite, pretrained_classifier
 from train.calibrate import fit_temperature, fold_into_head, nll, operating_point, softmax
 from train.config import TrainConfig
-from train.dataset import predict_probs
+from train.dataset import engine_probs, predict_probs
 from train.metrics import json_safe
 from train.models import describe
 from train.train import new_run_dir
@@ -66,7 +65,7 @@ def load_member(model_dir: Path, index: int) -> Member:
 def int8_probs(model_dir: Path, pixels: np.ndarray) -> np.ndarray:
     """A shipped model's int8 probabilities, through the device engine, for fitted images."""
     engine = Engine.from_model_dir(model_dir, num_threads=2)
-    return np.stack([engine.infer_pixels(p) for p in tqdm(pixels, desc=f"{engine.card.name} int8", leave=False)])
+    return engine_probs(engine, pixels, desc=f"{engine.card.name} int8")
 
 
 def check_compatible(members: list[Member]) -> None:
