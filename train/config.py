@@ -54,6 +54,9 @@ class TrainConfig:
     imbalance: str = "weights"  # none | weights | sampling
     balance_power: float = 0.5  # 1 = fully inverse-frequency, 0 = none
     augment: bool = True
+    mix: str = "none"  # none | mixup | cutmix: mix each training batch with a shuffled copy of itself
+    mix_alpha: float = 1.0  # the mixed share is drawn from Beta(alpha, alpha)
+    mix_prob: float = 0.5  # share of training batches that are mixed
     split: str = "lesion"  # lesion | random (the seeds' leaky protocol, for comparison only)
     split_file: str = ""  # reuse an existing split CSV instead of drawing one
     split_seed: int = 42

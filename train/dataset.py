@@ -8,7 +8,7 @@ import numpy as np
 from tqdm import tqdm
 
 from device.preprocess import normalize, tta_views
-from train.augment import AugmentConfig, augment_batch
+from train.augment import AugmentConfig, MixConfig, augment_batch, mix_batch
 
 SAMPLING = ("shuffle", "balanced")
 
@@ -19,12 +19,14 @@ class Batches(keras.utils.PyDataset):
     Targets are one-hot labels, or with ``soft_targets`` (N x classes, e.g. a teacher's, see
     train.distill) ``(1 - soft_weight) * one_hot + soft_weight * soft_targets``. ``class_weight``
     (class -> weight) adds per-image weights by the true label; Keras' own ``class_weight`` would
-    go by the argmax of a soft target instead. ``sampling="balanced"`` draws each epoch's indices
+    go by the argmax of a soft target instead. ``mix`` then mixes images, targets and weights
+    across the batch (train.augment.mix_batch). ``sampling="balanced"`` draws each epoch's indices
     with probability proportional to ``count(class) ** -power`` instead of a plain shuffle.
     """
 
     def __init__(self, pixels: np.ndarray, labels: np.ndarray, *, batch_size: int, mean, std,
-                 num_classes: int = 7, augment: AugmentConfig | None = None, shuffle: bool = True,
+                 num_classes: int = 7, augment: AugmentConfig | None = None, mix: MixConfig | None = None,
+                 shuffle: bool = True,
                  sampling: str = "shuffle", balance_power: float = 0.5, seed: int = 0, start_epoch: int = 0,
                  class_weight: dict[int, float] | None = None, soft_targets: np.ndarray | None = None,
                  soft_weight: float = 0.0, **kwargs):
@@ -37,7 +39,7 @@ class Batches(keras.utils.PyDataset):
             raise ValueError(f"soft_weight must be in [0, 1], got {soft_weight}")
         self.pixels, self.labels = pixels, np.asarray(labels)
         self.batch_size, self.mean, self.std = batch_size, mean, std
-        self.num_classes, self.augment, self.shuffle = num_classes, augment, shuffle
+        self.num_classes, self.augment, self.mix, self.shuffle = num_classes, augment, mix, shuffle
         self.sampling, self.balance_power, self.seed = sampling, balance_power, seed
         self.weights = (None if class_weight is None else
                         np.array([class_weight.get(c, 0.0) for c in range(num_classes)], np.float32))
@@ -62,14 +64,18 @@ class Batches(keras.utils.PyDataset):
     def __getitem__(self, i: int):
         idx = np.sort(self.order[i * self.batch_size : (i + 1) * self.batch_size])
         x = np.asarray(self.pixels[idx])
+        rng = np.random.default_rng([self.seed, self.epoch, i])
         if self.augment is not None:
-            x = augment_batch(x, self.augment, np.random.default_rng([self.seed, self.epoch, i]))
+            x = augment_batch(x, self.augment, rng)
         labels = self.labels[idx]
         y = np.eye(self.num_classes, dtype=np.float32)[labels]
         if self.soft_targets is not None:
             y = (1.0 - self.soft_weight) * y + self.soft_weight * self.soft_targets[idx]
+        w = None if self.weights is None else self.weights[labels]
+        if self.mix is not None:
+            x, y, w = mix_batch(x, y, w, self.mix, rng)
         x = normalize(x, self.mean, self.std)
-        return (x, y) if self.weights is None else (x, y, self.weights[labels])
+        return (x, y) if w is None else (x, y, w)
 
     def on_epoch_end(self):
         self.epoch += 1

@@ -27,7 +27,7 @@ import yaml
 from device.preprocess import normalize
 from train import backbones, distill, qat
 from train import data as ds
-from train.augment import AugmentConfig
+from train.augment import AugmentConfig, MixConfig
 from train.config import LR_POLICIES, TrainConfig, field_help, load_config, write_config
 from train.dataset import Batches, predict_probs
 from train.evaluate import evaluate_run
@@ -59,6 +59,10 @@ def make_loss(cfg: TrainConfig) -> keras.losses.Loss:
     if cfg.loss == "focal":
         return keras.losses.CategoricalFocalCrossentropy(gamma=cfg.focal_gamma, label_smoothing=cfg.label_smoothing)
     raise ValueError(f"loss: unknown {cfg.loss!r}; use crossentropy or focal")
+
+
+def make_mix(cfg: TrainConfig) -> MixConfig | None:
+    return None if cfg.mix == "none" else MixConfig(cfg.mix, cfg.mix_alpha, cfg.mix_prob)
 
 
 def make_lr_fn(cfg: TrainConfig, steps_per_epoch: int, epochs: int):
@@ -182,6 +186,7 @@ def fit(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> Path:
     train_batches = Batches(
         pixels["train"], labels["train"], batch_size=cfg.batch_size, mean=mean, std=std,
         augment=AugmentConfig() if cfg.augment else None,
+        mix=make_mix(cfg),
         sampling="balanced" if cfg.imbalance == "sampling" else "shuffle",
         balance_power=cfg.balance_power, seed=cfg.seed, start_epoch=initial_epoch, workers=cfg.workers,
         class_weight=ds.class_weights(labels["train"], cfg.balance_power) if cfg.imbalance == "weights" else None,
