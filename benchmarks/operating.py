@@ -11,7 +11,8 @@ them would decide (each at its own input size; their cards must share labels and
 Adding ``b`` to one class's log-probability before the arg-max moves decisions towards it
 (the same as multiplying its probability by ``exp(b)``). A bias would be picked on val; the
 test columns show what it would cost there. This answers "can a threshold alone reach a recall
-target at an accuracy floor?" without retraining.
+target at an accuracy floor?" without retraining. The class's one-vs-rest ROC AUC, printed under
+the table, says how well the model ranks it: what no bias changes.
 """
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     from train.calibrate import operating_point
     from train.data import load_pixels
     from train.dataset import engine_probs
+    from train.metrics import roc_auc
 
     engines = [Engine.from_model_dir(folder, variant="int8", num_threads=2) for folder in args.model_dir]
     card = engines[0].card
@@ -54,20 +56,23 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("the models' cards differ in labels or split: their probabilities cannot be averaged")
     if args.code not in card.codes:
         parser.error(f"--class {args.code!r} is not one of the card's labels {list(card.codes)}")
-    table = {}
+    table, auc = {}, {}
     for subset in ("val", "test"):
         records = evaluation_records(card, args.data, subset)
         probs = np.mean([engine_probs(engine, load_pixels(records, engine.card.input.height, engine.card.input.width,
                                                        args.cache_dir), desc=f"{engine.card.name} int8 {subset}")
                          for engine in engines], axis=0)
-        table[subset] = [operating_point(probs, true_labels(card, records), card.codes, args.code, b)
-                         for b in args.biases]
+        labels = true_labels(card, records)
+        table[subset] = [operating_point(probs, labels, card.codes, args.code, b) for b in args.biases]
+        k = card.codes.index(args.code)
+        auc[subset] = roc_auc(labels == k, probs[:, k])
     print(f"| {args.code} bias | val accuracy | val balanced | val {args.code} recall "
           f"| test accuracy | test balanced | test {args.code} recall |")
     print("|---|---|---|---|---|---|---|")
     for val, test in zip(table["val"], table["test"]):
         print(f"| {val.bias:.2f} | {val.accuracy:.1%} | {val.balanced_accuracy:.1%} | {val.recall:.1%} "
               f"| {test.accuracy:.1%} | {test.balanced_accuracy:.1%} | {test.recall:.1%} |")
+    print(f"\n{args.code} one-vs-rest ROC AUC: val {auc['val']:.3f}, test {auc['test']:.3f}")
     return 0
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -17,6 +18,16 @@ def test_the_command_prints_val_and_test_rows(tiny_model_dir, fixture_dir, tmp_p
     # favouring nv never lowers nv's recall, on val or on test
     cells = [[float(c.strip().rstrip("%")) for c in row.strip("|").split("|")] for row in rows]
     assert cells[1][3] >= cells[0][3] and cells[1][6] >= cells[0][6]
+
+
+def test_the_command_prints_the_class_auc_that_no_bias_changes(tiny_model_dir, fixture_dir, tmp_path, capsys):
+    args = ["--model-dir", str(tiny_model_dir), "--data", str(fixture_dir), "--cache-dir", str(tmp_path), "--class", "nv"]
+    assert main([*args, "--biases", "0"]) == 0
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert main([*args, "--biases", "0,2"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == line
+    val, test = (float(v) for v in re.findall(r"(?:val|test) (\d\.\d{3})", line))
+    assert 0.0 <= val <= 1.0 and 0.0 <= test <= 1.0
 
 
 def test_an_ensemble_of_one_model_twice_scores_as_the_model(tiny_model_dir, fixture_dir, tmp_path, capsys):
