@@ -40,7 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from device.auth import GuessLimiter, bearer_matches, load_token
@@ -114,18 +114,16 @@ def create_app(cfg: HttpConfig, state: LiveState, predict: Callable[[np.ndarray]
     if page is not None:
         app.register_blueprint(page_blueprint(page, sessions=sessions, token=token, guesses=guesses))
 
-    def authorized() -> bool:
-        """The Bearer token, or a session cookie the page's sign-in made from it."""
-        return (token is None or bearer_matches(request.headers.get("Authorization", ""), token)
-                or sessions.valid(request.cookies.get(SESSION_COOKIE)))
-
     @app.before_request
     def _check_token():
+        # g.authorized: the Bearer token, or a session cookie the page's sign-in made from it
         header = request.headers.get("Authorization") if token is not None else None
+        bearer = header is not None and bearer_matches(header, token)
         # counted on every route, /health too, which shows more to the token
-        if header is not None and (refused := count_guess(guesses, matches=bearer_matches(header, token))):
+        if header is not None and (refused := count_guess(guesses, matches=bearer)):
             return refused
-        if request.endpoint in _PUBLIC_ENDPOINTS or authorized():
+        g.authorized = token is None or bearer or sessions.valid(request.cookies.get(SESSION_COOKIE))
+        if request.endpoint in _PUBLIC_ENDPOINTS or g.authorized:
             return None
         response = _error(401, "missing or wrong bearer token")
         response.headers["WWW-Authenticate"] = 'Bearer realm="dermedge"'
@@ -171,7 +169,7 @@ def create_app(cfg: HttpConfig, state: LiveState, predict: Callable[[np.ndarray]
     @app.get("/health")
     def health():
         # Strangers learn whether the device is well, not its paths, broker replies or model.
-        return jsonify(state.health() if authorized() else state.public_health())
+        return jsonify(state.health() if g.authorized else state.public_health())
 
     @app.get("/latest")
     def latest():
