@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.code not in card.codes:
         parser.error(f"--class {args.code!r} is not one of the card's labels {list(card.codes)}")
     table, auc = {}, {}
+    k = card.codes.index(args.code)
     for subset in ("val", "test"):
         records = evaluation_records(card, args.data, subset)
         probs = np.mean([engine_probs(engine, load_pixels(records, engine.card.input.height, engine.card.input.width,
@@ -64,7 +65,6 @@ def main(argv: list[str] | None = None) -> int:
                          for engine in engines], axis=0)
         labels = true_labels(card, records)
         table[subset] = [operating_point(probs, labels, card.codes, args.code, b) for b in args.biases]
-        k = card.codes.index(args.code)
         auc[subset] = roc_auc(labels == k, probs[:, k])
     print(f"| {args.code} bias | val accuracy | val balanced | val {args.code} recall "
           f"| test accuracy | test balanced | test {args.code} recall |")
