@@ -16,7 +16,7 @@ from benchmarks import Skipped
 from benchmarks.latency import variants
 from device.card import ModelCard
 from device.engine import Engine
-from device.preprocess import load_image
+from device.preprocess import centre_share, load_image
 from train.data import load_pixels, redraw_split, select
 from train.dataset import engine_probs
 from train.metrics import classification_report, json_safe
@@ -83,7 +83,9 @@ def model_accuracy(model_dir: Path, card: ModelCard, data_root: Path, *, cache_d
 
 def reframe(rgb: np.ndarray, zoom: float | None) -> np.ndarray:
     """A centred square of the short side (``zoom`` None), or the centred ``zoom`` share of each side."""
+    if zoom is not None:
+        return centre_share(rgb, zoom)
     h, w = rgb.shape[:2]
-    ch, cw = (min(h, w), min(h, w)) if zoom is None else (round(h * zoom), round(w * zoom))
-    top, left = (h - ch) // 2, (w - cw) // 2
-    return rgb[top : top + ch, left : left + cw]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    return rgb[top : top + side, left : left + side]

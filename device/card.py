@@ -66,6 +66,10 @@ class Preprocessing:
         "RGB uint8, then (x - mean) / std per channel."
     )
     tta: str = "none"  # "flips": the engine averages over the four flips (4 inferences per frame)
+    # The centred share of each side the model sees, enlarged back to its input (1.0: the whole
+    # fitted frame). Training zooms in at random; a zoom at its mean shows lesions at the size the
+    # network learned them (device.preprocess.centre_zoom).
+    zoom: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -297,6 +301,9 @@ def _parse_card(data: Any) -> ModelCard:
     tta = _get(pre, "tta", str, "preprocessing", "none")
     if tta not in TTA_MODES:
         raise CardError(f"field 'preprocessing.tta': expected one of {TTA_MODES}, got {tta!r}")
+    zoom = _get(pre, "zoom", float, "preprocessing", 1.0)
+    if not 0.0 < zoom <= 1.0:
+        raise CardError(f"field 'preprocessing.zoom': expected a share in (0, 1], got {zoom!r}")
 
     float_file = _section(data, "float_file", optional=True)
     referral = _section(data, "referral", optional=True)
@@ -314,6 +321,7 @@ def _parse_card(data: Any) -> ModelCard:
             interpolation=_get(pre, "interpolation", str, "preprocessing", "area"),
             description=_get(pre, "description", str, "preprocessing", Preprocessing.description),
             tta=tta,
+            zoom=zoom,
         ),
         model_file=_model_file(_section(data, "model_file"), "model_file"),
         float_file=_model_file(float_file, "float_file") if float_file else None,

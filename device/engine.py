@@ -7,9 +7,9 @@ The interpreter comes from ``ai_edge_litert``, else ``tflite_runtime``, else
 TensorFlow (the workstation). At load the interpreter's input and output tensors are
 checked against the model card and a mismatch is refused naming the card field, so a
 card and a model file that do not belong together never produce scores. Quantization
-uses the tensors' own scale and zero point. A card with test-time augmentation
-(``preprocessing.tta``) gets its outputs averaged over the views here, so every caller
-(daemon, HTTP, CLI, the quantization gate) scores the same way. Thresholds, top-k and the uncertain state
+uses the tensors' own scale and zero point. The card's centre zoom (``preprocessing.zoom``) and
+test-time augmentation (``preprocessing.tta``, outputs averaged over the views) are applied here,
+so every caller (daemon, HTTP, CLI, the quantization gate) scores the same way. Thresholds, top-k and the uncertain state
 are not decided here (see postprocess).
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ import numpy as np
 
 from device.card import CardError, ModelCard, verify_model_file
 from device.native_stderr import native_stderr_to_log
-from device.preprocess import dequantize, fit_to_input, normalize, quantize, tta_views
+from device.preprocess import centre_zoom, dequantize, fit_to_input, normalize, quantize, tta_views
 from device.types import Inference
 
 _log = logging.getLogger(__name__)
@@ -118,9 +118,9 @@ class Engine:
         self._input, self._output = model_io(self._interpreter)
         self._check_against_card()
         self._lock = threading.Lock()
-        _log.info("loaded %s (%s) with %s, %d threads, input %s %s, test-time augmentation %s",
+        _log.info("loaded %s (%s) with %s, %d threads, input %s %s, zoom %.2f, test-time augmentation %s",
                   self.model_path, variant, self.backend, num_threads, self._input.shape, self._input.dtype,
-                  card.preprocessing.tta)
+                  card.preprocessing.zoom, card.preprocessing.tta)
 
     @classmethod
     def from_model_dir(cls, model_dir, *, variant: str = "int8", num_threads: int = 2) -> Engine:
@@ -158,7 +158,8 @@ class Engine:
     # --- internals ----------------------------------------------------------------
 
     def _views(self, pixels: np.ndarray) -> list[np.ndarray]:
-        return tta_views(pixels, self.card.preprocessing.tta)
+        pre = self.card.preprocessing
+        return tta_views(centre_zoom(pixels, pre.zoom), pre.tta)
 
     def _run_all(self, tensors: list[np.ndarray]) -> np.ndarray:
         """Probabilities averaged over the test-time views (one tensor when the card asks for none)."""

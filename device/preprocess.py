@@ -79,6 +79,25 @@ def fit_to_input(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
     return cv2.resize(crop, (width, height), interpolation=interp).astype(np.uint8, copy=False)
 
 
+def centre_share(rgb: np.ndarray, share: float) -> np.ndarray:
+    """The centred ``share`` of each side of ``rgb`` (a view, no copy)."""
+    h, w = rgb.shape[:2]
+    ch, cw = max(1, round(h * share)), max(1, round(w * share))
+    top, left = (h - ch) // 2, (w - cw) // 2
+    return rgb[top : top + ch, left : left + cw]
+
+
+def centre_zoom(pixels: np.ndarray, zoom: float) -> np.ndarray:
+    """A fitted (H, W, 3) image zoomed in on its centre: the centred ``zoom`` share of each side,
+    enlarged back to H x W (the card's ``preprocessing.zoom``; 1.0 returns ``pixels``)."""
+    if not 0.0 < zoom <= 1.0:
+        raise ValueError(f"zoom: expected a share in (0, 1], got {zoom}")
+    if zoom == 1.0:
+        return pixels
+    h, w = pixels.shape[:2]
+    return cv2.resize(np.ascontiguousarray(centre_share(pixels, zoom)), (w, h), interpolation=cv2.INTER_LINEAR)
+
+
 def tta_views(pixels: np.ndarray, mode: str) -> list[np.ndarray]:
     """The views of ``pixels`` (``(..., H, W, C)``: one image or a batch) whose outputs the card's
     test-time augmentation ``mode`` averages. "flips": the image and its horizontal, vertical and

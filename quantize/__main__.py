@@ -14,7 +14,14 @@ import os
 import sys
 from pathlib import Path
 
-from device.card import TTA_MODES
+from device.card import TTA_MODES, Preprocessing
+
+
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a share in (0, 1], got {text}")
+    return value
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -36,6 +43,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="interpreter threads for the gate")
     parser.add_argument("--tta", type=str, choices=TTA_MODES, default="none",
                         help="test-time augmentation the card asks the device for (flips: 4 inferences per frame)")
+    parser.add_argument("--zoom", type=_share, default=1.0,
+                        help="centred share of each side the card asks the device to show the model (1.0: all)")
     parser.add_argument("--sign-key", type=Path, default=None,
                         help="Ed25519 private key (python -m quantize.sign keygen): also write card.sig")
     parser.add_argument("--referral-sensitivity", type=float, default=0.9,
@@ -57,7 +66,8 @@ def main(argv=None) -> int:
         name=args.name, out=args.out, data=args.data, checkpoint=args.checkpoint,
         representative=args.representative, input_dtype=args.input_dtype, keep_float=args.keep_float,
         thresholds=GateThresholds(max_drop=args.max_drop, min_agreement=args.min_agreement),
-        split=args.split, cache_dir=args.cache_dir, num_threads=args.threads, tta=args.tta,
+        split=args.split, cache_dir=args.cache_dir, num_threads=args.threads,
+        preprocessing=Preprocessing(tta=args.tta, zoom=args.zoom),
         referral_sensitivity=args.referral_sensitivity,
     )
     try:

@@ -37,7 +37,7 @@ def model_file(path: Path) -> ModelFile:
 
 
 def build_card(run: TrainingRun, *, name: str, int8_path: Path, float_path: Path | None = None,
-               checkpoint: str = "best", tta: str = "none") -> ModelCard:
+               checkpoint: str = "best", preprocessing: Preprocessing | None = None) -> ModelCard:
     """The card for ``int8_path`` (and optionally ``float_path``), all in one folder; the
     gate adds ``metrics`` and ``quantization`` once it has scored the models."""
     interpreter, _ = open_interpreter(int8_path, num_threads=1)
@@ -57,7 +57,7 @@ def build_card(run: TrainingRun, *, name: str, int8_path: Path, float_path: Path
                         height=height, width=width, channels=3),
         output=TensorSpec(dtype=out.dtype, scale=out.scale, zero_point=out.zero_point),
         normalization=Normalization(tuple(mean), tuple(std)),
-        preprocessing=Preprocessing(tta=tta),
+        preprocessing=preprocessing or Preprocessing(),
         model_file=model_file(int8_path),
         float_file=model_file(float_path) if float_path else None,
         architecture={"arch": run.meta["arch"], "width_mult": cfg.width_mult, **run.meta["model"]},

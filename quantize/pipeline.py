@@ -19,6 +19,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from device.card import Preprocessing
 from device.engine import Engine
 from quantize.card import build_card
 from quantize.convert import convert_float, convert_int8, representative_set
@@ -48,7 +49,8 @@ class QuantizeOptions:
     split: str = "test"  # split the gate evaluates on
     cache_dir: Path | None = None  # decoded-pixel cache; None = no cache
     num_threads: int = 2
-    tta: str = "none"  # card's test-time augmentation (device.card.TTA_MODES); the gate scores with it
+    # what the card asks the device to do to each frame (centre zoom, test-time augmentation); the gate scores with it
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
     referral_sensitivity: float = 0.9  # the referral rule's target on val; 0 = no rule in the card
 
 
@@ -79,7 +81,7 @@ def quantize_run(run_dir: Path, options: QuantizeOptions) -> Path:
         float_path.write_bytes(convert_float(model))
         card = build_card(run, name=options.name, int8_path=int8_path,
                           float_path=float_path if options.keep_float else None, checkpoint=options.checkpoint,
-                          tta=options.tta)
+                          preprocessing=options.preprocessing)
         int8_engine = Engine(int8_path, card, num_threads=options.num_threads)
         result = evaluate(Engine(float_path, card, variant="float", num_threads=options.num_threads), int8_engine,
                           pixels, y_true, options.thresholds)
@@ -90,7 +92,8 @@ def quantize_run(run_dir: Path, options: QuantizeOptions) -> Path:
             "int8 file": f"{card.model_file.size_bytes / 1024:.1f} KiB, sha256 `{card.model_file.sha256}`",
             "split": f"{run.meta['split']['method']} (seed {run.meta['split']['seed']}), evaluated on "
                      f"'{options.split}'",
-            "test-time augmentation": options.tta,
+            "centre zoom": f"{options.preprocessing.zoom:.2f}",
+            "test-time augmentation": options.preprocessing.tta,
         }
         report = markdown_report(result, name=options.name, facts=facts)
         if not result.passed:

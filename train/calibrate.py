@@ -3,6 +3,7 @@ temperature scaling.
 
     python -m train.calibrate runs/<run>      # writes calibrated.keras + calibration.json
     python -m train.calibrate runs/<run> --no-logit-adjustment    # temperature only
+    python -m train.calibrate runs/<run> --zoom 0.86              # for a card with preprocessing.zoom
 
 Class weighting during training moves decisions towards rare classes by a fixed amount. Adding
 ``tau * log(prior)`` to the logits (Menon et al., "Long-tail learning via logit adjustment",
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from device.preprocess import centre_zoom
 from train.dataset import predict_probs
 from train.evaluate import load_run
 from train.metrics import classification_report
@@ -93,13 +95,16 @@ def fold_into_head(model, *, bias_shift: np.ndarray, temperature: float) -> None
 
 
 def calibrate_run(run_dir: Path, *, data: Path | None = None, logit_adjustment: bool = True,
-                  temperature: bool = True) -> dict:
+                  temperature: bool = True, zoom: float = 1.0) -> dict:
+    """``zoom``: the centre zoom the model card will ask for (``quantize --zoom``), so that tau and
+    T are fitted on the views the device will show the model."""
     run = load_run(run_dir, split="val", checkpoint="best", data=data)
     counts = np.array(list(run.meta["split"]["counts"]["train"].values()), dtype=np.float64)
     log_prior = np.log(np.maximum(counts, 1) / counts.sum())
     codes = tuple(run.meta["split"]["counts"]["train"])
-    probs = predict_probs(run.model, run.pixels, run.mean, run.std)
-    summary = {"method": [], "val": {}}
+    pixels = np.stack([centre_zoom(p, zoom) for p in run.pixels]) if zoom != 1.0 else run.pixels
+    probs = predict_probs(run.model, pixels, run.mean, run.std)
+    summary = {"method": [], "val": {}, "zoom": zoom}
     tau = 0.0
     if logit_adjustment:
         tau, table = choose_tau(probs, run.labels, log_prior, codes)
@@ -139,10 +144,12 @@ def main(argv=None) -> None:
     parser.add_argument("--data", type=Path, default=None, help="dataset root (default: the run's)")
     parser.add_argument("--no-logit-adjustment", action="store_true", help="temperature scaling only")
     parser.add_argument("--no-temperature", action="store_true", help="logit adjustment only")
+    parser.add_argument("--zoom", type=float, default=1.0,
+                        help="fit on val images centre-zoomed as the card will ask (quantize --zoom)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     summary = calibrate_run(args.run_dir, data=args.data, logit_adjustment=not args.no_logit_adjustment,
-                            temperature=not args.no_temperature)
+                            temperature=not args.no_temperature, zoom=args.zoom)
     print(f"tau {summary['tau']:.2f}, temperature {summary['temperature']:.3f}; "
           f"wrote {args.run_dir / 'calibrated.keras'}")
 

@@ -19,9 +19,18 @@ def test_round_trip(card_dict):
     assert ModelCard.from_dict(json.loads(json.dumps(card.to_dict()))) == card
 
 
-def test_cards_without_tta_mean_none(card_dict):
-    del card_dict["preprocessing"]["tta"]
-    assert ModelCard.from_dict(card_dict).preprocessing.tta == "none"
+def test_cards_without_tta_or_zoom_mean_none(card_dict):
+    old = json.loads(json.dumps(card_dict))
+    old["preprocessing"].pop("tta"), old["preprocessing"].pop("zoom", None)
+    pre = ModelCard.from_dict(old).preprocessing
+    assert (pre.tta, pre.zoom) == ("none", 1.0)
+
+
+def test_zoom_must_be_a_number(card_dict):
+    bad = json.loads(json.dumps(card_dict))
+    bad["preprocessing"]["zoom"] = "0.8"
+    with pytest.raises(CardError, match=re.escape("field 'preprocessing.zoom': expected float, got str")):
+        ModelCard.from_dict(bad)
 
 
 BAD_FIELDS = {
@@ -33,6 +42,7 @@ BAD_FIELDS = {
     "normalization.std": lambda d: d["normalization"].update(std=[1.0, 0.0, 1.0]),
     "preprocessing.policy": lambda d: d["preprocessing"].update(policy="stretch"),
     "preprocessing.tta": lambda d: d["preprocessing"].update(tta="rotations"),
+    "preprocessing.zoom": lambda d: d["preprocessing"].update(zoom=1.5),
     "model_file.sha256": lambda d: d["model_file"].update(sha256="abc"),
 }
 

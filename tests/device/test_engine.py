@@ -10,7 +10,7 @@ import pytest
 
 from device.card import CardError, ModelCard
 from device.engine import BACKENDS, Engine, interpreter_class
-from device.preprocess import fit_to_input, load_image, tta_views
+from device.preprocess import centre_zoom, fit_to_input, load_image, tta_views
 from device.types import Inference
 
 
@@ -124,3 +124,15 @@ def test_flips_tta_averages_the_four_flipped_views(tiny_model_dir, engine, frame
     expected = np.mean([engine.infer_pixels(np.ascontiguousarray(v)) for v in views], axis=0)
     np.testing.assert_allclose(flips.infer(frame).probabilities, expected, rtol=0, atol=1e-6)
     np.testing.assert_allclose(flips.infer_pixels(fitted), expected, rtol=0, atol=1e-6)
+
+
+def test_the_cards_zoom_is_applied_to_every_frame(tiny_model_dir, engine, frame):
+    card = _card(tiny_model_dir)
+    zoomed = Engine(tiny_model_dir / "model_int8.tflite",
+                    dataclasses.replace(card, preprocessing=dataclasses.replace(card.preprocessing, zoom=0.8)),
+                    num_threads=1)
+    fitted = fit_to_input(frame, 48, 64)
+    expected = engine.infer_pixels(centre_zoom(fitted, 0.8))
+    assert not np.allclose(expected, engine.infer_pixels(fitted), atol=1e-3)
+    np.testing.assert_array_equal(zoomed.infer(frame).probabilities, expected)
+    np.testing.assert_array_equal(zoomed.infer_pixels(fitted), expected)

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from device.card import CardError, ModelCard, sha256_file
+from device.card import CardError, ModelCard, Preprocessing, sha256_file
 from device.engine import Engine
 from quantize.card import build_card
 from train.data import CITATION, CLASSES, LICENSE
@@ -107,8 +107,10 @@ def test_float_variant_needs_a_float_file(model_copy):
         Engine.from_model_dir(model_copy, variant="float")
 
 
-def test_card_carries_the_test_time_augmentation_asked_for(tiny_run_dir, tiny_model_dir):
+def test_card_carries_the_preprocessing_asked_for(tiny_run_dir, tiny_model_dir):
     card = build_card(TrainingRun.load(tiny_run_dir), name="tiny", int8_path=tiny_model_dir / "model_int8.tflite",
-                      tta="flips")
-    assert ModelCard.from_dict(json.loads(json.dumps(card.to_dict()))).preprocessing.tta == "flips"
-    assert ModelCard.load(tiny_model_dir / "card.json").preprocessing.tta == "none"  # the default
+                      preprocessing=Preprocessing(tta="flips", zoom=0.86))
+    parsed = ModelCard.from_dict(json.loads(json.dumps(card.to_dict()))).preprocessing
+    assert (parsed.tta, parsed.zoom) == ("flips", 0.86)
+    default = ModelCard.load(tiny_model_dir / "card.json").preprocessing
+    assert (default.tta, default.zoom) == ("none", 1.0)

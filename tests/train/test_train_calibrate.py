@@ -5,6 +5,7 @@ import keras
 import numpy as np
 import pytest
 
+from device.preprocess import centre_zoom
 from train.calibrate import (
     adjust,
     calibrate_run,
@@ -51,6 +52,23 @@ def test_calibrated_checkpoint_carries_the_adjustment(trained_run, tmp_path):
     expected = adjust(predict_probs(run.model, run.pixels, run.mean, run.std), log_prior, summary["tau"],
                       summary["temperature"])
     np.testing.assert_allclose(predict_probs(calibrated, run.pixels, run.mean, run.std), expected, atol=1e-4)
+
+
+def test_calibration_fits_on_the_zoomed_views_the_card_will_ask_for(trained_run, tmp_path):
+    trained_run = shutil.copytree(trained_run, tmp_path / "run")
+    summary = calibrate_run(trained_run, zoom=0.5)
+    run = load_run(trained_run, split="val", checkpoint="best")
+    counts = np.array(list(run.meta["split"]["counts"]["train"].values()), dtype=np.float64)
+    log_prior = np.log(np.maximum(counts, 1) / counts.sum())
+    tau = summary["tau"]
+
+    def val_nll(pixels):  # what the temperature fit starts from, on these views
+        probs = predict_probs(run.model, pixels, run.mean, run.std)
+        return nll(np.log(np.clip(probs, 1e-12, 1.0)) + tau * log_prior, run.labels)
+
+    zoomed, plain = val_nll(np.stack([centre_zoom(p, 0.5) for p in run.pixels])), val_nll(run.pixels)
+    assert summary["zoom"] == 0.5 and abs(zoomed - plain) > 1e-4
+    assert summary["val"]["temperature"]["nll_before"] == pytest.approx(zoomed, abs=1e-6)
 
 
 def test_temperature_undoes_overconfidence():

@@ -7,6 +7,7 @@ import pytest
 
 from device.preprocess import (
     center_crop_to_aspect,
+    centre_zoom,
     denormalize,
     dequantize,
     fit_to_input,
@@ -57,6 +58,16 @@ def test_fit_to_input_centre_crops_a_tall_image():
 def test_fit_to_input_keeps_an_image_of_the_right_size():
     img = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
     np.testing.assert_array_equal(fit_to_input(img, 48, 64), img)
+
+
+def test_centre_zoom_enlarges_the_centre_back_to_the_input_size():
+    # a green centre band 60% tall in a 100x100 image fills the whole height at zoom 0.6
+    img = _banded(100, 100, axis=0, keep=slice(20, 80))
+    out = centre_zoom(img, 0.6)
+    assert out.shape == img.shape and out.dtype == np.uint8
+    assert (out[2:-2] == GREEN).all()
+    assert centre_zoom(img, 0.9)[:3].tolist() == [[list(RED)] * 100] * 3  # red still shows at the edges
+    assert centre_zoom(img, 1.0) is img
 
 
 def test_fit_to_input_rejects_grey():

@@ -23,6 +23,7 @@ from device.postprocess import QUALITY_SIZE, measure_quality, to_probabilities
 from device.preprocess import (
     MAX_DECODE_PIXELS,
     center_crop_to_aspect,
+    centre_zoom,
     dequantize,
     fit_to_input,
     normalize,
@@ -43,6 +44,12 @@ FIT_CASES = (
     ("gradient", 6, 301, 403, 37, 23),
     ("noise", 7, 20, 30, 24, 32),  # smaller than the model: linear upscale
     ("gradient", 8, 13, 17, 24, 32),
+)
+# (kind, seed, height, width, zoom): the card's centre zoom on fitted images (a crop, a linear enlargement).
+ZOOM_CASES = (
+    ("noise", 21, 150, 200, 0.86),  # the shipped default's input and zoom
+    ("gradient", 22, 120, 160, 0.75),
+    ("noise", 23, 24, 35, 0.5),  # odd sizes: the crop's rounding
 )
 # (kind, seed, height, width): quality measured at the model's aspect, bright, dark and flat.
 QUALITY_CASES = (
@@ -91,6 +98,9 @@ def build_golden() -> dict:
         fitted = fit_to_input(synthetic_image(kind, seed, h, w), th, tw)
         fits.append({"kind": kind, "seed": seed, "height": h, "width": w, "target": [th, tw],
                      "pixels": _b64(fitted)})
+    zooms = [{"kind": kind, "seed": seed, "height": h, "width": w, "zoom": zoom,
+              "pixels": _b64(centre_zoom(synthetic_image(kind, seed, h, w), zoom))}
+             for kind, seed, h, w, zoom in ZOOM_CASES]
     first = fit_to_input(synthetic_image(*FIT_CASES[0][:4]), inp.height, inp.width)
     q = quantize(normalize(first, norm.mean, norm.std), inp.scale, inp.zero_point, inp.dtype)
     crops = []
@@ -115,6 +125,7 @@ def build_golden() -> dict:
         "quality_size": list(QUALITY_SIZE),
         "postprocess_defaults": asdict(cfg),
         "fit": fits,
+        "zoom": zooms,
         "quantize": {"case": 0, "dtype": inp.dtype, "values": _b64(q)},
         "crops": crops,
         "quality": quality,

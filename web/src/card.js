@@ -109,6 +109,8 @@ export function parseCard(data) {
   if (policy !== 'center_crop_resize') throw new CardError(`field 'preprocessing.policy': expected center_crop_resize, got '${policy}'`);
   const tta = field(pre, 'tta', 'string', 'preprocessing', 'none');
   if (!TTA_MODES.includes(tta)) throw new CardError(`field 'preprocessing.tta': expected one of ${TTA_MODES}, got '${tta}'`);
+  const zoom = field(pre, 'zoom', 'number', 'preprocessing', 1);
+  if (!(zoom > 0 && zoom <= 1)) throw new CardError(`field 'preprocessing.zoom': expected a share in (0, 1], got ${zoom}`);
   const file = field(data, 'model_file', 'object', '');
   return {
     name: field(data, 'name', 'string', ''),
@@ -116,7 +118,7 @@ export function parseCard(data) {
     disclaimer: field(data, 'disclaimer', 'string', '', ''),
     labels, input, normalization,
     output: tensor(field(data, 'output', 'object', ''), 'output'),
-    preprocessing: {policy, tta},
+    preprocessing: {policy, tta, zoom},
     model_file: {
       path: field(file, 'path', 'string', 'model_file'),
       sha256: field(file, 'sha256', 'string', 'model_file'),

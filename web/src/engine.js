@@ -4,7 +4,7 @@
 import {Tensor, loadAndCompile, loadLiteRt} from '@litertjs/core';
 
 import {CardError, fetchOrThrow} from './card.js';
-import {dequantize, fitToInput, toInputTensor, ttaViews} from './preprocess.js';
+import {centreZoom, dequantize, fitToInput, toInputTensor, ttaViews} from './preprocess.js';
 import {meanScores} from './postprocess.js';
 
 /** Load the LiteRT.js runtime from `wasmUrl` (a folder of the build, never a CDN). */
@@ -75,7 +75,7 @@ export class Engine {
   async infer(img) {
     const {input, normalization, output, preprocessing} = this.card;
     const t0 = performance.now();
-    const tensors = ttaViews(fitToInput(img, input.height, input.width), preprocessing.tta)
+    const tensors = ttaViews(centreZoom(fitToInput(img, input.height, input.width), preprocessing.zoom), preprocessing.tta)
       .map((view) => toInputTensor(view, normalization, input));
     const t1 = performance.now();
     const views = [];

@@ -1,4 +1,4 @@
-// The browser's copy of device/preprocess.py: centre crop, resize, flips, normalization and
+// The browser's copy of device/preprocess.py: centre crop, resize, zoom, flips, normalization and
 // quantization, on HxWx3 RGB uint8 images ({data: Uint8Array, height, width}).
 //
 // The resize functions repeat OpenCV's integer and float32 arithmetic step by step (cv2.resize,
@@ -203,6 +203,16 @@ export function fitToInput(img, height, width) {
   const cropped = centerCrop(img, height, width);
   if (cropped.height === height && cropped.width === width) return cropped;
   return cropped.height >= height ? resizeArea(cropped, height, width) : resizeLinear(cropped, height, width);
+}
+
+/** device.preprocess.centre_zoom: the centred `zoom` share of each side, enlarged back to the
+ * image's size (the card's preprocessing.zoom; 1 returns `img`). */
+export function centreZoom(img, zoom) {
+  if (zoom === 1) return img;
+  const cropH = Math.max(1, roundHalfEven(img.height * zoom));
+  const cropW = Math.max(1, roundHalfEven(img.width * zoom));
+  const box = [Math.floor((img.height - cropH) / 2), Math.floor((img.width - cropW) / 2), cropH, cropW];
+  return resizeLinear(crop(img, box), img.height, img.width);
 }
 
 function flip(img, {rows, columns}) {

@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import {readFileSync} from 'node:fs';
 import {test} from 'node:test';
 
-import {centerCropBox, dequantize, fitToInput, toInputTensor} from '../src/preprocess.js';
+import {centerCropBox, centreZoom, dequantize, fitToInput, toInputTensor} from '../src/preprocess.js';
 import {MAX_DECODE_PIXELS} from '../src/image.js';
 import {POSTPROCESS_DEFAULTS, QUALITY_SIZE, measureQuality, toProbabilities} from '../src/postprocess.js';
 import {syntheticImage} from './synthetic.js';
@@ -40,6 +40,18 @@ for (const c of golden.fit) {
     }
     // Area (every shrink) is exact; OpenCV's vectorised linear rows may round one step apart.
     assert.ok(worst <= (linear ? 1 : 0), `max |diff| ${worst}, first at value ${first}`);
+  });
+}
+
+for (const c of golden.zoom) {
+  test(`centre_zoom ${c.kind} ${c.height}x${c.width} at ${c.zoom}`, () => {
+    const got = centreZoom(syntheticImage(c.kind, c.seed, c.height, c.width), c.zoom).data;
+    const want = bytes(c.pixels);
+    assert.equal(got.length, want.length);
+    let worst = 0;
+    for (let i = 0; i < want.length; i++) worst = Math.max(worst, Math.abs(got[i] - want[i]));
+    assert.ok(worst <= 1, `max |diff| ${worst}`);  // linear enlargement: OpenCV's vectorised rows
+    assert.notDeepEqual(Array.from(got), Array.from(syntheticImage(c.kind, c.seed, c.height, c.width).data));
   });
 }
 
