@@ -17,7 +17,7 @@ from pathlib import Path
 from device.card import TTA_MODES, Preprocessing
 
 
-def _share(text: str) -> float:
+def share(text: str) -> float:
     value = float(text)
     if not 0.0 < value <= 1.0:
         raise argparse.ArgumentTypeError(f"expected a share in (0, 1], got {text}")
@@ -43,7 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="interpreter threads for the gate")
     parser.add_argument("--tta", type=str, choices=TTA_MODES, default="none",
                         help="test-time augmentation the card asks the device for (flips: 4 inferences per frame)")
-    parser.add_argument("--zoom", type=_share, default=1.0,
+    parser.add_argument("--zoom", type=share, default=1.0,
                         help="centred share of each side the card asks the device to show the model (1.0: all)")
     parser.add_argument("--sign-key", type=Path, default=None,
                         help="Ed25519 private key (python -m quantize.sign keygen): also write card.sig")

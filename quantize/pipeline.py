@@ -19,11 +19,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from device.card import Preprocessing
+from device.card import ModelCard, Preprocessing
 from device.engine import Engine
 from quantize.card import build_card
 from quantize.convert import convert_float, convert_int8, representative_set
-from quantize.gate import GateThresholds, check, evaluate, markdown_report
+from quantize.gate import GateResult, GateThresholds, check, evaluate, markdown_report
 from quantize.referral import build as build_referral
 from train.data import load_pixels, select
 from train.dataset import engine_probs
@@ -68,9 +68,6 @@ def quantize_run(run_dir: Path, options: QuantizeOptions) -> Path:
 
     rep = representative_set(select(records, "train"), height, width, mean, std,
                              count=options.representative, seed=run.config.seed, cache_dir=options.cache_dir)
-    evaluated = select(records, options.split)
-    pixels = load_pixels(evaluated, height, width, options.cache_dir)
-    y_true = np.array([r.label for r in evaluated], dtype=np.int64)
 
     dest = Path(options.out) / options.name
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -82,9 +79,6 @@ def quantize_run(run_dir: Path, options: QuantizeOptions) -> Path:
         card = build_card(run, name=options.name, int8_path=int8_path,
                           float_path=float_path if options.keep_float else None, checkpoint=options.checkpoint,
                           preprocessing=options.preprocessing)
-        int8_engine = Engine(int8_path, card, num_threads=options.num_threads)
-        result = evaluate(Engine(float_path, card, variant="float", num_threads=options.num_threads), int8_engine,
-                          pixels, y_true, options.thresholds)
         facts = {
             "run": f"`{run.path.name}` ({options.checkpoint} checkpoint)",
             "architecture": f"{run.meta['arch']}, {card.architecture['params']:,} params, "
@@ -92,31 +86,11 @@ def quantize_run(run_dir: Path, options: QuantizeOptions) -> Path:
             "int8 file": f"{card.model_file.size_bytes / 1024:.1f} KiB, sha256 `{card.model_file.sha256}`",
             "split": f"{run.meta['split']['method']} (seed {run.meta['split']['seed']}), evaluated on "
                      f"'{options.split}'",
-            "centre zoom": f"{options.preprocessing.zoom:.2f}",
-            "test-time augmentation": options.preprocessing.tta,
         }
-        report = markdown_report(result, name=options.name, facts=facts)
-        if not result.passed:
-            rejected = run.path / f"quantize-{options.name}-REJECTED.md"
-            rejected.write_text(report)
-            _log.error("gate failed; report written to %s", rejected)
-        check(result, name=options.name)
-        referral = None
-        if options.referral_sensitivity:
-            val = select(records, "val")
-            val_probs = engine_probs(int8_engine, load_pixels(val, height, width, options.cache_dir), desc="int8 val")
-            referral = build_referral(val_probs, np.array([r.label for r in val]), result.int8_probs, y_true,
-                                      card.codes, target_sensitivity=options.referral_sensitivity)
-            _log.info("referral: threshold %.4f (val sensitivity >= %.2f); test sensitivity %.4f, specificity %.4f",
-                      referral.threshold, options.referral_sensitivity, referral.sensitivity, referral.specificity)
-
+        card, result, report = gate_card(card, int8_path, float_path, records, options, facts=facts,
+                                         rejected_dir=run.path)
         card = dataclasses.replace(
-            card,
-            metrics=json_safe({"split": options.split, "n": len(y_true), "float": result.float_report,
-                               "int8": result.int8_report}),
-            quantization=json_safe(_quantization_summary(options, len(rep), run, result.summary())),
-            referral=referral,
-        )
+            card, quantization=json_safe(_quantization_summary(options, len(rep), run, result.summary())))
         card.save(staging / "card.json")
         (staging / "REPORT.md").write_text(report)
         if not options.keep_float:
@@ -127,6 +101,40 @@ def quantize_run(run_dir: Path, options: QuantizeOptions) -> Path:
     _log.info("wrote %s (int8 accuracy %.4f, agreement %.4f)", dest, result.int8_report["accuracy"],
               result.agreement)
     return dest
+
+
+def gate_card(card: ModelCard, int8_path: Path, float_path: Path, records: list, options: QuantizeOptions, *,
+              facts: dict[str, str], rejected_dir: Path) -> tuple[ModelCard, GateResult, str]:
+    """Score ``int8_path`` against ``float_path`` on ``options.split`` through the device engine, as
+    ``card`` asks (its zoom and test-time augmentation), pick the referral threshold on val, and
+    return the card with those metrics, the gate result and its report. A failed gate writes the
+    report to ``rejected_dir`` and raises :class:`quantize.gate.GateError`."""
+    height, width = card.input.height, card.input.width
+    evaluated = select(records, options.split)
+    pixels = load_pixels(evaluated, height, width, options.cache_dir)
+    y_true = np.array([r.label for r in evaluated], dtype=np.int64)
+    int8_engine = Engine(int8_path, card, num_threads=options.num_threads)
+    result = evaluate(Engine(float_path, card, variant="float", num_threads=options.num_threads), int8_engine,
+                      pixels, y_true, options.thresholds)
+    pre = card.preprocessing
+    report = markdown_report(result, name=card.name, facts={
+        **facts, "centre zoom": f"{pre.zoom:.2f}", "test-time augmentation": pre.tta})
+    if not result.passed:
+        rejected = Path(rejected_dir) / f"quantize-{card.name}-REJECTED.md"
+        rejected.write_text(report)
+        _log.error("gate failed; report written to %s", rejected)
+    check(result, name=card.name)
+    referral = None
+    if options.referral_sensitivity:
+        val = select(records, "val")
+        val_probs = engine_probs(int8_engine, load_pixels(val, height, width, options.cache_dir), desc="int8 val")
+        referral = build_referral(val_probs, np.array([r.label for r in val]), result.int8_probs, y_true,
+                                  card.codes, target_sensitivity=options.referral_sensitivity)
+        _log.info("referral: threshold %.4f (val sensitivity >= %.2f); test sensitivity %.4f, specificity %.4f",
+                  referral.threshold, options.referral_sensitivity, referral.sensitivity, referral.specificity)
+    metrics = json_safe({"split": options.split, "n": len(y_true), "float": result.float_report,
+                         "int8": result.int8_report})
+    return dataclasses.replace(card, metrics=metrics, referral=referral), result, report
 
 
 def _quantization_summary(options: QuantizeOptions, count: int, run: TrainingRun, gate: dict) -> dict:
