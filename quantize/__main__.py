@@ -58,7 +58,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Imported here so --help answers without loading TensorFlow.
-    from quantize.gate import GateError, GateThresholds
+    from quantize.gate import GateThresholds
     from quantize.pipeline import QuantizeOptions, quantize_run
     from quantize.sign import load_private_key, sign
 
@@ -70,18 +70,30 @@ def main(argv=None) -> int:
         preprocessing=Preprocessing(tta=args.tta, zoom=args.zoom),
         referral_sensitivity=args.referral_sensitivity,
     )
-    try:
+
+    def quantize_and_sign():
         key = load_private_key(args.sign_key) if args.sign_key else None  # a bad key fails before the long run
         dest = quantize_run(args.run_dir, options)
         if key is not None:
             print(f"signed {sign(dest, key)}")
+        return f"wrote {dest}"
+
+    return run_reporting_errors(quantize_and_sign)
+
+
+def run_reporting_errors(action) -> int:
+    """Run ``action`` (returns the line to print); exit status 1 for a failed gate, 2 for bad input."""
+    from quantize.gate import GateError
+
+    try:
+        done = action()
     except GateError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"wrote {dest}")
+    print(done)
     return 0
 
 

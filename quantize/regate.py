@@ -18,7 +18,6 @@ import dataclasses
 import logging
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
@@ -123,8 +122,7 @@ def _check_rebuild(card, float_path: Path, evaluated, options) -> None:
 
 def main(argv=None) -> int:
     from device.card import TTA_MODES
-    from quantize.__main__ import share
-    from quantize.gate import GateError
+    from quantize.__main__ import run_reporting_errors, share
 
     parser = argparse.ArgumentParser(prog="python -m quantize.regate", description=__doc__.split("\n\n")[0])
     parser.add_argument("model_dir", type=Path)
@@ -138,17 +136,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        out = regate(args.model_dir, data=args.data, zoom=args.zoom, tta=args.tta,
-                     float_from_int8=args.float_from_int8, cache_dir=args.cache_dir, threads=args.threads)
-    except GateError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"re-gated {out}")
-    return 0
+    return run_reporting_errors(lambda: "re-gated " + str(regate(
+        args.model_dir, data=args.data, zoom=args.zoom, tta=args.tta, float_from_int8=args.float_from_int8,
+        cache_dir=args.cache_dir, threads=args.threads)))
 
 
 if __name__ == "__main__":
