@@ -95,10 +95,10 @@ def markdown(results: dict, *, plot_name: str) -> str:
         ["load average at start / end", f"{env['load_average_start']} / {env.get('load_average_end')}"],
     ])
     lines += ["## Models", ""]
-    lines += _table(["model", "architecture", "input", "test-time aug.", "params", "MACs/frame", "int8 file",
+    lines += _table(["model", "architecture", "input", "test-time view", "params", "MACs/frame", "int8 file",
                      "float file"], [
         [m["name"] + (" (default)" if m["default"] else ""), f"{m['arch']} w{_f(m['width_mult'])}",
-         f"{m['input'][0]}x{m['input'][1]}", m.get("tta", "none"), _f(m["params"], 0),
+         f"{m['input'][0]}x{m['input'][1]}", m.get("view", m.get("tta", "none")), _f(m["params"], 0),
          _f(m["macs"] and m["macs"] / 1e6, 1, " M"),
          _f(m["int8_size_bytes"] / 1024, 1, " KiB"),
          _f(m["float_size_bytes"] and m["float_size_bytes"] / 1024, 1, " KiB")] for m in models])

@@ -62,14 +62,22 @@ class Preprocessing:
     policy: str = "center_crop_resize"
     interpolation: str = "area"
     description: str = (
-        "Centre-crop the frame to the model's aspect ratio, resize to height x width, "
-        "RGB uint8, then (x - mean) / std per channel."
+        "Centre-crop the frame to the model's aspect ratio, resize to height x width (when zoom < 1, "
+        "enlarge its centred zoom share of each side back to that size), RGB uint8, then (x - mean) / std "
+        "per channel."
     )
     tta: str = "none"  # "flips": the engine averages over the four flips (4 inferences per frame)
     # The centred share of each side the model sees, enlarged back to its input (1.0: the whole
     # fitted frame). Training zooms in at random; a zoom at its mean shows lesions at the size the
     # network learned them (device.preprocess.centre_zoom).
     zoom: float = 1.0
+
+    @property
+    def view(self) -> str:
+        """What the model is shown beyond the fit to its input, in words (tables and reports)."""
+        parts = [f"centre {100 * self.zoom:.0f}%"] if self.zoom != 1.0 else []
+        parts += [f"{TTA_VIEWS[self.tta]} {self.tta}"] if self.tta != "none" else []
+        return ", ".join(parts) or "none"
 
 
 @dataclass(frozen=True)

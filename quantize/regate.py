@@ -48,7 +48,7 @@ def rebuild_float(card, int8_path: Path, out: Path) -> Path:
 
 def regate(model_dir: Path, *, data: Path, zoom: float | None = None, tta: str | None = None,
            float_from_int8: bool = False, cache_dir: Path | None = None, threads: int = 2) -> Path:
-    from device.card import ModelCard, verify_model_file
+    from device.card import ModelCard, Preprocessing, verify_model_file
     from quantize.pipeline import FLOAT_NAME, QuantizeOptions, gate_card
     from train.data import redraw_split, select
 
@@ -77,7 +77,8 @@ def regate(model_dir: Path, *, data: Path, zoom: float | None = None, tta: str |
                              "reference (quantize --keep-float, or --float-from-int8 for a QAT MobileNetV2)")
         pre = card.preprocessing
         new = dataclasses.replace(card, preprocessing=dataclasses.replace(
-            pre, zoom=pre.zoom if zoom is None else zoom, tta=pre.tta if tta is None else tta))
+            pre, zoom=pre.zoom if zoom is None else zoom, tta=pre.tta if tta is None else tta,
+            description=Preprocessing.description))
         arch = card.architecture
         facts = {"run": f"`{card.training.get('run', '?')}` ({card.training.get('checkpoint', '?')} checkpoint)",
                  "architecture": f"{arch.get('arch')}, {arch.get('params', 0):,} params, "

@@ -23,13 +23,12 @@ _FOOTER = """
 - *int8 - float*: accuracy points lost by quantization; *agree*: top-1 agreement of int8 with float.
 - MACs are multiply-accumulates per inference at the model's input size; a model with
   *4 flips* test-time augmentation runs four inferences per frame and averages them (card field
-  `preprocessing.tta`), and its metrics are measured that way.
+  `preprocessing.tta`); *centre 86%* shows the model the centred 86% of each side of its fitted
+  input, enlarged back (card field `preprocessing.zoom`, no extra inference). Metrics are
+  measured that way.
 - HAM10000 is CC BY-NC-SA 4.0: these models are for non-commercial use.
   Tschandl, P., Rosendahl, C. & Kittler, H. Sci. Data 5, 180161 (2018). https://doi.org/10.1038/sdata.2018.161
 """
-
-
-_TTA = {"none": "none", "flips": "4 flips"}
 
 
 def _pct(x) -> str:
@@ -46,7 +45,7 @@ def model_rows(models_dir: Path) -> tuple[list[str], int]:
         arch = card.architecture
         rows.append(
             f"| [{card.name}]({card_path.parent.name}/REPORT.md) | {arch.get('arch')} | "
-            f"{card.input.height}x{card.input.width} | {_TTA[card.preprocessing.tta]} | {_pct(m8['accuracy'])} | {_pct(m8['balanced_accuracy'])} | "
+            f"{card.input.height}x{card.input.width} | {card.preprocessing.view} | {_pct(m8['accuracy'])} | {_pct(m8['balanced_accuracy'])} | "
             f"{m8['macro_f1']:.3f} | {m8['macro_auc']:.3f} | {_pct(m8['per_class']['mel']['recall'])} | "
             f"{arch.get('params', 0) / 1e6:.2f} M | {arch.get('macs', 0) / 1e6:.0f} M | "
             f"{card.model_file.size_bytes / 1024:.0f} KiB | {_pct(mf['accuracy'])} | "
@@ -57,7 +56,7 @@ def model_rows(models_dir: Path) -> tuple[list[str], int]:
 
 def render(models_dir: Path) -> str:
     rows, n = model_rows(models_dir)
-    head = ("| model | architecture | input | test-time aug. | accuracy | balanced acc. | macro-F1 | macro AUC | melanoma recall "
+    head = ("| model | architecture | input | test-time view | accuracy | balanced acc. | macro-F1 | macro AUC | melanoma recall "
             "| params | MACs | int8 size | float accuracy | int8 - float | agree |\n"
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     return _HEADER.format(n=n) + head + "\n".join(rows) + "\n" + _FOOTER

@@ -16,3 +16,13 @@ def test_table_row_comes_from_the_card(tiny_model_dir, tmp_path):
     assert "| none |" in row  # the tiny card asks for no test-time augmentation
     header = next(line for line in text.splitlines() if line.startswith("| model |"))
     assert header.count("|") == row.count("|")
+
+
+def test_table_says_what_view_the_card_asks_for(tiny_model_dir, tmp_path):
+    models = tmp_path / "models"
+    shutil.copytree(tiny_model_dir, models / "tiny")
+    card = json.loads((models / "tiny" / "card.json").read_text())
+    card["preprocessing"].update(zoom=0.86, tta="flips")
+    (models / "tiny" / "card.json").write_text(json.dumps(card))
+    row = next(line for line in render(models).splitlines() if line.startswith("| [tiny]"))
+    assert "| centre 86%, 4 flips |" in row
