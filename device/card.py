@@ -21,6 +21,13 @@ TTA_VIEWS = {"none": 1, "flips": 4}
 TTA_MODES = tuple(TTA_VIEWS)
 
 
+def valid_zoom(zoom: float) -> float:
+    """``zoom`` if it is a share of each side the model can be shown, (0, 1]; else ValueError."""
+    if not 0.0 < zoom <= 1.0:
+        raise ValueError(f"expected a share in (0, 1], got {zoom!r}")
+    return zoom
+
+
 class CardError(ValueError):
     """A card that is missing, unreadable or inconsistent; the message names the field or file."""
 
@@ -310,8 +317,10 @@ def _parse_card(data: Any) -> ModelCard:
     if tta not in TTA_MODES:
         raise CardError(f"field 'preprocessing.tta': expected one of {TTA_MODES}, got {tta!r}")
     zoom = _get(pre, "zoom", float, "preprocessing", 1.0)
-    if not 0.0 < zoom <= 1.0:
-        raise CardError(f"field 'preprocessing.zoom': expected a share in (0, 1], got {zoom!r}")
+    try:
+        valid_zoom(zoom)
+    except ValueError as err:
+        raise CardError(f"field 'preprocessing.zoom': {err}") from None
 
     float_file = _section(data, "float_file", optional=True)
     referral = _section(data, "referral", optional=True)

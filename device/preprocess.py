@@ -14,7 +14,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from device.card import TTA_MODES
+from device.card import TTA_MODES, valid_zoom
 
 # Image files read from disk (the CLI, the folder camera) are refused above this many pixels;
 # uploads get the shared memory budget of device.limits.DecodeBudget (http.decode_memory_mb).
@@ -90,9 +90,7 @@ def centre_share(rgb: np.ndarray, share: float) -> np.ndarray:
 def centre_zoom(pixels: np.ndarray, zoom: float) -> np.ndarray:
     """A fitted (H, W, 3) image zoomed in on its centre: the centred ``zoom`` share of each side,
     enlarged back to H x W (the card's ``preprocessing.zoom``; 1.0 returns ``pixels``)."""
-    if not 0.0 < zoom <= 1.0:
-        raise ValueError(f"zoom: expected a share in (0, 1], got {zoom}")
-    if zoom == 1.0:
+    if valid_zoom(zoom) == 1.0:
         return pixels
     h, w = pixels.shape[:2]
     return cv2.resize(np.ascontiguousarray(centre_share(pixels, zoom)), (w, h), interpolation=cv2.INTER_LINEAR)

@@ -14,14 +14,14 @@ import os
 import sys
 from pathlib import Path
 
-from device.card import TTA_MODES, Preprocessing
+from device.card import TTA_MODES, Preprocessing, valid_zoom
 
 
 def share(text: str) -> float:
-    value = float(text)
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a share in (0, 1], got {text}")
-    return value
+    try:
+        return valid_zoom(float(text))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -79,14 +79,7 @@ def quantize_run(run_dir: Path, options: QuantizeOptions) -> Path:
         card = build_card(run, name=options.name, int8_path=int8_path,
                           float_path=float_path if options.keep_float else None, checkpoint=options.checkpoint,
                           preprocessing=options.preprocessing)
-        facts = {
-            "run": f"`{run.path.name}` ({options.checkpoint} checkpoint)",
-            "architecture": f"{run.meta['arch']}, {card.architecture['params']:,} params, "
-                            f"{card.architecture['macs'] / 1e6:.1f} M MACs, input {height}x{width}",
-            "int8 file": f"{card.model_file.size_bytes / 1024:.1f} KiB, sha256 `{card.model_file.sha256}`",
-            "split": f"{run.meta['split']['method']} (seed {run.meta['split']['seed']}), evaluated on "
-                     f"'{options.split}'",
-        }
+        facts = {"run": f"`{run.path.name}` ({options.checkpoint} checkpoint)", **card_facts(card, options.split)}
         card, result, report = gate_card(card, int8_path, float_path, records, options, facts=facts,
                                          rejected_dir=run.path)
         card = dataclasses.replace(
@@ -101,6 +94,17 @@ def quantize_run(run_dir: Path, options: QuantizeOptions) -> Path:
     _log.info("wrote %s (int8 accuracy %.4f, agreement %.4f)", dest, result.int8_report["accuracy"],
               result.agreement)
     return dest
+
+
+def card_facts(card: ModelCard, split: str) -> dict[str, str]:
+    """The lines of a gate report that describe the model, read from its card."""
+    arch = card.architecture
+    return {
+        "architecture": f"{arch['arch']}, {arch['params']:,} params, {arch['macs'] / 1e6:.1f} M MACs, "
+                        f"input {card.input.height}x{card.input.width}",
+        "int8 file": f"{card.model_file.size_bytes / 1024:.1f} KiB, sha256 `{card.model_file.sha256}`",
+        "split": f"{card.split['method']} (seed {card.split['seed']}), evaluated on '{split}'",
+    }
 
 
 def gate_card(card: ModelCard, int8_path: Path, float_path: Path, records: list, options: QuantizeOptions, *,

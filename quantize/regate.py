@@ -49,7 +49,7 @@ def rebuild_float(card, int8_path: Path, out: Path) -> Path:
 def regate(model_dir: Path, *, data: Path, zoom: float | None = None, tta: str | None = None,
            float_from_int8: bool = False, cache_dir: Path | None = None, threads: int = 2) -> Path:
     from device.card import ModelCard, Preprocessing, verify_model_file
-    from quantize.pipeline import FLOAT_NAME, QuantizeOptions, gate_card
+    from quantize.pipeline import FLOAT_NAME, QuantizeOptions, card_facts, gate_card
     from train.data import redraw_split, select
 
     model_dir = Path(model_dir)
@@ -79,15 +79,10 @@ def regate(model_dir: Path, *, data: Path, zoom: float | None = None, tta: str |
         new = dataclasses.replace(card, preprocessing=dataclasses.replace(
             pre, zoom=pre.zoom if zoom is None else zoom, tta=pre.tta if tta is None else tta,
             description=Preprocessing.description))
-        arch = card.architecture
         facts = {"run": f"`{card.training.get('run', '?')}` ({card.training.get('checkpoint', '?')} checkpoint)",
-                 "architecture": f"{arch.get('arch')}, {arch.get('params', 0):,} params, "
-                                 f"{arch.get('macs', 0) / 1e6:.1f} M MACs, input {card.input.height}x{card.input.width}",
-                 "int8 file": f"{card.model_file.size_bytes / 1024:.1f} KiB, sha256 `{card.model_file.sha256}` "
-                              "(unchanged)",
+                 **card_facts(card, options.split),
                  "float reference": "the shipped model_float.tflite" if card.float_file is not None else
-                 "rebuilt from the int8 file (quantize.regate --float-from-int8)",
-                 "split": f"{card.split['method']} (seed {card.split['seed']}), evaluated on '{options.split}'"}
+                 "rebuilt from the int8 file (quantize.regate --float-from-int8)"}
         new, result, report = gate_card(new, int8_path, float_path, records, options, facts=facts,
                                         rejected_dir=Path(tmp))
         quantization = {**card.quantization, "gate": result.summary()}
