@@ -6,6 +6,7 @@ so a bad card is refused before an interpreter is ever built.
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
@@ -26,6 +27,14 @@ def valid_zoom(zoom: float) -> float:
     if not 0.0 < zoom <= 1.0:
         raise ValueError(f"expected a share in (0, 1], got {zoom!r}")
     return zoom
+
+
+def zoom_argument(text: str) -> float:
+    """An argparse ``type`` for ``--zoom`` options, so a bad share is refused before any model loads."""
+    try:
+        return valid_zoom(float(text))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 class CardError(ValueError):

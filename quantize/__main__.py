@@ -14,14 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from device.card import TTA_MODES, Preprocessing, valid_zoom
-
-
-def share(text: str) -> float:
-    try:
-        return valid_zoom(float(text))
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
+from device.card import TTA_MODES, Preprocessing, zoom_argument
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -43,7 +36,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="interpreter threads for the gate")
     parser.add_argument("--tta", type=str, choices=TTA_MODES, default="none",
                         help="test-time augmentation the card asks the device for (flips: 4 inferences per frame)")
-    parser.add_argument("--zoom", type=share, default=1.0,
+    parser.add_argument("--zoom", type=zoom_argument, default=1.0,
                         help="centred share of each side the card asks the device to show the model (1.0: all)")
     parser.add_argument("--sign-key", type=Path, default=None,
                         help="Ed25519 private key (python -m quantize.sign keygen): also write card.sig")

@@ -117,13 +117,13 @@ def _check_rebuild(card, float_path: Path, evaluated, options) -> None:
 
 
 def main(argv=None) -> int:
-    from device.card import TTA_MODES
-    from quantize.__main__ import run_reporting_errors, share
+    from device.card import TTA_MODES, zoom_argument
+    from quantize.__main__ import run_reporting_errors
 
     parser = argparse.ArgumentParser(prog="python -m quantize.regate", description=__doc__.split("\n\n")[0])
     parser.add_argument("model_dir", type=Path)
     parser.add_argument("--data", type=Path, required=True, help="the dataset root the model's split was drawn from")
-    parser.add_argument("--zoom", type=share, default=None, help="new preprocessing.zoom (default: unchanged)")
+    parser.add_argument("--zoom", type=zoom_argument, default=None, help="new preprocessing.zoom (default: unchanged)")
     parser.add_argument("--tta", choices=TTA_MODES, default=None, help="new preprocessing.tta (default: unchanged)")
     parser.add_argument("--float-from-int8", action="store_true",
                         help="rebuild the float reference from the int8 file (QAT MobileNetV2 without model_float)")

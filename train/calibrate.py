@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from device.card import zoom_argument
 from device.preprocess import centre_zoom
 from train.dataset import predict_probs
 from train.evaluate import load_run
@@ -144,7 +145,7 @@ def main(argv=None) -> None:
     parser.add_argument("--data", type=Path, default=None, help="dataset root (default: the run's)")
     parser.add_argument("--no-logit-adjustment", action="store_true", help="temperature scaling only")
     parser.add_argument("--no-temperature", action="store_true", help="logit adjustment only")
-    parser.add_argument("--zoom", type=float, default=1.0,
+    parser.add_argument("--zoom", type=zoom_argument, default=1.0,
                         help="fit on val images centre-zoomed as the card will ask (quantize --zoom)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

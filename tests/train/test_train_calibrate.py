@@ -12,6 +12,7 @@ from train.calibrate import (
     choose_tau,
     fit_temperature,
     fold_into_head,
+    main,
     nll,
     operating_point,
 )
@@ -69,6 +70,12 @@ def test_calibration_fits_on_the_zoomed_views_the_card_will_ask_for(trained_run,
     zoomed, plain = val_nll(np.stack([centre_zoom(p, 0.5) for p in run.pixels])), val_nll(run.pixels)
     assert summary["zoom"] == 0.5 and abs(zoomed - plain) > 1e-4
     assert summary["val"]["temperature"]["nll_before"] == pytest.approx(zoomed, abs=1e-6)
+
+
+def test_a_zoom_outside_the_unit_share_is_refused_before_any_model_loads(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([str(tmp_path / "no-such-run"), "--zoom", "1.5"])
+    assert exit_.value.code == 2 and "expected a share in (0, 1], got 1.5" in capsys.readouterr().err
 
 
 def test_temperature_undoes_overconfidence():
