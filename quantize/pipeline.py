@@ -8,6 +8,7 @@ run directory instead.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import shutil
@@ -54,12 +55,23 @@ class QuantizeOptions:
     referral_sensitivity: float = 0.9  # the referral rule's target on val; 0 = no rule in the card
 
 
+def check_calibrated_view(run_dir: Path, zoom: float) -> None:
+    """Refuse to gate a calibrated checkpoint at another zoom than its tau and T were fitted on."""
+    summary = Path(run_dir) / "calibration.json"
+    fitted = json.loads(summary.read_text()).get("zoom", 1.0) if summary.exists() else 1.0
+    if fitted != zoom:
+        raise ValueError(f"{summary} was fitted on views at zoom {fitted}, the card would ask for {zoom}: "
+                         f"pass --zoom {fitted}, or calibrate again with --zoom {zoom}")
+
+
 def quantize_run(run_dir: Path, options: QuantizeOptions) -> Path:
     """Quantize the run's checkpoint, gate it and write ``options.out / options.name``.
 
     Raises :class:`quantize.gate.GateError` when the int8 model fails the gate.
     """
     run = TrainingRun.load(run_dir)
+    if options.checkpoint == "calibrated":
+        check_calibrated_view(run.path, options.preprocessing.zoom)
     height, width = run.input_hw
     mean, std = run.normalization
     records = run.records(data=options.data)

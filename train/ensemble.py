@@ -3,6 +3,8 @@
     python -m train.ensemble models/dermnet-mnv2 models/dermnet-mnv2-seed2 --data ../shared/data/ham10000
     python -m quantize runs/<stamp>-ensemble --checkpoint calibrated --name dermnet-mnv2-ensemble
 
+Members must share their cards' ``preprocessing.zoom``; quantize the run with that ``--zoom``.
+
 Each member is rebuilt as a float Keras model from its own int8 file (``train.backbones.import_tflite``:
 quantization-aware training left its kernels on the int8 grid, so the float model is the one the
 gate compared it with). The ensemble averages the members' logits (the log of the geometric mean
@@ -29,6 +31,7 @@ from keras import layers
 
 from device.card import ModelCard, verify_model_file
 from device.engine import Engine
+from device.preprocess import centre_zoom
 from train import data as ds
 from train.backbones import BACKBONES, import_tflite, pretrained_classifier
 from train.calibrate import fit_temperature, fold_into_head, nll, operating_point, softmax
@@ -76,7 +79,8 @@ def check_compatible(members: list[Member]) -> None:
         for what, mine, theirs in (("labels", card.codes, first.codes), ("split", card.split, first.split),
                                    ("input", (card.input.height, card.input.width),
                                     (first.input.height, first.input.width)),
-                                   ("normalization", card.normalization, first.normalization)):
+                                   ("normalization", card.normalization, first.normalization),
+                                   ("preprocessing.zoom", card.preprocessing.zoom, first.preprocessing.zoom)):
             if mine != theirs:
                 raise ValueError(f"{card.name} and {first.name} differ in their cards' field '{what}'; "
                                  "they cannot share one input")
@@ -124,8 +128,11 @@ def build(model_dirs: list[Path], *, data: Path, name: str = "ensemble", favour:
     int8_log_probs = np.mean([np.log(np.clip(int8_probs(folder, pixels), 1e-12, 1.0)) for folder in model_dirs],
                              axis=0)
     bias, table = choose_bias(softmax(int8_log_probs), labels, card.codes, favour, max_accuracy_cost)
-    # The temperature is a smooth fit: on the float graph's mean logits (up to a per-image constant).
-    logits = np.log(np.clip(predict_probs(ensemble_model(members), pixels, norm.mean, norm.std), 1e-12, 1.0))
+    # The temperature is a smooth fit: on the float graph's mean logits (up to a per-image constant),
+    # for the views the engine showed the members (quantize the run with the same --zoom).
+    zoom = card.preprocessing.zoom
+    views = np.stack([centre_zoom(p, zoom) for p in pixels])
+    logits = np.log(np.clip(predict_probs(ensemble_model(members), views, norm.mean, norm.std), 1e-12, 1.0))
     shift = bias * np.array([c == favour for c in card.codes], dtype=np.float64)
     temperature = fit_temperature(logits + shift, labels)
     chosen = next(row for row in table if row["bias"] == bias)
@@ -147,6 +154,7 @@ def build(model_dirs: list[Path], *, data: Path, name: str = "ensemble", favour:
         "combine": "mean of the members' logits",
         "favour": {"class": favour, "bias": bias, "max_val_accuracy_cost_points": max_accuracy_cost},
         "temperature": temperature,
+        "zoom": zoom,
     }
     meta = {
         "arch": model.name,  # e.g. mobilenet_v2_x2: not a member architecture, so never nested again

@@ -11,9 +11,10 @@ import pytest
 
 from device.card import ModelCard
 from device.engine import Engine
-from device.preprocess import normalize
+from device.preprocess import centre_zoom, normalize
 from quantize.gate import GateThresholds
 from quantize.pipeline import QuantizeOptions, quantize_run
+from train import ensemble
 from train.data import load_pixels, read_split, select
 from train.ensemble import build, choose_bias, load_member, main
 from train.run import TrainingRun
@@ -123,14 +124,39 @@ def test_quantize_gates_and_cards_the_ensemble_like_any_run(ensemble_run, fixtur
     assert probs.shape == (7,) and abs(float(probs.sum()) - 1.0) < 0.05
 
 
-def test_members_that_cannot_share_an_input_are_refused(members, fixture_dir, tmp_path):
-    other = tmp_path / "other"
-    shutil.copytree(members[1], other)
-    card = json.loads((other / "card.json").read_text())
-    card["normalization"]["mean"] = [0.0, 0.0, 0.0]
-    (other / "card.json").write_text(json.dumps(card))
-    with pytest.raises(ValueError, match="field 'normalization'"):
+def _edited_copy(model_dir, dest, section, **fields):
+    shutil.copytree(model_dir, dest)
+    card = json.loads((dest / "card.json").read_text())
+    card[section].update(fields)
+    (dest / "card.json").write_text(json.dumps(card))
+    return dest
+
+
+@pytest.mark.parametrize(("section", "fields", "named"), [("normalization", {"mean": [0.0, 0.0, 0.0]}, "normalization"),
+                                                          ("preprocessing", {"zoom": 0.86}, "preprocessing.zoom")])
+def test_members_that_cannot_share_an_input_are_refused(members, fixture_dir, tmp_path, section, fields, named):
+    other = _edited_copy(members[1], tmp_path / "other", section, **fields)
+    with pytest.raises(ValueError, match=f"field '{named}'"):
         build([members[0], other], data=fixture_dir, runs_dir=tmp_path / "runs", cache_dir=tmp_path / "cache")
+
+
+def test_zoomed_members_are_fitted_on_the_views_they_are_shown(members, fixture_dir, tmp_path, monkeypatch):
+    zoomed = [_edited_copy(m, tmp_path / f"z{i}", "preprocessing", zoom=0.5) for i, m in enumerate(members)]
+    fitted_on, predict_probs = [], ensemble.predict_probs  # the tiny members' outputs hardly depend on the
+    # image, so look at what the temperature fit is given
+
+    def recording_predict_probs(model, pixels, mean, std):
+        fitted_on.append(pixels)
+        return predict_probs(model, pixels, mean, std)
+
+    monkeypatch.setattr(ensemble, "predict_probs", recording_predict_probs)
+    run = build(zoomed, data=fixture_dir, max_accuracy_cost=5.0, runs_dir=tmp_path / "runs", cache_dir=tmp_path / "c")
+    val = load_pixels(select(read_split(run / "split.csv", fixture_dir), "val"), 32, 40, None)
+    np.testing.assert_array_equal(fitted_on[0], np.stack([centre_zoom(p, 0.5) for p in val]))
+    assert json.loads((run / "calibration.json").read_text())["zoom"] == 0.5
+    with pytest.raises(ValueError, match="fitted on views at zoom 0.5, the card would ask for 1.0"):
+        quantize_run(run, QuantizeOptions(name="ens", out=tmp_path, data=fixture_dir, checkpoint="calibrated",
+                                          representative=32, thresholds=LENIENT, num_threads=1))
 
 
 def test_a_member_that_cannot_be_rebuilt_is_named(tiny_model_dir, members, fixture_dir, tmp_path, capsys):
