@@ -9,7 +9,8 @@
 
 A TFLite file carries BatchNorm folded into each conv's bias, so the import gives every
 BatchNormalization the identity plus that bias; ``reestimate_batchnorm`` then measures the
-statistics on our own images while keeping the function unchanged, so that BN can train.
+statistics on our own images while keeping the function unchanged, so that BN can train;
+``affine_batchnorm`` instead keeps the statistics and lets only each BN's scale and bias train.
 """
 from __future__ import annotations
 
@@ -184,6 +185,32 @@ def reestimate_batchnorm(model: keras.Model, images: np.ndarray, *, batch_size: 
         bn.moving_mean.assign(new_mean.astype(np.float32))
         bn.moving_variance.assign(new_var.astype(np.float32))
     return len(bns)
+
+
+@keras.saving.register_keras_serializable(package="dermedge")
+class AffineBatchNormalization(layers.BatchNormalization):
+    """BatchNormalization that always normalizes by its moving statistics, in training too, so that
+    fine-tuning moves only gamma and beta: a per-channel scale and bias on the conv before it.
+
+    After a folded import beta is that conv's bias; frozen BN never trains it. Batch statistics are
+    no option here: a batch of 32 dermoscopy images puts some channels' mean 1.7 standard deviations
+    from the re-estimated one (block_1_depthwise_BN), and training-mode BN collapsed to one class
+    within an epoch (``models/BN-PROTOCOL.md``). The converter folds it like any inference-mode BN."""
+
+    def call(self, inputs, training=None, mask=None):
+        return super().call(inputs, training=False, mask=mask)
+
+
+def affine_batchnorm(model: keras.Model) -> keras.Model:
+    """``model`` with every plain BatchNormalization swapped for an AffineBatchNormalization, same
+    weights, so the same function."""
+    def clone(layer: layers.Layer) -> layers.Layer:
+        kind = AffineBatchNormalization if type(layer) is layers.BatchNormalization else type(layer)
+        return kind.from_config(layer.get_config())
+
+    swapped = keras.models.clone_model(model, clone_function=clone)
+    swapped.set_weights(model.get_weights())
+    return swapped
 
 
 def set_batchnorm(model: keras.Model, *, trainable: bool, momentum: float) -> None:

@@ -16,7 +16,7 @@ from train.schedules import CYCLIC_MODES
 
 DEFAULT_INPUT = {"seed_cnn": (90, 120), "concat_resnet": (90, 120), "edgenet": (150, 200),
                  "mobilenet_v2": (150, 200)}
-BN_MODES = ("reestimate", "frozen", "train")
+BN_MODES = ("reestimate", "frozen", "train", "affine")
 LR_POLICIES = CYCLIC_MODES + ("cosine", "constant")
 
 
@@ -31,7 +31,7 @@ class TrainConfig:
     freeze_epochs: int = 1  # head warm-up epochs with the backbone frozen, at head_lr
     head_lr: float = 1e-3
     trainable_from: str = ""  # first backbone layer the second phase trains ("" = all of it); earlier ones stay frozen
-    bn_mode: str = "reestimate"  # reestimate (measure stats on our images, then train) | frozen | train
+    bn_mode: str = "reestimate"  # reestimate (measure stats on our images, then train) | frozen | train | affine (stats kept, scale and bias train)
     bn_momentum: float = 0.9
     dropout: float = 0.2
     qat: bool = False  # quantization-aware fine-tuning: simulate int8 activations and conv kernels (train.qat)

@@ -13,6 +13,7 @@ from typing import Any
 
 import keras
 
+from train import backbones  # noqa: F401  (registers AffineBatchNormalization for load_model)
 from train import data as ds
 from train import qat
 from train.config import TrainConfig, load_config

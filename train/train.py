@@ -264,6 +264,8 @@ def _initial_model(cfg: TrainConfig, train_pixels: np.ndarray) -> tuple[keras.Mo
         norm = ds.channel_stats(train_pixels)
         model = build_model(cfg.arch, (h, w, 3), width=cfg.width_mult)
         provenance = None
+    if cfg.bn_mode == "affine":
+        model = backbones.affine_batchnorm(model)
     return (qat.quantize_aware(model) if cfg.qat else model), norm, provenance
 
 
