@@ -13,9 +13,8 @@ from typing import Any
 
 import keras
 
-from train import backbones  # noqa: F401  (registers AffineBatchNormalization for load_model)
+from train import backbones, qat
 from train import data as ds
-from train import qat
 from train.config import TrainConfig, load_config
 
 CHECKPOINTS = ("best", "last", "calibrated")  # calibrated: written by train.calibrate
@@ -64,7 +63,8 @@ class TrainingRun:
 
     def load_model(self, which: str = "best") -> keras.Model:
         """A checkpoint as the plain float model (a quantization-aware run's FakeQuant layers removed)."""
-        return qat.strip(keras.models.load_model(self.checkpoint(which), compile=False))
+        path = self.checkpoint(which)
+        return qat.strip(keras.models.load_model(path, compile=False, custom_objects=backbones.CUSTOM_LAYERS))
 
     def records(self, split: str | None = None, data: Path | None = None) -> list[ds.Record]:
         """The run's split CSV with images under ``data`` (default: the config's root); one split's

@@ -1,5 +1,5 @@
 """Pretrained backbones: the TFLite import round trip, a mismatched graph refused, BatchNorm
-re-estimation that keeps the function, and the quantization-aware wrapper."""
+re-estimation that keeps the function, affine-only BN, and the quantization-aware wrapper."""
 from __future__ import annotations
 
 import keras
@@ -104,6 +104,38 @@ def test_reestimated_batchnorm_keeps_the_function_and_measures_the_data(imagenet
     train_out = keras.ops.convert_to_numpy(keras.Model(model.input, first.output)(images, training=True))
     infer_out = keras.ops.convert_to_numpy(keras.Model(model.input, first.output)(images, training=False))
     np.testing.assert_allclose(train_out, infer_out, atol=1e-2)
+
+
+def test_affine_batchnorm_trains_scale_and_bias_never_statistics(tmp_path, imagenet_like):
+    _, path, images = imagenet_like
+    plain, _ = backbones.pretrained_classifier("mobilenet_v2", SHAPE, weights=str(path), num_classes=7,
+                                               alpha=ALPHA)
+    model = backbones.affine_batchnorm(plain)
+    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(bns) == 52 and all(isinstance(bn, backbones.AffineBatchNormalization) for bn in bns)
+    want = plain.predict(images, verbose=0)
+    np.testing.assert_allclose(model.predict(images, verbose=0), want, atol=1e-6)  # the same function
+    # Training mode normalizes by the moving statistics too: no batch statistics to collapse on
+    # (the backbone's features: the head's dropout is the one thing training mode should change).
+    features = keras.Model(model.input, model.get_layer("out_relu").output)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(features(images, training=True)),
+                               keras.ops.convert_to_numpy(features(images, training=False)), atol=1e-6)
+    def weights():  # each BN's gamma, beta, moving mean and moving variance
+        return [[np.array(w) for w in bn.get_weights()] for bn in bns]
+
+    before = weights()
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="categorical_crossentropy")
+    model.fit(images[:16], np.eye(7, dtype=np.float32)[np.arange(16) % 7], epochs=1, batch_size=8, verbose=0)
+    after = weights()
+    for k in (0, 1):  # gamma and beta trained (where the random network passes a gradient)...
+        assert any(not np.allclose(b[k], a[k]) for b, a in zip(before, after, strict=True))
+    for b, a in zip(before, after, strict=True):  # ... the statistics never
+        np.testing.assert_array_equal(b[2], a[2])
+        np.testing.assert_array_equal(b[3], a[3])
+    model.save(tmp_path / "affine.keras")
+    loaded = keras.models.load_model(tmp_path / "affine.keras", compile=False)
+    assert isinstance(loaded.get_layer("bn_Conv1"), backbones.AffineBatchNormalization)
+    np.testing.assert_allclose(loaded.predict(images, verbose=0), model.predict(images, verbose=0), atol=1e-6)
 
 
 def test_kernels_are_fake_quantized_per_channel_by_hand():
