@@ -278,8 +278,16 @@ class FramePump:
         self.thread.join(5)
 
 
+def assert_stream_refused(url: str, code: int) -> None:
+    """/stream.mjpg answers ``code`` with a JSON reason. Asked with stream=True and the status checked
+    before the body is read: a stream wrongly granted would otherwise be read forever."""
+    with requests.get(f"{url}/stream.mjpg", stream=True, timeout=TIMEOUT) as response:
+        assert response.status_code == code, response.headers.get("Content-Type")
+        assert_json_error(response, code)
+
+
 def test_stream_sends_jpeg_parts(api, engine_predict, lesion):
-    assert_json_error(requests.get(f"{api.url}/stream.mjpg", timeout=TIMEOUT), 404)
+    assert_stream_refused(api.url, 404)
     with (
         FramePump(api.state, engine_predict, lesion),
         requests.get(f"{api.url}/stream.mjpg", stream=True, timeout=TIMEOUT) as response,
@@ -302,7 +310,7 @@ def test_stream_limit_and_slot_release(api, engine_predict, lesion):
                 assert response.status_code == 200
                 read_parts(response, 1)
                 open_streams.append(response)
-            assert_json_error(requests.get(f"{api.url}/stream.mjpg", timeout=TIMEOUT), 429)
+            assert_stream_refused(api.url, 429)
             assert requests.get(f"{api.url}/health", timeout=TIMEOUT).status_code == 200  # not starved
             open_streams.pop().close()
 
