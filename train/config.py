@@ -70,6 +70,11 @@ class TrainConfig:
     cache_dir: str = "cache"
     workers: int = 2
 
+    def __post_init__(self):
+        # Every mode but "frozen" trains BN, so a misspelt one would silently train it.
+        if self.bn_mode not in BN_MODES:
+            raise ValueError(f"bn_mode: unknown {self.bn_mode!r}; choose from {BN_MODES}")
+
     @property
     def pretrained(self) -> bool:
         return self.arch == "mobilenet_v2"

@@ -61,3 +61,15 @@ def test_both_phases_of_one_run_are_in_its_history(tmp_path, fixture_dir):
     run_dir = main([*dirs, *TINY_MNV2, "--epochs", "2"])
     rows = (run_dir / "history.csv").read_text().splitlines()
     assert rows[0].startswith("epoch") and [r.split(",")[0] for r in rows[1:]] == ["0", "1"]
+
+
+def test_affine_bn_mode_trains_with_its_batchnorm_in_the_checkpoint(tmp_path, fixture_dir):
+    from train import backbones
+
+    dirs = ("--data", str(fixture_dir), "--runs-dir", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache"))
+    run_dir = main([*dirs, *TINY_MNV2, "--bn-mode", "affine", "--epochs", "2"])
+    model = TrainingRun.load(run_dir).load_model("last")
+    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(bns) == 52 and all(isinstance(bn, backbones.AffineBatchNormalization) for bn in bns)
+    assert model.get_layer("block_16_project_BN").trainable  # after trainable_from: its scale and bias train
+    assert json.loads((run_dir / "meta.json").read_text())["backbone"]["bn_mode"] == "affine"

@@ -111,3 +111,10 @@ def test_every_recipe_is_a_valid_config(path):
 
     cfg = TrainConfig(**yaml.safe_load(path.read_text()))
     assert cfg.epochs > 0 and cfg.name
+
+
+def test_an_unknown_bn_mode_is_refused_naming_the_field():
+    from train.config import TrainConfig
+
+    with pytest.raises(ValueError, match="bn_mode: unknown 'afine'"):
+        TrainConfig(bn_mode="afine")
