@@ -216,15 +216,6 @@ def affine_batchnorm(model: keras.Model) -> keras.Model:
     return swapped
 
 
-def set_batchnorm(model: keras.Model, *, trainable: bool, momentum: float) -> None:
-    """Frozen BN runs in inference mode (Keras 3 semantics); trainable BN uses ``momentum``
-    (keras.applications' 0.999 lets the moving statistics lag fine-tuned weights and collapse)."""
-    for layer in model.layers:
-        if isinstance(layer, layers.BatchNormalization):
-            layer.trainable = trainable
-            layer.momentum = momentum
-
-
 def imagenet_self_check(path: Path, samples: list[Path], *, labels_file: Path | None = None,
                         name: str = "mobilenet_v2", alpha: float = 1.0) -> list[dict]:
     """ImageNet top-1 of each sample through the imported Keras backbone plus the file's own
