@@ -201,9 +201,6 @@ class AffineBatchNormalization(layers.BatchNormalization):
         return super().call(inputs, training=False, mask=mask)
 
 
-CUSTOM_LAYERS = {"AffineBatchNormalization": AffineBatchNormalization}  # for load_model
-
-
 def affine_batchnorm(model: keras.Model) -> keras.Model:
     """``model`` with every plain BatchNormalization swapped for an AffineBatchNormalization, same
     weights, so the same function."""

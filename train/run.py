@@ -13,7 +13,7 @@ from typing import Any
 
 import keras
 
-from train import backbones, qat
+from train import backbones, qat  # noqa: F401  (backbones registers AffineBatchNormalization for load_model)
 from train import data as ds
 from train.config import TrainConfig, load_config
 
@@ -63,8 +63,7 @@ class TrainingRun:
 
     def load_model(self, which: str = "best") -> keras.Model:
         """A checkpoint as the plain float model (a quantization-aware run's FakeQuant layers removed)."""
-        path = self.checkpoint(which)
-        return qat.strip(keras.models.load_model(path, compile=False, custom_objects=backbones.CUSTOM_LAYERS))
+        return qat.strip(keras.models.load_model(self.checkpoint(which), compile=False))
 
     def records(self, split: str | None = None, data: Path | None = None) -> list[ds.Record]:
         """The run's split CSV with images under ``data`` (default: the config's root); one split's

@@ -7,7 +7,7 @@ import json
 import keras
 import numpy as np
 
-from train import qat
+from train import backbones, qat
 from train.run import TrainingRun
 from train.train import main
 
@@ -64,8 +64,6 @@ def test_both_phases_of_one_run_are_in_its_history(tmp_path, fixture_dir):
 
 
 def test_affine_bn_mode_trains_with_its_batchnorm_in_the_checkpoint(tmp_path, fixture_dir):
-    from train import backbones
-
     dirs = ("--data", str(fixture_dir), "--runs-dir", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache"))
     run_dir = main([*dirs, *TINY_MNV2, "--bn-mode", "affine", "--epochs", "2"])
     model = TrainingRun.load(run_dir).load_model("last")
