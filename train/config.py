@@ -43,6 +43,7 @@ class TrainConfig:
     batch_size: int = 32
     optimizer: str = "adamw"  # adam | adamw | rmsprop
     weight_decay: float = 1e-4  # adamw only
+    ema_momentum: float = 0.0  # > 0: the whole-network phase scores and keeps the moving average of the weights (Polyak), per step
     lr_policy: str = "triangular2"  # triangular | triangular2 | exp_range | cosine | constant
     base_lr: float = 1e-4
     max_lr: float = 2e-3
@@ -74,6 +75,8 @@ class TrainConfig:
         # Every mode but "frozen" trains BN, so a misspelt one would silently train it.
         if self.bn_mode not in BN_MODES:
             raise ValueError(f"bn_mode: unknown {self.bn_mode!r}; choose from {BN_MODES}")
+        if not 0.0 <= self.ema_momentum < 1.0:
+            raise ValueError(f"ema_momentum: {self.ema_momentum} is outside [0, 1); 0 turns the average off")
 
     @property
     def pretrained(self) -> bool:

@@ -43,13 +43,15 @@ _RUN_HANDLER = "train-run"  # name of the log handlers main() installs
 # --- building blocks --------------------------------------------------------------
 
 
-def make_optimizer(cfg: TrainConfig) -> keras.optimizers.Optimizer:
+def make_optimizer(cfg: TrainConfig, *, average: bool = False) -> keras.optimizers.Optimizer:
+    """``average``: the optimizer also keeps the moving average of the weights (``ema_momentum``)."""
+    ema = {"use_ema": True, "ema_momentum": cfg.ema_momentum} if average and cfg.ema_momentum else {}
     if cfg.optimizer == "adam":
-        return keras.optimizers.Adam(cfg.base_lr)
+        return keras.optimizers.Adam(cfg.base_lr, **ema)
     if cfg.optimizer == "adamw":
-        return keras.optimizers.AdamW(cfg.base_lr, weight_decay=cfg.weight_decay)
+        return keras.optimizers.AdamW(cfg.base_lr, weight_decay=cfg.weight_decay, **ema)
     if cfg.optimizer == "rmsprop":
-        return keras.optimizers.RMSprop(cfg.base_lr)
+        return keras.optimizers.RMSprop(cfg.base_lr, **ema)
     raise ValueError(f"optimizer: unknown {cfg.optimizer!r}; use adam, adamw or rmsprop")
 
 
@@ -82,15 +84,36 @@ def make_lr_fn(cfg: TrainConfig, steps_per_epoch: int, epochs: int):
 
 class Checkpointer(keras.callbacks.Callback):
     """Scores the validation split each epoch, keeps best.keras by balanced accuracy and
-    last.keras + state.json for resuming. Writes are atomic so an interrupt never corrupts them."""
+    last.keras + state.json for resuming. Writes are atomic so an interrupt never corrupts them.
+
+    When the optimizer keeps a moving average of the weights, that average is what is scored and
+    kept as best.keras; last.keras holds the raw weights, its optimizer the average, so a resumed
+    run continues both."""
 
     def __init__(self, run_dir: Path, val_pixels, val_labels, mean, std, labels, best: float = -1.0):
         super().__init__()
         self.run_dir, self.val_pixels, self.val_labels = run_dir, val_pixels, val_labels
         self.mean, self.std, self.labels, self.best = mean, std, labels, best
+        self._average = keras.callbacks.SwapEMAWeights()  # swaps the averaged weights in and out in place
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
+        _save_atomic(self.model, self.run_dir / "last.keras")
+        averaged = getattr(self.model.optimizer, "use_ema", False)
+        if averaged:
+            self._average.set_model(self.model)
+            self._average.on_test_begin()
+        try:
+            self._score(logs)
+        finally:
+            if averaged:
+                self._average.on_test_end()
+        state = {"epoch": epoch, "best_val_balanced_accuracy": self.best, "time": time.time()}
+        (self.run_dir / "state.json").write_text(json.dumps(state, indent=2))
+        _log.info("epoch %d: %s", epoch + 1,
+                  " ".join(f"{k}={v:.4f}" for k, v in logs.items() if isinstance(v, float)))
+
+    def _score(self, logs: dict) -> None:
         probs = predict_probs(self.model, self.val_pixels, self.mean, self.std)
         report = classification_report(probs, self.val_labels, self.labels)
         eps = 1e-7
@@ -100,11 +123,6 @@ class Checkpointer(keras.callbacks.Callback):
         if report["balanced_accuracy"] > self.best:
             self.best = report["balanced_accuracy"]
             _save_atomic(self.model, self.run_dir / "best.keras")
-        _save_atomic(self.model, self.run_dir / "last.keras")
-        state = {"epoch": epoch, "best_val_balanced_accuracy": self.best, "time": time.time()}
-        (self.run_dir / "state.json").write_text(json.dumps(state, indent=2))
-        _log.info("epoch %d: %s", epoch + 1,
-                  " ".join(f"{k}={v:.4f}" for k, v in logs.items() if isinstance(v, float)))
 
 
 def _save_atomic(model: keras.Model, path: Path) -> None:
@@ -211,7 +229,9 @@ def fit(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> Path:
         run_phase(lambda s: cfg.head_lr, head_epochs)
     if not resume or initial_epoch == head_epochs:  # the second phase starts with a fresh optimizer
         set_trainable(model, cfg, backbone=True)
-        model.compile(optimizer=make_optimizer(cfg), loss=make_loss(cfg), metrics=["accuracy"])
+        # Only this phase averages: fit() ends by writing the average into the weights, and a
+        # one-epoch head phase would average in its random start.
+        model.compile(optimizer=make_optimizer(cfg, average=True), loss=make_loss(cfg), metrics=["accuracy"])
     _log.info("%s: epochs %d-%d, %s lr %g -> %g", "fine-tuning" if cfg.pretrained else "training",
               initial_epoch + 1, cfg.epochs, cfg.lr_policy, cfg.max_lr, cfg.base_lr)
     run_phase(make_lr_fn(cfg, len(train_batches), cfg.epochs - head_epochs), cfg.epochs)

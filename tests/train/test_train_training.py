@@ -118,3 +118,27 @@ def test_an_unknown_bn_mode_is_refused_naming_the_field():
 
     with pytest.raises(ValueError, match="bn_mode: unknown 'afine'"):
         TrainConfig(bn_mode="afine")
+
+
+def test_the_weight_average_is_scored_and_kept_as_best_while_training_goes_on_raw(tiny_argv, tmp_path):
+    run_dir = main(tiny_argv(tmp_path, "--epochs", "1", "--ema-momentum", "0.5", "--no-evaluate"))
+    last, best = (keras.models.load_model(run_dir / name) for name in ("last.keras", "best.keras"))
+    averages = {v.path.split("/", 1)[1].removesuffix("_average"): keras.ops.convert_to_numpy(v)
+                for v in last.optimizer.variables if v.path.endswith("_average")}
+    assert len(averages) == len(best.trainable_weights) > 0
+    moved = 0
+    for raw, kept in zip(last.trainable_weights, best.trainable_weights, strict=True):
+        average = averages[raw.path.replace("/", "_")]
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(kept), average, atol=1e-6)
+        moved += not np.allclose(keras.ops.convert_to_numpy(raw), average)
+    assert moved > len(averages) // 2  # last.keras keeps the raw weights to resume from
+
+    assert main(["--resume", str(run_dir), "--epochs", "2", "--no-evaluate"]) == run_dir
+    assert keras.models.load_model(run_dir / "last.keras").optimizer.use_ema
+
+
+def test_an_ema_momentum_outside_the_unit_interval_is_refused_naming_the_field():
+    from train.config import TrainConfig
+
+    with pytest.raises(ValueError, match=r"ema_momentum: 1.0 is outside \[0, 1\)"):
+        TrainConfig(ema_momentum=1.0)
