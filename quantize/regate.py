@@ -30,7 +30,7 @@ REBUILD_TOLERANCE = 0.1
 def rebuild_float(card, int8_path: Path, out: Path) -> Path:
     """``out`` (a float TFLite file): the card's MobileNetV2 classifier with the int8 file's weights."""
     from quantize.convert import convert_float
-    from train.backbones import import_tflite, pretrained_classifier
+    from train.backbones import classifier_from_int8
 
     arch = card.architecture.get("arch")
     if arch != "mobilenet_v2":
@@ -38,10 +38,7 @@ def rebuild_float(card, int8_path: Path, out: Path) -> Path:
     if not card.quantization.get("quantization_aware_training"):
         raise ValueError("--float-from-int8 needs a model trained quantization-aware (kernels on the int8 grid); "
                          "the card's quantization.quantization_aware_training is not true")
-    model, _ = pretrained_classifier(arch, (card.input.height, card.input.width, 3), weights="none",
-                                     num_classes=len(card.labels),
-                                     alpha=float(card.architecture.get("width_mult", 1.0)))
-    import_tflite(model, int8_path)
+    model = classifier_from_int8(card, int8_path)
     out.write_bytes(convert_float(model))
     return out
 

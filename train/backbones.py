@@ -247,14 +247,32 @@ def _range(dtype) -> tuple[int, int]:
 
 
 def pretrained_classifier(name: str, input_shape, *, weights: str, num_classes: int, dropout: float = 0.2,
-                          alpha: float = 1.0) -> tuple[keras.Model, ImportedWeights]:
+                          alpha: float = 1.0, cut: str = "") -> tuple[keras.Model, ImportedWeights]:
     """Backbone -> global average pool -> dropout -> 1x1 conv head -> softmax, the same head layout
-    (``head``, ``logits``, ``probs``) as our other families so temperature folding finds it."""
+    (``head``, ``logits``, ``probs``) as our other families so temperature folding finds it.
+
+    ``cut`` names the backbone layer that feeds the pool ("" = the backbone's last): the layers after
+    it leave the model. ImageNet's last blocks encode ImageNet's objects; a linear probe of
+    mid-network features ranks our classes better than one of the final features."""
     base = backbone(name, input_shape, alpha=alpha)
     imported = load_weights(base, weights, name=name)
-    x = layers.GlobalAveragePooling2D(keepdims=True, name="pool")(base.output)
+    try:
+        features = base.get_layer(cut).output if cut else base.output
+    except ValueError as err:
+        raise ValueError(f"backbone_cut: no layer {cut!r} in {name}") from err
+    x = layers.GlobalAveragePooling2D(keepdims=True, name="pool")(features)
     x = layers.Dropout(dropout, name="drop")(x)
     x = layers.Conv2D(num_classes, 1, name="head")(x)
     x = layers.Flatten(name="logits")(x)
     outputs = layers.Softmax(name="probs")(x)
     return keras.Model(base.input, outputs, name=name), imported
+
+
+def classifier_from_int8(card, int8_path: Path) -> keras.Model:
+    """A shipped pretrained-backbone model rebuilt in float from its card and its int8 file's weights."""
+    arch = card.architecture
+    model, _ = pretrained_classifier(arch["arch"], (card.input.height, card.input.width, 3), weights="none",
+                                     num_classes=len(card.labels), alpha=float(arch.get("width_mult", 1.0)),
+                                     cut=arch.get("backbone_cut", ""))
+    import_tflite(model, Path(int8_path))
+    return model

@@ -28,6 +28,7 @@ class TrainConfig:
     backbone_weights: str = "imagenet"  # imagenet (Keras download) | a Keras .h5 file | a TFLite classifier | none
     self_check_images: str = ""  # comma-separated photos: log their ImageNet top-1 after a TFLite import
     imagenet_labels: str = ""  # the 1001-line label file for the self-check's names
+    backbone_cut: str = ""  # the backbone layer that feeds the head, e.g. block_13_expand_relu ("" = the whole backbone)
     freeze_epochs: int = 1  # head warm-up epochs with the backbone frozen, at head_lr
     head_lr: float = 1e-3
     trainable_from: str = ""  # first backbone layer the second phase trains ("" = all of it); earlier ones stay frozen

@@ -33,7 +33,7 @@ from device.card import ModelCard, verify_model_file
 from device.engine import Engine
 from device.preprocess import centre_zoom
 from train import data as ds
-from train.backbones import BACKBONES, import_tflite, pretrained_classifier
+from train.backbones import BACKBONES, classifier_from_int8
 from train.calibrate import fit_temperature, fold_into_head, nll, operating_point, softmax
 from train.config import TrainConfig
 from train.dataset import engine_probs, predict_probs
@@ -59,9 +59,7 @@ def load_member(model_dir: Path, index: int) -> Member:
     if arch not in BACKBONES:
         raise ValueError(f"{model_dir / 'card.json'}: field 'architecture.arch' is {arch!r}; only "
                          f"{sorted(BACKBONES)} members can be rebuilt from their int8 file")
-    model, _ = pretrained_classifier(arch, (card.input.height, card.input.width, 3), weights="none",
-                                     num_classes=len(card.labels), alpha=card.architecture.get("width_mult", 1.0))
-    import_tflite(model, verify_model_file(card, model_dir))
+    model = classifier_from_int8(card, verify_model_file(card, model_dir))
     return Member(card, keras.Model(model.input, model.get_layer("logits").output, name=f"member{index}"))
 
 

@@ -267,7 +267,7 @@ def _initial_model(cfg: TrainConfig, train_pixels: np.ndarray) -> tuple[keras.Mo
     elif cfg.pretrained:
         model, imported = backbones.pretrained_classifier(cfg.arch, (h, w, 3), weights=cfg.backbone_weights,
                                                           num_classes=len(ds.CLASSES), dropout=cfg.dropout,
-                                                          alpha=cfg.width_mult)
+                                                          alpha=cfg.width_mult, cut=cfg.backbone_cut)
         norm = backbones.IMAGENET_NORMALIZATION
         provenance = {"name": cfg.arch, "weights": imported.source, "kind": imported.kind,
                       "conv_layers_set": imported.layers, "sha256": imported.sha256 or None,

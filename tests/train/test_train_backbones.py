@@ -2,6 +2,8 @@
 re-estimation that keeps the function, affine-only BN, and the quantization-aware wrapper."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import keras
 import numpy as np
 import pytest
@@ -77,6 +79,38 @@ def test_a_mismatched_graph_is_refused_naming_the_first_layer(imagenet_like):
     wider = backbones.backbone("mobilenet_v2", SHAPE, alpha=0.75)
     with pytest.raises(backbones.WeightImportError, match="'Conv1'"):
         backbones.load_weights(wider, str(path))
+
+
+def test_a_cut_backbone_ends_at_the_named_layer_and_rebuilds_from_its_own_int8_file(imagenet_like, tmp_path):
+    _, path, images = imagenet_like
+    cut = "block_13_expand_relu"
+    model, _ = backbones.pretrained_classifier("mobilenet_v2", SHAPE, weights=str(path), num_classes=7,
+                                               alpha=ALPHA, cut=cut)
+    names = [layer.name for layer in model.layers]
+    assert cut in names and "block_13_depthwise" not in names and "out_relu" not in names
+    full, _ = backbones.pretrained_classifier("mobilenet_v2", SHAPE, weights=str(path), num_classes=7, alpha=ALPHA)
+    # The head pools the cut layer's output, computed by the same imported weights as in the full network.
+    pooled = keras.Model(model.input, model.get_layer("pool").output)(images, training=False)
+    want = _features(keras.Model(full.input, full.get_layer(cut).output), images)
+    np.testing.assert_allclose(np.asarray(pooled).reshape(want.shape), want, rtol=1e-4, atol=1e-5)
+
+    int8 = tmp_path / "cut_int8.tflite"
+    int8.write_bytes(convert_int8(model, images))
+    card = SimpleNamespace(architecture={"arch": "mobilenet_v2", "width_mult": ALPHA, "backbone_cut": cut},
+                           input=SimpleNamespace(height=SHAPE[0], width=SHAPE[1]), labels=[None] * 7)
+    rebuilt = backbones.classifier_from_int8(card, int8)
+    assert len(backbones.conv_layers(rebuilt)) == len(backbones.conv_layers(model))
+    got, ref = (keras.ops.convert_to_numpy(m(images, training=False)) for m in (rebuilt, model))
+    assert np.abs(got - ref).max() < 0.1  # int8 weights: close to the float model, not bit-exact
+    card.architecture.pop("backbone_cut")  # a card that forgets the cut describes another graph
+    with pytest.raises(backbones.WeightImportError):
+        backbones.classifier_from_int8(card, int8)
+
+
+def test_an_unknown_cut_names_the_layer():
+    with pytest.raises(ValueError, match="backbone_cut: no layer 'block_99'"):
+        backbones.pretrained_classifier("mobilenet_v2", SHAPE, weights="none", num_classes=7, alpha=ALPHA,
+                                        cut="block_99")
 
 
 def test_missing_weights_file_names_it(tmp_path):
