@@ -60,12 +60,17 @@ def build_card(run: TrainingRun, *, name: str, int8_path: Path, float_path: Path
         preprocessing=preprocessing or Preprocessing(),
         model_file=model_file(int8_path),
         float_file=model_file(float_path) if float_path else None,
-        architecture={"arch": run.meta["arch"], "width_mult": cfg.width_mult,
-                      **({"backbone_cut": cfg.backbone_cut} if cfg.backbone_cut else {}), **run.meta["model"]},
+        architecture={"arch": run.meta["arch"], "width_mult": cfg.width_mult, **_backbone_cut(run), **run.meta["model"]},
         split=dict(run.meta["split"]),
         training=training_summary(run, checkpoint),
         dataset=dict(run.meta["dataset"]),
     )
+
+
+def _backbone_cut(run: TrainingRun) -> dict[str, str]:
+    """The layer a cut backbone ends at, from the weights' provenance (a warm restart inherits it)."""
+    cut = (run.meta.get("backbone") or {}).get("cut", "")
+    return {"backbone_cut": cut} if cut else {}
 
 
 def training_summary(run: TrainingRun, checkpoint: str) -> dict[str, Any]:

@@ -76,6 +76,8 @@ class TrainConfig:
         # Every mode but "frozen" trains BN, so a misspelt one would silently train it.
         if self.bn_mode not in BN_MODES:
             raise ValueError(f"bn_mode: unknown {self.bn_mode!r}; choose from {BN_MODES}")
+        if self.backbone_cut and self.init_from:
+            raise ValueError("backbone_cut: shapes a new model; --init-from keeps its checkpoint's graph (and cut)")
         if not 0.0 <= self.ema_momentum < 1.0:
             raise ValueError(f"ema_momentum: {self.ema_momentum} is outside [0, 1); 0 turns the average off")
 

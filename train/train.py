@@ -271,7 +271,7 @@ def _initial_model(cfg: TrainConfig, train_pixels: np.ndarray) -> tuple[keras.Mo
         norm = backbones.IMAGENET_NORMALIZATION
         provenance = {"name": cfg.arch, "weights": imported.source, "kind": imported.kind,
                       "conv_layers_set": imported.layers, "sha256": imported.sha256 or None,
-                      "bn_mode": cfg.bn_mode}
+                      "bn_mode": cfg.bn_mode, "cut": cfg.backbone_cut}
         _log.info("backbone %s: weights from %s (%s, %d conv layers)", cfg.arch, imported.source, imported.kind,
                   imported.layers)
         if imported.kind == "tflite" and cfg.self_check_images:

@@ -6,7 +6,10 @@ import json
 
 import keras
 import numpy as np
+import pytest
 
+from quantize.card import build_card
+from quantize.convert import convert_int8
 from train import backbones, qat
 from train.run import TrainingRun
 from train.train import main
@@ -71,3 +74,24 @@ def test_affine_bn_mode_trains_with_its_batchnorm_in_the_checkpoint(tmp_path, fi
     assert len(bns) == 52 and all(isinstance(bn, backbones.AffineBatchNormalization) for bn in bns)
     assert model.get_layer("block_16_project_BN").trainable  # after trainable_from: its scale and bias train
     assert json.loads((run_dir / "meta.json").read_text())["backbone"]["bn_mode"] == "affine"
+
+
+def test_a_cut_backbone_survives_a_warm_restart_into_the_card(tmp_path, fixture_dir):
+    dirs = ("--data", str(fixture_dir), "--runs-dir", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache"))
+    cut = "block_13_expand_relu"
+    first = main([*dirs, *TINY_MNV2, "--backbone-cut", cut, "--epochs", "1"])
+    assert "out_relu" not in [layer.name for layer in TrainingRun.load(first).load_model("best").layers]
+    restart_args = [*dirs, *TINY_MNV2, "--init-from", str(first / "best.keras"), "--qat", "true",
+                    "--freeze-epochs", "0", "--epochs", "1", "--lr-policy", "constant", "--max-lr", "1e-4"]
+    with pytest.raises(ValueError, match="backbone_cut"):  # a restart keeps its checkpoint's graph
+        main([*restart_args, "--backbone-cut", "block_9_expand_relu"])
+    run = TrainingRun.load(main(restart_args))
+    assert run.meta["backbone"]["cut"] == cut  # inherited from the first stage's provenance
+
+    int8 = tmp_path / "model_int8.tflite"
+    images = np.random.default_rng(0).uniform(-1, 1, (8, 32, 40, 3)).astype(np.float32)
+    int8.write_bytes(convert_int8(run.load_model("best"), images))
+    card = build_card(run, name="tiny-cut", int8_path=int8)
+    assert card.architecture["backbone_cut"] == cut
+    assert len(backbones.conv_layers(backbones.classifier_from_int8(card, int8))) == len(
+        backbones.conv_layers(run.load_model("best")))
