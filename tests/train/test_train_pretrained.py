@@ -90,8 +90,8 @@ def test_a_cut_backbone_survives_a_warm_restart_into_the_card(tmp_path, fixture_
 
     int8 = tmp_path / "model_int8.tflite"
     images = np.random.default_rng(0).uniform(-1, 1, (8, 32, 40, 3)).astype(np.float32)
-    int8.write_bytes(convert_int8(run.load_model("best"), images))
+    best = run.load_model("best")
+    int8.write_bytes(convert_int8(best, images))
     card = build_card(run, name="tiny-cut", int8_path=int8)
     assert card.architecture["backbone_cut"] == cut
-    assert len(backbones.conv_layers(backbones.classifier_from_int8(card, int8))) == len(
-        backbones.conv_layers(run.load_model("best")))
+    assert len(backbones.conv_layers(backbones.classifier_from_int8(card, int8))) == len(backbones.conv_layers(best))
