@@ -33,7 +33,7 @@ def _default_device_id() -> str:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    dir: str = "models/dermnet-mnv2"  # folder with card.json and the int8 .tflite it names
+    dir: str = "models/dermnet-mnv2-trio"  # folder with card.json and the int8 .tflite it names
     threads: int = 2  # interpreter threads
     public_keys: tuple[str, ...] = ()  # Ed25519 public key files (PEM) that may sign models
     require_signature: bool = False  # refuse a model without a valid signature by one of them

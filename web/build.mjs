@@ -12,7 +12,7 @@ import * as esbuild from 'esbuild';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const {values: args} = parseArgs({options: {
-  model: {type: 'string', default: join(here, '..', 'models', 'dermnet-mnv2')},
+  model: {type: 'string', default: join(here, '..', 'models', 'dermnet-mnv2-trio')},
   out: {type: 'string', default: join(here, 'dist')},
 }});
 const runtime = join(here, 'node_modules', '@litertjs', 'core');

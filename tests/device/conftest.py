@@ -231,4 +231,4 @@ def mqtt_subscriber():
 @pytest.fixture(scope="session")
 def default_model_dir() -> Path:
     """The shipped default model, whose card carries the referral rule picked on val and measured on test."""
-    return Path(__file__).parents[2] / "models" / "dermnet-mnv2"
+    return Path(__file__).parents[2] / "models" / "dermnet-mnv2-trio"

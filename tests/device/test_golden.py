@@ -13,8 +13,8 @@ from device.engine import Engine
 from device.preprocess import load_image
 
 REPO = Path(__file__).parents[2]
-MODEL_DIR = REPO / "models" / "dermnet-mnv2"
-GOLDEN = REPO / "tests" / "fixtures" / "golden_dermnet_mnv2.json"
+MODEL_DIR = REPO / "models" / "dermnet-mnv2-trio"
+GOLDEN = REPO / "tests" / "fixtures" / "golden_default.json"
 IMAGES = REPO / "tests" / "fixtures" / "ham10000_mini" / "images"
 
 

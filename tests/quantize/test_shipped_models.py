@@ -10,7 +10,9 @@ from device.card import DISCLAIMER, ModelCard, verify_model_file
 from quantize.table import render
 
 MODELS = Path(__file__).parents[2] / "models"
-SHIPPED = ("concat-resnet", "dermnet-edge", "dermnet-mnv2", "seed-cnn")  # the design's two families and the default
+# the design's two families, the default (trio) with its members, and the fast variant
+SHIPPED = ("concat-resnet", "dermnet-edge", "dermnet-mnv2", "dermnet-mnv2-cut13-s2", "dermnet-mnv2-cut9",
+           "dermnet-mnv2-trio", "seed-cnn")
 MAX_FILE_BYTES = 10 * 1024 * 1024
 
 
