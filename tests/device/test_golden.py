@@ -13,7 +13,6 @@ from device.engine import Engine
 from device.preprocess import load_image
 
 REPO = Path(__file__).parents[2]
-MODEL_DIR = REPO / "models" / "dermnet-mnv2-trio"
 GOLDEN = REPO / "tests" / "fixtures" / "golden_default.json"
 IMAGES = REPO / "tests" / "fixtures" / "ham10000_mini" / "images"
 
@@ -24,8 +23,8 @@ def golden():
 
 
 @pytest.fixture(scope="module")
-def engine():
-    return Engine.from_model_dir(MODEL_DIR, num_threads=1)
+def engine(default_model_dir):
+    return Engine.from_model_dir(default_model_dir, num_threads=1)
 
 
 def test_golden_file_is_for_the_shipped_model(engine, golden):
