@@ -74,9 +74,44 @@ def fit_to_input(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
     crop = center_crop_to_aspect(rgb, height, width)
     if crop.shape[:2] == (height, width):
         return np.ascontiguousarray(crop, dtype=np.uint8)
-    shrinking = crop.shape[0] >= height
-    interp = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-    return cv2.resize(crop, (width, height), interpolation=interp).astype(np.uint8, copy=False)
+    if crop.shape[0] >= height:  # shrinking
+        return cv2.resize(crop, (width, height), interpolation=cv2.INTER_AREA).astype(np.uint8, copy=False)
+    return resize_linear(crop, height, width)
+
+
+# OpenCV's INTER_LINEAR for uint8 keeps its weights in 11 fractional bits.
+_COEF_BITS = 11
+
+
+def _linear_taps(src_size: int, dst_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per output index along one axis: the two source indices and their fixed-point weights,
+    computed as OpenCV computes them (float32 positions, half-to-even rounding, edges clamped)."""
+    pos = ((np.arange(dst_size) + 0.5) * (1.0 / (dst_size / src_size)) - 0.5).astype(np.float32)
+    first = np.floor(pos).astype(np.int64)
+    frac = pos - first.astype(np.float32)
+    clamped = (first < 0) | (first >= src_size - 1)
+    frac[clamped] = 0
+    first = np.clip(first, 0, src_size - 1)
+    one = np.float32(1 << _COEF_BITS)
+    return (first, np.minimum(first + 1, src_size - 1),
+            np.rint((np.float32(1) - frac) * one).astype(np.int32), np.rint(frac * one).astype(np.int32))
+
+
+def resize_linear(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear resize of (H, W, C) uint8 with OpenCV INTER_LINEAR's fixed-point arithmetic, in
+    integers, so every machine gets the same bytes. cv2.resize's vectorised rows round about one
+    value in eight differently, and differently per instruction set (SSE, AVX, NEON); one step in a
+    few input pixels moves an int8 network's output by several steps. The browser app
+    (web/src/preprocess.js ``resizeLinear``) computes the same formula, so it and the device agree."""
+    src_h, src_w, channels = rgb.shape
+    x0, x1, a0, a1 = _linear_taps(src_w, width)
+    y0, y1, b0, b1 = _linear_taps(src_h, height)
+    lanes = np.arange(channels)
+    left, right = (x0[:, None] * channels + lanes).ravel(), (x1[:, None] * channels + lanes).ravel()
+    src = rgb.reshape(src_h, src_w * channels).astype(np.int32)
+    rows = src[:, left] * np.repeat(a0, channels) + src[:, right] * np.repeat(a1, channels)
+    out = rows[y0] * b0[:, None] + rows[y1] * b1[:, None] + (1 << (2 * _COEF_BITS - 1))
+    return np.minimum(out >> (2 * _COEF_BITS), 255).astype(np.uint8).reshape(height, width, channels)
 
 
 def centre_share(rgb: np.ndarray, share: float) -> np.ndarray:
@@ -93,7 +128,7 @@ def centre_zoom(pixels: np.ndarray, zoom: float) -> np.ndarray:
     if valid_zoom(zoom) == 1.0:
         return pixels
     h, w = pixels.shape[:2]
-    return cv2.resize(np.ascontiguousarray(centre_share(pixels, zoom)), (w, h), interpolation=cv2.INTER_LINEAR)
+    return resize_linear(centre_share(pixels, zoom), h, w)
 
 
 def tta_views(pixels: np.ndarray, mode: str) -> list[np.ndarray]:

@@ -2,6 +2,7 @@
 int8 (de)quantization round trips (device/preprocess.py)."""
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
@@ -13,6 +14,7 @@ from device.preprocess import (
     fit_to_input,
     normalize,
     quantize,
+    resize_linear,
 )
 
 RED, GREEN = (255, 0, 0), (0, 255, 0)
@@ -68,6 +70,30 @@ def test_centre_zoom_enlarges_the_centre_back_to_the_input_size():
     assert (out[2:-2] == GREEN).all()
     assert centre_zoom(img, 0.9)[:3].tolist() == [[list(RED)] * 100] * 3  # red still shows at the edges
     assert centre_zoom(img, 1.0) is img
+
+
+def test_resize_linear_is_opencvs_fixed_point_bilinear_worked_by_hand():
+    # 1x2 -> 1x4: source positions -0.25 (clamped), 0.25, 0.75, 1.25 (clamped); weights in 1/2048
+    # and a 2048 vertical weight, rounded once: 255 * 512 * 2048 / 2**22 = 63.75 -> 64, 191.25 -> 191
+    ramp = np.array([[[0, 0, 0], [255, 255, 255]]], np.uint8)
+    assert resize_linear(ramp, 1, 4)[0, :, 0].tolist() == [0, 64, 191, 255]
+
+
+def test_resize_linear_is_cv2_inter_linear_up_to_its_vector_rounding():
+    rng = np.random.default_rng(3)
+    for src, dst in [((129, 172), (150, 200)), ((30, 40), (150, 200)), ((5, 3), (11, 7))]:
+        img = rng.integers(0, 256, (*src, 3), dtype=np.uint8)
+        ours = resize_linear(img, *dst).astype(int)
+        theirs = cv2.resize(img, dst[::-1], interpolation=cv2.INTER_LINEAR).astype(int)
+        assert ours.shape == theirs.shape
+        assert np.abs(ours - theirs).max() <= 1
+    np.testing.assert_array_equal(resize_linear(img, 5, 3), img)
+
+
+def test_fit_to_input_and_centre_zoom_enlarge_with_resize_linear():
+    img = np.random.default_rng(4).integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(fit_to_input(img, 48, 64), resize_linear(img, 48, 64))
+    np.testing.assert_array_equal(centre_zoom(img, 0.5), resize_linear(img[6:18, 8:24], 24, 32))
 
 
 def test_fit_to_input_rejects_grey():

@@ -15,15 +15,25 @@ from tests.helpers import run_node
 
 REPO = Path(__file__).resolve().parents[2]
 WEB = REPO / "web"
-DEFAULT_MODEL = REPO / "models" / "dermnet-edge"
 
 
 @pytest.fixture(scope="session")
 def web_dist(tmp_path_factory, web_deps) -> Path:
-    """The app built from this checkout with the shipped default model."""
+    """The app built from this checkout as ``make web`` builds it: with its own default model."""
     out = tmp_path_factory.mktemp("web") / "dist"
-    run_node("node", "build.mjs", "--model", str(DEFAULT_MODEL), "--out", str(out))
+    run_node("node", "build.mjs", "--out", str(out))
     return out
+
+
+def built_model(web_dist: Path) -> str:
+    """The URL path of the model the build copied in (``models/<name>/``), from its config.json."""
+    return json.loads((web_dist / "config.json").read_text())["model"]
+
+
+@pytest.fixture(scope="session")
+def model_dir(web_dist) -> Path:
+    """The shipped model folder the app was built with."""
+    return REPO / built_model(web_dist)
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):
@@ -44,10 +54,11 @@ def static_server(web_dist):
 
 
 def add_model(web_dist: Path, name: str, card: dict, *, with_file: bool = True) -> str:
-    """A model folder ``models/<name>/`` in the build with ``card``; returns its URL path."""
+    """A model folder ``models/<name>/`` in the build with ``card`` and the built model's file;
+    returns its URL path."""
     folder = web_dist / "models" / name
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "card.json").write_text(json.dumps(card))
     if with_file:
-        shutil.copy(DEFAULT_MODEL / card["model_file"]["path"], folder / card["model_file"]["path"])
+        shutil.copy(web_dist / built_model(web_dist) / card["model_file"]["path"], folder / card["model_file"]["path"])
     return f"models/{name}/"

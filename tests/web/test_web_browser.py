@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.web.conftest import DEFAULT_MODEL, REPO, WEB, add_model, run_node
+from device.config import ModelConfig
+from tests.web.conftest import REPO, WEB, add_model, run_node
 
 FIXTURES = REPO / "tests" / "fixtures" / "ham10000_mini" / "images"
 REFERRAL = {"classes": ["akiec", "bcc", "mel"], "threshold": 0.21, "target_sensitivity": 0.9, "picked_on": "val",
@@ -54,14 +55,29 @@ def assert_same_results(page: dict, device: dict[str, dict], card: dict):
         assert got["source"] == name
 
 
+def assert_same_referrals(results: list[dict], device: dict[str, dict], card: dict) -> int:
+    """The page applies the card's referral rule as the device does; returns how many it referred."""
+    rule = card["referral"]
+    margin = 2 * card["output"]["scale"] * len(rule["classes"])  # two int8 steps per summed class
+    referred = 0
+    for shown in results:
+        want, got = device[Path(shown["file"]).name], shown["result"]
+        assert abs(got["referral"]["score"] - want["referral"]["score"]) <= margin, shown["file"]
+        if abs(want["referral"]["score"] - rule["threshold"]) > margin:  # clear of the boundary
+            assert got["refer"] is want["refer"], shown["file"]
+        assert shown["advice"] == (rule["advice"] if got["refer"] else "")
+        referred += got["refer"]
+    return referred
+
+
 def assert_no_console_errors(page: dict):
     assert page["pageErrors"] == []
     assert [m for m in page["console"] if m["type"] == "error"] == []
 
 
 @pytest.fixture(scope="module")
-def card() -> dict:
-    return json.loads((DEFAULT_MODEL / "card.json").read_text())
+def card(model_dir) -> dict:
+    return json.loads((model_dir / "card.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +98,7 @@ def bad_files(tmp_path_factory) -> tuple[Path, Path]:
     return text, huge
 
 
-def test_every_fixture_matches_device_predict_and_bad_files_are_refused(static_server, card, bad_files):
+def test_every_fixture_matches_device_predict_and_bad_files_are_refused(static_server, model_dir, card, bad_files):
     images = sorted(FIXTURES.glob("*.jpg"))
     text, huge = bad_files
     page = drive(static_server + "index.html", *images, text, huge, images[0])
@@ -92,36 +108,28 @@ def test_every_fixture_matches_device_predict_and_bad_files_are_refused(static_s
     assert refused_text["result"] is None and "notes.jpg: not a decodable image" in refused_text["error"]
     assert refused_huge["result"] is None and "image too large: 8000x8000 pixels" in refused_huge["error"]
     assert again["status"] == "ready" and again["result"] is not None  # the page carries on
-    device = device_predict(DEFAULT_MODEL, FIXTURES)
+    device = device_predict(model_dir, FIXTURES)
     assert len(fixtures) == len(device) == len(images)
     assert_same_results({**page, "results": fixtures + [again]}, device, card)
     assert_no_console_errors(page)
-    assert all(r["result"]["refer"] is None for r in fixtures)  # no rule on this card
+    assert assert_same_referrals(fixtures, device, card) > 0  # the shipped card's own rule
 
 
-def test_card_with_flips_and_referral(static_server, web_dist, card, tmp_path):
+def test_card_with_flips_and_referral(static_server, web_dist, model_dir, card, tmp_path):
     """A card asking for flip TTA and carrying a referral rule: same as the device on that card."""
     variant = {**card, "preprocessing": {**card["preprocessing"], "tta": "flips"}, "referral": REFERRAL}
     url_path = add_model(web_dist, "flips-referral", variant)
     folder = tmp_path / "flips-referral"
     folder.mkdir()
     (folder / "card.json").write_text(json.dumps(variant))
-    (folder / card["model_file"]["path"]).symlink_to(DEFAULT_MODEL / card["model_file"]["path"])
+    (folder / card["model_file"]["path"]).symlink_to(model_dir / card["model_file"]["path"])
     images = sorted(FIXTURES.glob("*.jpg"))[::9]
     page = drive(f"{static_server}index.html?model={url_path}", *images)
     assert page["status"] == "ready", page["error"]
     device = device_predict(folder, *images)
     assert_same_results(page, device, variant)
     assert_no_console_errors(page)
-    referred = 0
-    for shown in page["results"]:
-        want, got = device[Path(shown["file"]).name], shown["result"]
-        step = card["output"]["scale"]
-        assert abs(got["referral"]["score"] - want["referral"]["score"]) <= 6 * step  # 3 classes, 2 steps each
-        if abs(want["referral"]["score"] - REFERRAL["threshold"]) > 6 * step:  # clear of the boundary
-            assert got["refer"] is want["refer"], shown["file"]
-        assert shown["advice"] == (REFERRAL["advice"] if got["refer"] else "")
-        referred += got["refer"]
+    referred = assert_same_referrals(page["results"], device, variant)
     assert 0 < referred < len(images), "the images should fall on both sides of the rule"
 
 
@@ -141,9 +149,10 @@ def test_bad_card_field_is_named(static_server, web_dist, card):
 
 
 def test_build_output_is_self_contained(web_dist):
-    """Everything the page loads is in the folder: no CDN, so it works offline once loaded."""
+    """Everything the page loads is in the folder: no CDN, so it works offline once loaded. Its
+    model is the device's default."""
     assert {p.name for p in (web_dist / "wasm").iterdir()} >= {"litert_wasm_internal.wasm", "litert_wasm_compat_internal.wasm"}
     for text_file in ("index.html", "app.js"):
         assert "cdn.jsdelivr" not in (web_dist / text_file).read_text()
-    assert json.loads((web_dist / "config.json").read_text()) == {"model": "models/dermnet-edge/"}
+    assert json.loads((web_dist / "config.json").read_text()) == {"model": f"{ModelConfig.dir}/"}
     assert (WEB / "package-lock.json").is_file()

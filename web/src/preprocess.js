@@ -166,8 +166,8 @@ function linearTable(ssize, dsize) {
   return {index, weights};
 }
 
-/** cv2.resize(..., INTER_LINEAR) with OpenCV's fixed-point weights (scalar rounding; OpenCV's
- * vectorised rows round the low bits differently, so a value may differ by one). */
+/** device.preprocess.resize_linear: OpenCV INTER_LINEAR's fixed-point arithmetic in integers, the
+ * same bytes on every machine (the device does not use cv2.resize here for that reason). */
 export function resizeLinear(img, dh, dw) {
   const xs = linearTable(img.width, dw);
   const ys = linearTable(img.height, dh);
