@@ -23,7 +23,9 @@ from pathlib import Path
 
 _log = logging.getLogger(__name__)
 
-# A rebuilt float reference must reproduce the card's recorded float accuracy this closely (points).
+# A rebuilt float reference must reproduce the card's recorded float accuracy this closely (points),
+# unless the caller allows more: a change to device/preprocess.py since the card was written moves
+# the figure by a few tenths of a point (one step in a few pixels changes some predictions).
 REBUILD_TOLERANCE = 0.1
 
 
@@ -44,7 +46,8 @@ def rebuild_float(card, int8_path: Path, out: Path) -> Path:
 
 
 def regate(model_dir: Path, *, data: Path, zoom: float | None = None, tta: str | None = None,
-           float_from_int8: bool = False, cache_dir: Path | None = None, threads: int = 2) -> Path:
+           float_from_int8: bool = False, rebuild_tolerance: float = REBUILD_TOLERANCE,
+           cache_dir: Path | None = None, threads: int = 2) -> Path:
     from device.card import ModelCard, Preprocessing, verify_model_file
     from quantize.pipeline import FLOAT_NAME, QuantizeOptions, card_facts, gate_card
     from train.data import redraw_split, select
@@ -68,7 +71,7 @@ def regate(model_dir: Path, *, data: Path, zoom: float | None = None, tta: str |
             float_path = verify_model_file(card, model_dir, card.float_file)
         elif float_from_int8:
             float_path = rebuild_float(card, int8_path, Path(tmp) / FLOAT_NAME)
-            _check_rebuild(card, float_path, select(records, options.split), options)
+            rebuilt = _check_rebuild(card, float_path, select(records, options.split), options, rebuild_tolerance)
         else:
             raise ValueError(f"{model_dir / 'card.json'}: field 'float_file' is missing; the gate needs the float "
                              "reference (quantize --keep-float, or --float-from-int8 for a QAT MobileNetV2)")
@@ -79,7 +82,8 @@ def regate(model_dir: Path, *, data: Path, zoom: float | None = None, tta: str |
         facts = {"run": f"`{card.training.get('run', '?')}` ({card.training.get('checkpoint', '?')} checkpoint)",
                  **card_facts(card, options.split),
                  "float reference": "the shipped model_float.tflite" if card.float_file is not None else
-                 "rebuilt from the int8 file (quantize.regate --float-from-int8)"}
+                 f"rebuilt from the int8 file (quantize.regate --float-from-int8): {rebuilt} at the card's "
+                 "preprocessing before this re-gate"}
         new, result, report = gate_card(new, int8_path, float_path, records, options, facts=facts,
                                         rejected_dir=Path(tmp))
         quantization = {**card.quantization, "gate": result.summary()}
@@ -91,8 +95,9 @@ def regate(model_dir: Path, *, data: Path, zoom: float | None = None, tta: str |
     return model_dir
 
 
-def _check_rebuild(card, float_path: Path, evaluated, options) -> None:
-    """Refuse a rebuilt float reference that does not score what the card recorded for its float model."""
+def _check_rebuild(card, float_path: Path, evaluated, options, tolerance: float = REBUILD_TOLERANCE) -> str:
+    """Refuse a rebuilt float reference that does not score what the card recorded for its float model;
+    returns what it scored, against the card, for the report."""
     import numpy as np
 
     from device.engine import Engine
@@ -107,10 +112,13 @@ def _check_rebuild(card, float_path: Path, evaluated, options) -> None:
     probs = engine_probs(Engine(float_path, card, variant="float", num_threads=options.num_threads), pixels,
                          desc="rebuilt float")
     got = classification_report(probs, np.array([r.label for r in evaluated]), card.codes)["accuracy"]
-    if abs(got - recorded) * 100 > REBUILD_TOLERANCE:
+    if abs(got - recorded) * 100 > tolerance:
         raise ValueError(f"the float reference rebuilt from the int8 file scores {100 * got:.2f}% where the card "
-                         f"records {100 * recorded:.2f}%: its kernels are not on the int8 grid; not re-gated")
-    _log.info("rebuilt float reference: %.2f%% (card: %.2f%%)", 100 * got, 100 * recorded)
+                         f"records {100 * recorded:.2f}% (more than {tolerance:g} points apart): its kernels are "
+                         "not on the int8 grid, or the preprocessing changed since (--rebuild-tolerance); not re-gated")
+    measured = f"{100 * got:.2f}% accuracy (card: {100 * recorded:.2f}%)"
+    _log.info("rebuilt float reference: %s", measured)
+    return measured
 
 
 def main(argv=None) -> int:
@@ -124,6 +132,9 @@ def main(argv=None) -> int:
     parser.add_argument("--tta", choices=TTA_MODES, default=None, help="new preprocessing.tta (default: unchanged)")
     parser.add_argument("--float-from-int8", action="store_true",
                         help="rebuild the float reference from the int8 file (QAT MobileNetV2 without model_float)")
+    parser.add_argument("--rebuild-tolerance", type=float, default=REBUILD_TOLERANCE, metavar="POINTS",
+                        help="how far the rebuilt float reference may score from the card's float accuracy; raise it "
+                             "only after a change to device/preprocess.py since the card was written")
     parser.add_argument("--cache-dir", type=Path, default=Path("cache"))
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
@@ -131,7 +142,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return run_reporting_errors(lambda: "re-gated " + str(regate(
         args.model_dir, data=args.data, zoom=args.zoom, tta=args.tta, float_from_int8=args.float_from_int8,
-        cache_dir=args.cache_dir, threads=args.threads)))
+        rebuild_tolerance=args.rebuild_tolerance, cache_dir=args.cache_dir, threads=args.threads)))
 
 
 if __name__ == "__main__":

@@ -73,5 +73,6 @@ def test_a_rebuilt_float_reference_must_reproduce_the_cards_float_accuracy(model
     _check_rebuild(card, model_copy / "model_float.tflite", test, options)  # the shipped float: it matches
     off = card.metrics["float"]["accuracy"] + 0.01
     wrong = dataclasses.replace(card, metrics={**card.metrics, "float": {**card.metrics["float"], "accuracy": off}})
-    with pytest.raises(ValueError, match="kernels are not on the int8 grid"):
+    with pytest.raises(ValueError, match="more than 0.1 points apart"):
         _check_rebuild(wrong, model_copy / "model_float.tflite", test, options)
+    _check_rebuild(wrong, model_copy / "model_float.tflite", test, options, tolerance=1.5)  # allowed, knowingly
