@@ -106,12 +106,23 @@ def resize_linear(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
     src_h, src_w, channels = rgb.shape
     x0, x1, a0, a1 = _linear_taps(src_w, width)
     y0, y1, b0, b1 = _linear_taps(src_h, height)
-    lanes = np.arange(channels)
-    left, right = (x0[:, None] * channels + lanes).ravel(), (x1[:, None] * channels + lanes).ravel()
     src = rgb.reshape(src_h, src_w * channels).astype(np.int32)
-    rows = src[:, left] * np.repeat(a0, channels) + src[:, right] * np.repeat(a1, channels)
-    out = rows[y0] * b0[:, None] + rows[y1] * b1[:, None] + (1 << (2 * _COEF_BITS - 1))
-    return np.minimum(out >> (2 * _COEF_BITS), 255).astype(np.uint8).reshape(height, width, channels)
+    # Every sum is an exact integer (at most 255 * 2048 * 2048 < 2**31), so the vertical pass may come
+    # first: it gathers whole rows, the fast direction; in-place steps keep the temporaries few.
+    cols = src[y0]
+    cols *= b0[:, None]
+    below = src[y1]
+    below *= b1[:, None]
+    cols += below
+    lanes = np.arange(channels)
+    out = cols[:, (x0[:, None] * channels + lanes).ravel()]
+    out *= np.repeat(a0, channels)
+    right = cols[:, (x1[:, None] * channels + lanes).ravel()]
+    right *= np.repeat(a1, channels)
+    out += right
+    out += 1 << (2 * _COEF_BITS - 1)
+    out >>= 2 * _COEF_BITS
+    return np.minimum(out, 255).astype(np.uint8).reshape(height, width, channels)
 
 
 def centre_share(rgb: np.ndarray, share: float) -> np.ndarray:
