@@ -8,6 +8,7 @@ happens here, not inside the model; the model card records the statistics.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Literal
 
@@ -83,9 +84,11 @@ def fit_to_input(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
 _COEF_BITS = 11
 
 
+@functools.lru_cache(maxsize=16)  # a camera's frames share their sizes: computed once, not per frame
 def _linear_taps(src_size: int, dst_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per output index along one axis: the two source indices and their fixed-point weights,
-    computed as OpenCV computes them (float32 positions, half-to-even rounding, edges clamped)."""
+    computed as OpenCV computes them (float32 positions, half-to-even rounding, edges clamped).
+    Read-only: the cache hands the same arrays to every caller."""
     pos = ((np.arange(dst_size) + 0.5) * (1.0 / (dst_size / src_size)) - 0.5).astype(np.float32)
     first = np.floor(pos).astype(np.int64)
     frac = pos - first.astype(np.float32)
@@ -93,8 +96,11 @@ def _linear_taps(src_size: int, dst_size: int) -> tuple[np.ndarray, np.ndarray, 
     frac[clamped] = 0
     first = np.clip(first, 0, src_size - 1)
     one = np.float32(1 << _COEF_BITS)
-    return (first, np.minimum(first + 1, src_size - 1),
+    taps = (first, np.minimum(first + 1, src_size - 1),
             np.rint((np.float32(1) - frac) * one).astype(np.int32), np.rint(frac * one).astype(np.int32))
+    for array in taps:
+        array.setflags(write=False)
+    return taps
 
 
 def resize_linear(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
