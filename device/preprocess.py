@@ -85,9 +85,12 @@ _COEF_BITS = 11
 
 
 @functools.lru_cache(maxsize=16)  # a camera's frames share their sizes: computed once, not per frame
-def _linear_taps(src_size: int, dst_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per output index along one axis: the two source indices and their fixed-point weights,
+def _linear_taps(src_size: int, dst_size: int,
+                 lanes: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per output value along one axis: the two source indices and their fixed-point weights,
     computed as OpenCV computes them (float32 positions, half-to-even rounding, edges clamped).
+    With ``lanes`` interleaved values per position (a row's channels), the indices address the
+    flattened row and each weight repeats per lane.
     Read-only: the cache hands the same arrays to every caller."""
     pos = ((np.arange(dst_size) + 0.5) * (1.0 / (dst_size / src_size)) - 0.5).astype(np.float32)
     first = np.floor(pos).astype(np.int64)
@@ -96,8 +99,10 @@ def _linear_taps(src_size: int, dst_size: int) -> tuple[np.ndarray, np.ndarray, 
     frac[clamped] = 0
     first = np.clip(first, 0, src_size - 1)
     one = np.float32(1 << _COEF_BITS)
-    taps = (first, np.minimum(first + 1, src_size - 1),
-            np.rint((np.float32(1) - frac) * one).astype(np.int32), np.rint(frac * one).astype(np.int32))
+    offsets = np.arange(lanes)
+    indices = [(index[:, None] * lanes + offsets).ravel() for index in (first, np.minimum(first + 1, src_size - 1))]
+    weights = [np.repeat(np.rint(weight * one).astype(np.int32), lanes) for weight in (np.float32(1) - frac, frac)]
+    taps = (*indices, *weights)
     for array in taps:
         array.setflags(write=False)
     return taps
@@ -110,7 +115,7 @@ def resize_linear(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
     few input pixels moves an int8 network's output by several steps. The browser app
     (web/src/preprocess.js ``resizeLinear``) computes the same formula, so it and the device agree."""
     src_h, src_w, channels = rgb.shape
-    x0, x1, a0, a1 = _linear_taps(src_w, width)
+    x0, x1, a0, a1 = _linear_taps(src_w, width, channels)
     y0, y1, b0, b1 = _linear_taps(src_h, height)
     src = rgb.reshape(src_h, src_w * channels).astype(np.int32)
     # Every sum is an exact integer (at most 255 * 2048 * 2048 < 2**31), so the vertical pass may come
@@ -120,11 +125,10 @@ def resize_linear(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
     below = src[y1]
     below *= b1[:, None]
     cols += below
-    lanes = np.arange(channels)
-    out = cols[:, (x0[:, None] * channels + lanes).ravel()]
-    out *= np.repeat(a0, channels)
-    right = cols[:, (x1[:, None] * channels + lanes).ravel()]
-    right *= np.repeat(a1, channels)
+    out = cols[:, x0]
+    out *= a0
+    right = cols[:, x1]
+    right *= a1
     out += right
     out += 1 << (2 * _COEF_BITS - 1)
     out >>= 2 * _COEF_BITS
