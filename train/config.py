@@ -41,6 +41,8 @@ class TrainConfig:
     width: int = 0
     width_mult: float = 1.0
     epochs: int = 30
+    stop_epoch: int = 0  # end the run after this epoch while the LR schedule still spans `epochs` (0 = run them all)
+    refit: bool = False  # learn from train + val: a validated recipe refitted on more data (nothing left to score or pick epochs on)
     batch_size: int = 32
     optimizer: str = "adamw"  # adam | adamw | rmsprop
     weight_decay: float = 1e-4  # adamw only
@@ -78,6 +80,11 @@ class TrainConfig:
             raise ValueError(f"bn_mode: unknown {self.bn_mode!r}; choose from {BN_MODES}")
         if self.backbone_cut and self.init_from:
             raise ValueError("backbone_cut: shapes a new model; --init-from keeps its checkpoint's graph (and cut)")
+        if not 0 <= self.stop_epoch <= self.epochs:
+            raise ValueError(f"stop_epoch: {self.stop_epoch} is outside [0, epochs={self.epochs}]; 0 runs every epoch")
+        if self.refit and not self.stop_epoch:
+            raise ValueError("stop_epoch: a refit has no validation split to pick its epoch on; give the epoch "
+                             "the validated run's best checkpoint came from")
         if not 0.0 <= self.ema_momentum < 1.0:
             raise ValueError(f"ema_momentum: {self.ema_momentum} is outside [0, 1); 0 turns the average off")
 

@@ -88,7 +88,8 @@ class Checkpointer(keras.callbacks.Callback):
 
     When the optimizer keeps a moving average of the weights, that average is what is scored and
     kept as best.keras; last.keras holds the raw weights, its optimizer the average, so a resumed
-    run continues both."""
+    run continues both. A refit has no validation split (``val_pixels`` None): every epoch's model
+    is kept as best.keras, so the one its ``stop_epoch`` ends on is what the next stage starts from."""
 
     def __init__(self, run_dir: Path, val_pixels, val_labels, mean, std, labels, best: float = -1.0):
         super().__init__()
@@ -104,7 +105,10 @@ class Checkpointer(keras.callbacks.Callback):
             self._average.set_model(self.model)
             self._average.on_test_begin()
         try:
-            self._score(logs)
+            if self.val_pixels is None:
+                _save_atomic(self.model, self.run_dir / "best.keras")
+            else:
+                self._score(logs)
         finally:
             if averaged:
                 self._average.on_test_end()
@@ -161,6 +165,8 @@ def fit(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> Path:
     by_split = {s: ds.select(records, s) for s in ds.SPLITS}
     if cfg.limit:
         by_split = {s: r[: cfg.limit] for s, r in by_split.items()}
+    if cfg.refit:
+        by_split = {"train": by_split["train"] + by_split["val"], "val": [], "test": by_split["test"]}
     pixels = {s: ds.load_pixels(r, h, w, Path(cfg.cache_dir)) for s, r in by_split.items() if s != "test"}
     labels = {s: np.array([r.label for r in by_split[s]], dtype=np.int64) for s in ("train", "val")}
 
@@ -185,6 +191,7 @@ def fit(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> Path:
             "init_from": cfg.init_from or None,
             "backbone": provenance,
             "quantization_aware_training": cfg.qat,
+            "fit_on": ["train", "val"] if cfg.refit else ["train"],
             "distillation": ({"teacher": cfg.teacher, "weight": cfg.distill_weight,
                               "temperature": cfg.distill_temperature} if cfg.teacher else None),
         }
@@ -193,8 +200,8 @@ def fit(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> Path:
     _log.info("%s: %d params, %.1f M MACs, input %dx%d, train/val %d/%d, start epoch %d",
               cfg.arch, meta["model"]["params"], meta["model"]["macs"] / 1e6, h, w,
               len(labels["train"]), len(labels["val"]), initial_epoch + 1)
-    if initial_epoch >= cfg.epochs:
-        _log.info("run already has %d epochs; nothing to do", cfg.epochs)
+    if initial_epoch >= (cfg.stop_epoch or cfg.epochs):
+        _log.info("run already has %d epochs; nothing to do", initial_epoch)
         return run_dir
 
     soft = None
@@ -210,11 +217,17 @@ def fit(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> Path:
         class_weight=ds.class_weights(labels["train"], cfg.balance_power) if cfg.imbalance == "weights" else None,
         soft_targets=soft, soft_weight=cfg.distill_weight if cfg.teacher else 0.0,
     )
-    checkpointer = Checkpointer(run_dir, pixels["val"], labels["val"], mean, std, ds.CLASS_CODES, best)
+    checkpointer = Checkpointer(run_dir, pixels["val"] if len(labels["val"]) else None, labels["val"], mean, std,
+                                ds.CLASS_CODES, best)
     csv_log = keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=resume)
+
+    stop = cfg.stop_epoch or cfg.epochs
 
     def run_phase(lr_fn, until: int) -> None:
         nonlocal initial_epoch
+        until = min(until, stop)
+        if initial_epoch >= until:
+            return
         model.fit(train_batches, epochs=until, initial_epoch=initial_epoch,
                   callbacks=[LRPolicy(lr_fn), checkpointer, csv_log], verbose=1)
         initial_epoch = until
@@ -232,8 +245,8 @@ def fit(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> Path:
         # Only this phase averages: fit() ends by writing the average into the weights, and a
         # one-epoch head phase would average in its random start.
         model.compile(optimizer=make_optimizer(cfg, average=True), loss=make_loss(cfg), metrics=["accuracy"])
-    _log.info("%s: epochs %d-%d, %s lr %g -> %g", "fine-tuning" if cfg.pretrained else "training",
-              initial_epoch + 1, cfg.epochs, cfg.lr_policy, cfg.max_lr, cfg.base_lr)
+    _log.info("%s: epochs %d-%d of a %d-epoch %s schedule, lr %g -> %g", "fine-tuning" if cfg.pretrained else "training",
+              initial_epoch + 1, stop, cfg.epochs, cfg.lr_policy, cfg.max_lr, cfg.base_lr)
     run_phase(make_lr_fn(cfg, len(train_batches), cfg.epochs - head_epochs), cfg.epochs)
     return run_dir
 

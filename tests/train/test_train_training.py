@@ -142,3 +142,34 @@ def test_an_ema_momentum_outside_the_unit_interval_is_refused_naming_the_field()
 
     with pytest.raises(ValueError, match=r"ema_momentum: 1.0 is outside \[0, 1\)"):
         TrainConfig(ema_momentum=1.0)
+
+
+def test_a_refit_learns_from_train_and_val_and_stops_inside_its_schedule(tiny_argv, fixture_dir, tmp_path):
+    from train.schedules import cosine_lr
+
+    run_dir = main(tiny_argv(tmp_path, "--refit", "true", "--epochs", "3", "--stop-epoch", "2",
+                             "--lr-policy", "cosine", "--base-lr", "0", "--no-evaluate"))
+    records = ds.read_split(run_dir / "split.csv", fixture_dir)
+    steps = math.ceil((len(ds.select(records, "train")) + len(ds.select(records, "val"))) / 16)
+    assert _iterations(run_dir / "last.keras") == 2 * steps  # val images were trained on, and only 2 epochs ran
+    assert json.loads((run_dir / "meta.json").read_text())["fit_on"] == ["train", "val"]
+    history = _history(run_dir)
+    assert [int(row["epoch"]) for row in history] == [0, 1]
+    # The rate of the last step is the 3-epoch schedule's, not a 2-epoch one's (which would end at 0).
+    want = cosine_lr(2 * steps - 1, max_lr=3e-3, total_steps=3 * steps, warmup_steps=steps)
+    assert float(history[-1]["lr"]) == pytest.approx(want, rel=1e-5) and want > 1e-4
+    # Nothing was left to pick an epoch on: best.keras is the model the run stopped at.
+    for got, want in zip(_kernels(keras.models.load_model(run_dir / "best.keras")),
+                         _kernels(keras.models.load_model(run_dir / "last.keras")), strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"epochs": 3, "stop_epoch": 4}, r"stop_epoch: 4 is outside \[0, epochs=3\]"),
+    ({"refit": True}, "stop_epoch: a refit has no validation split"),
+])
+def test_a_stop_epoch_outside_the_schedule_or_missing_from_a_refit_is_refused(kwargs, message):
+    from train.config import TrainConfig
+
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**kwargs)
