@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.accuracy import evaluation_records, true_labels
     from device.engine import Engine
     from train.calibrate import operating_point
-    from train.data import load_pixels
+    from train.data import learned_from_val, load_pixels
     from train.dataset import engine_probs
     from train.metrics import roc_auc
 
@@ -73,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {val.bias:.2f} | {val.accuracy:.1%} | {val.balanced_accuracy:.1%} | {val.recall:.1%} "
               f"| {test.accuracy:.1%} | {test.balanced_accuracy:.1%} | {test.recall:.1%} |")
     print(f"\n{args.code} one-vs-rest ROC AUC: val {auc['val']:.3f}, test {auc['test']:.3f}")
+    if learned_from_val(card.split):
+        print("\nThis model was refitted on train + val: its val figures are in-sample, not evidence.")
     return 0
 
 

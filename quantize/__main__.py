@@ -43,6 +43,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--referral-sensitivity", type=float, default=0.9,
                         help="the card's referral rule (P(akiec)+P(bcc)+P(mel) >= threshold) is picked on the val "
                              "split for this sensitivity; 0 leaves the rule out")
+    parser.add_argument("--referral-threshold", type=float, default=None,
+                        help="use this threshold instead of picking one on val (a run refitted on train + val: its "
+                             "validated model's)")
+    parser.add_argument("--referral-from", type=str, default="",
+                        help="where --referral-threshold was picked, for the card (e.g. 'val, dermnet-mnv2-trio')")
     return parser.parse_args(argv)
 
 
@@ -61,7 +66,8 @@ def main(argv=None) -> int:
         thresholds=GateThresholds(max_drop=args.max_drop, min_agreement=args.min_agreement),
         split=args.split, cache_dir=args.cache_dir, num_threads=args.threads,
         preprocessing=Preprocessing(tta=args.tta, zoom=args.zoom),
-        referral_sensitivity=args.referral_sensitivity,
+        referral_sensitivity=args.referral_sensitivity, referral_threshold=args.referral_threshold,
+        referral_picked_on=args.referral_from or ("given" if args.referral_threshold is not None else "val"),
     )
 
     def quantize_and_sign():

@@ -26,7 +26,8 @@ from quantize.card import build_card
 from quantize.convert import convert_float, convert_int8, representative_set
 from quantize.gate import GateResult, GateThresholds, check, evaluate, markdown_report
 from quantize.referral import build as build_referral
-from train.data import load_pixels, select
+from quantize.referral import threshold_on
+from train.data import learned_from_val, load_pixels, select
 from train.dataset import engine_probs
 from train.metrics import json_safe
 from train.run import TrainingRun
@@ -53,6 +54,10 @@ class QuantizeOptions:
     # what the card asks the device to do to each frame (centre zoom, test-time augmentation); the gate scores with it
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
     referral_sensitivity: float = 0.9  # the referral rule's target on val; 0 = no rule in the card
+    # a threshold to use as it is instead of picking one on val (a refit, whose val was training data:
+    # its validated model's threshold); ``referral_picked_on`` says where it came from
+    referral_threshold: float | None = None
+    referral_picked_on: str = "val"
 
 
 def check_calibrated_view(run_dir: Path, zoom: float) -> None:
@@ -64,12 +69,20 @@ def check_calibrated_view(run_dir: Path, zoom: float) -> None:
                          f"pass --zoom {fitted}, or calibrate again with --zoom {zoom}")
 
 
+def check_referral_source(split: dict, options: QuantizeOptions) -> None:
+    """Refuse to pick a refit's referral threshold on val, which it was trained on."""
+    if options.referral_sensitivity and options.referral_threshold is None and learned_from_val(split):
+        raise ValueError("the model was refitted on train + val, so its referral threshold cannot be picked on "
+                         "val; give --referral-threshold (its validated model's) or --referral-sensitivity 0")
+
+
 def quantize_run(run_dir: Path, options: QuantizeOptions) -> Path:
     """Quantize the run's checkpoint, gate it and write ``options.out / options.name``.
 
     Raises :class:`quantize.gate.GateError` when the int8 model fails the gate.
     """
     run = TrainingRun.load(run_dir)
+    check_referral_source(run.meta["split"], options)
     if options.checkpoint == "calibrated":
         check_calibrated_view(run.path, options.preprocessing.zoom)
     height, width = run.input_hw
@@ -142,12 +155,17 @@ def gate_card(card: ModelCard, int8_path: Path, float_path: Path, records: list,
     check(result, name=card.name)
     referral = None
     if options.referral_sensitivity:
-        val = select(records, "val")
-        val_probs = engine_probs(int8_engine, load_pixels(val, height, width, options.cache_dir), desc="int8 val")
-        referral = build_referral(val_probs, np.array([r.label for r in val]), result.int8_probs, y_true,
-                                  card.codes, target_sensitivity=options.referral_sensitivity)
-        _log.info("referral: threshold %.4f (val sensitivity >= %.2f); test sensitivity %.4f, specificity %.4f",
-                  referral.threshold, options.referral_sensitivity, referral.sensitivity, referral.specificity)
+        threshold, picked_on = options.referral_threshold, options.referral_picked_on
+        if threshold is None:
+            val = select(records, "val")
+            val_probs = engine_probs(int8_engine, load_pixels(val, height, width, options.cache_dir), desc="int8 val")
+            threshold, picked_on = threshold_on(val_probs, np.array([r.label for r in val]), card.codes,
+                                                target_sensitivity=options.referral_sensitivity), "val"
+        referral = build_referral(result.int8_probs, y_true, card.codes, threshold=threshold,
+                                  target_sensitivity=options.referral_sensitivity, picked_on=picked_on)
+        _log.info("referral: threshold %.4f (picked on %s for sensitivity >= %.2f); test sensitivity %.4f, "
+                  "specificity %.4f", referral.threshold, picked_on, options.referral_sensitivity,
+                  referral.sensitivity, referral.specificity)
     metrics = json_safe({"split": options.split, "n": len(y_true), "float": result.float_report,
                          "int8": result.int8_report})
     return dataclasses.replace(card, metrics=metrics, referral=referral), result, report

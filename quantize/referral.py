@@ -51,14 +51,21 @@ def pick_threshold(score: np.ndarray, positive: np.ndarray, target_sensitivity: 
     return measure(score, positive, float(pos[k - 1]))
 
 
-def build(val_probs: np.ndarray, val_true: np.ndarray, test_probs: np.ndarray, test_true: np.ndarray,
-          labels: tuple[str, ...], *, target_sensitivity: float = 0.9, classes=MALIGNANT) -> Referral:
-    """The card's rule: threshold from ``val``, sensitivity and specificity measured on ``test``."""
+def threshold_on(val_probs: np.ndarray, val_true: np.ndarray, labels: tuple[str, ...], *,
+                 target_sensitivity: float = 0.9, classes=MALIGNANT) -> float:
+    """The rule's threshold picked on ``val`` for ``target_sensitivity``, rounded down to 6 decimals
+    so that what was picked to refer still is."""
     positive_codes = [labels.index(c) for c in classes]
-    picked = pick_threshold(scores(val_probs, labels, classes), np.isin(val_true, positive_codes),
-                            target_sensitivity)
-    threshold = math.floor(picked.threshold * 1e6) / 1e6  # rounded down: what was picked to refer still is
+    picked = pick_threshold(scores(val_probs, labels, classes), np.isin(val_true, positive_codes), target_sensitivity)
+    return math.floor(picked.threshold * 1e6) / 1e6
+
+
+def build(test_probs: np.ndarray, test_true: np.ndarray, labels: tuple[str, ...], *, threshold: float,
+          target_sensitivity: float = 0.9, picked_on: str = "val", classes=MALIGNANT) -> Referral:
+    """The card's rule at ``threshold`` (picked on ``picked_on``), its sensitivity and specificity
+    measured on ``test``."""
+    positive_codes = [labels.index(c) for c in classes]
     on_test = measure(scores(test_probs, labels, classes), np.isin(test_true, positive_codes), threshold)
     return Referral(classes=tuple(classes), threshold=threshold,
                     sensitivity=round(on_test.sensitivity, 4), specificity=round(on_test.specificity, 4),
-                    advice=ADVICE, target_sensitivity=target_sensitivity, picked_on="val")
+                    advice=ADVICE, target_sensitivity=target_sensitivity, picked_on=picked_on)

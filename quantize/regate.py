@@ -50,7 +50,7 @@ def regate(model_dir: Path, *, data: Path, zoom: float | None = None, tta: str |
            cache_dir: Path | None = None, threads: int = 2) -> Path:
     from device.card import ModelCard, Preprocessing, verify_model_file
     from quantize.pipeline import FLOAT_NAME, QuantizeOptions, card_facts, gate_card
-    from train.data import redraw_split, select
+    from train.data import learned_from_val, redraw_split, select
 
     model_dir = Path(model_dir)
     if (model_dir / "card.sig").exists():  # a rewritten card would no longer match it
@@ -63,6 +63,9 @@ def regate(model_dir: Path, *, data: Path, zoom: float | None = None, tta: str |
     options = QuantizeOptions(name=card.name, split=card.metrics.get("split", "test"), cache_dir=cache_dir,
                               num_threads=threads, referral_sensitivity=(card.referral.target_sensitivity or 0.9)
                               if card.referral else 0.0)
+    if card.referral and learned_from_val(card.split):  # nothing left to pick it on again: keep the card's
+        options = dataclasses.replace(options, referral_threshold=card.referral.threshold,
+                                      referral_picked_on=card.referral.picked_on)
     if gate:
         options = dataclasses.replace(options, thresholds=dataclasses.replace(
             options.thresholds, max_drop=gate["max_drop"], min_agreement=gate["min_agreement"]))

@@ -28,9 +28,11 @@ import numpy as np
 
 from device.card import zoom_argument
 from device.preprocess import centre_zoom
+from train import data as ds
 from train.dataset import predict_probs
 from train.evaluate import load_run
 from train.metrics import classification_report
+from train.run import TrainingRun
 
 _log = logging.getLogger(__name__)
 TAUS = tuple(np.round(np.arange(0.0, 1.51, 0.05), 2))
@@ -96,39 +98,57 @@ def fold_into_head(model, *, bias_shift: np.ndarray, temperature: float) -> None
 
 
 def calibrate_run(run_dir: Path, *, data: Path | None = None, logit_adjustment: bool = True,
-                  temperature: bool = True, zoom: float = 1.0) -> dict:
+                  temperature: bool = True, zoom: float = 1.0, given_tau: float | None = None,
+                  given_temperature: float | None = None) -> dict:
     """``zoom``: the centre zoom the model card will ask for (``quantize --zoom``), so that tau and
-    T are fitted on the views the device will show the model."""
-    run = load_run(run_dir, split="val", checkpoint="best", data=data)
+    T are fitted on the views the device will show the model. ``given_tau`` / ``given_temperature``
+    are folded in as they are instead of being fitted: how a refit (``train --refit``, whose val
+    split was training data) takes the values its validated run picked."""
+    run = TrainingRun.load(run_dir)
+    tau_fitted = logit_adjustment and given_tau is None
+    t_fitted = temperature and given_temperature is None
+    if (tau_fitted or t_fitted) and ds.learned_from_val(run.meta["split"]):
+        raise ValueError(f"{run.path} was refitted on train + val, so its val split cannot fit a calibration; "
+                         "give --tau and --temperature (the values its validated run picked)")
     counts = np.array(list(run.meta["split"]["counts"]["train"].values()), dtype=np.float64)
     log_prior = np.log(np.maximum(counts, 1) / counts.sum())
-    codes = tuple(run.meta["split"]["counts"]["train"])
-    pixels = np.stack([centre_zoom(p, zoom) for p in run.pixels]) if zoom != 1.0 else run.pixels
-    probs = predict_probs(run.model, pixels, run.mean, run.std)
+    if given_temperature is not None and given_temperature <= 0:
+        raise ValueError(f"temperature: {given_temperature} must be above 0")
     summary = {"method": [], "val": {}, "zoom": zoom}
-    tau = 0.0
-    if logit_adjustment:
-        tau, table = choose_tau(probs, run.labels, log_prior, codes)
-        summary["method"].append("logit adjustment tau*log(train prior), tau chosen on the val split to "
-                                 "maximise accuracy + balanced_accuracy")
-        summary["val"]["tau"] = table
-        before = next(row for row in table if row["tau"] == 0.0)
-        after = next(row for row in table if row["tau"] == tau)
-        _log.info("tau %.2f: val accuracy %.4f -> %.4f, balanced accuracy %.4f -> %.4f", tau, before["accuracy"],
-                  after["accuracy"], before["balanced_accuracy"], after["balanced_accuracy"])
-    logits = np.log(np.clip(probs, 1e-12, 1.0)) + tau * log_prior
-    t = 1.0
-    if temperature:
-        t = fit_temperature(logits, run.labels)
-        ece_before = classification_report(adjust(probs, log_prior, tau), run.labels, codes)["ece"]
-        ece_after = classification_report(adjust(probs, log_prior, tau, t), run.labels, codes)["ece"]
-        summary["method"].append("temperature scaling, T fitted on the val split (minimum NLL)")
-        summary["val"]["temperature"] = {"nll_before": nll(logits, run.labels), "nll_after": nll(logits / t, run.labels),
-                                         "ece_before": ece_before, "ece_after": ece_after}
-        _log.info("temperature %.3f: val NLL %.4f -> %.4f, ECE %.4f -> %.4f", t, nll(logits, run.labels),
-                  nll(logits / t, run.labels), ece_before, ece_after)
-    fold_into_head(run.model, bias_shift=tau * log_prior, temperature=t)
-    run.model.save(Path(run_dir) / "calibrated.keras")
+    tau = given_tau if logit_adjustment and given_tau is not None else 0.0
+    t = given_temperature if temperature and given_temperature is not None else 1.0
+    if given_tau is not None or given_temperature is not None:
+        summary["method"].append(f"given, not fitted on val: tau {tau}, T {t} (the validated run's values)")
+    if not (tau_fitted or t_fitted):
+        model = run.load_model("best")
+    else:
+        val = load_run(run_dir, split="val", checkpoint="best", data=data)
+        model = val.model
+        codes = tuple(run.meta["split"]["counts"]["train"])
+        pixels = np.stack([centre_zoom(p, zoom) for p in val.pixels]) if zoom != 1.0 else val.pixels
+        probs = predict_probs(model, pixels, val.mean, val.std)
+        if tau_fitted:
+            tau, table = choose_tau(probs, val.labels, log_prior, codes)
+            summary["method"].append("logit adjustment tau*log(train prior), tau chosen on the val split to "
+                                     "maximise accuracy + balanced_accuracy")
+            summary["val"]["tau"] = table
+            before = next(row for row in table if row["tau"] == 0.0)
+            after = next(row for row in table if row["tau"] == tau)
+            _log.info("tau %.2f: val accuracy %.4f -> %.4f, balanced accuracy %.4f -> %.4f", tau,
+                      before["accuracy"], after["accuracy"], before["balanced_accuracy"], after["balanced_accuracy"])
+        if t_fitted:
+            logits = np.log(np.clip(probs, 1e-12, 1.0)) + tau * log_prior
+            t = fit_temperature(logits, val.labels)
+            ece_before = classification_report(adjust(probs, log_prior, tau), val.labels, codes)["ece"]
+            ece_after = classification_report(adjust(probs, log_prior, tau, t), val.labels, codes)["ece"]
+            summary["method"].append("temperature scaling, T fitted on the val split (minimum NLL)")
+            summary["val"]["temperature"] = {"nll_before": nll(logits, val.labels),
+                                             "nll_after": nll(logits / t, val.labels),
+                                             "ece_before": ece_before, "ece_after": ece_after}
+            _log.info("temperature %.3f: val NLL %.4f -> %.4f, ECE %.4f -> %.4f", t, nll(logits, val.labels),
+                      nll(logits / t, val.labels), ece_before, ece_after)
+    fold_into_head(model, bias_shift=tau * log_prior, temperature=t)
+    model.save(Path(run_dir) / "calibrated.keras")
     summary.update(tau=tau, temperature=t)
     (Path(run_dir) / "calibration.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -147,10 +167,18 @@ def main(argv=None) -> None:
     parser.add_argument("--no-temperature", action="store_true", help="logit adjustment only")
     parser.add_argument("--zoom", type=zoom_argument, default=1.0,
                         help="fit on val images centre-zoomed as the card will ask (quantize --zoom)")
+    parser.add_argument("--tau", type=float, default=None,
+                        help="fold this tau in instead of fitting one on val (a refit: its validated run's tau)")
+    parser.add_argument("--temperature", type=float, default=None,
+                        help="fold this T in instead of fitting one on val (a refit: its validated run's T)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    summary = calibrate_run(args.run_dir, data=args.data, logit_adjustment=not args.no_logit_adjustment,
-                            temperature=not args.no_temperature, zoom=args.zoom)
+    try:
+        summary = calibrate_run(args.run_dir, data=args.data, logit_adjustment=not args.no_logit_adjustment,
+                                temperature=not args.no_temperature, zoom=args.zoom, given_tau=args.tau,
+                                given_temperature=args.temperature)
+    except ValueError as err:
+        parser.error(str(err))
     print(f"tau {summary['tau']:.2f}, temperature {summary['temperature']:.3f}; "
           f"wrote {args.run_dir / 'calibrated.keras'}")
 

@@ -35,6 +35,7 @@ CLASS_CODES = tuple(code for code, _ in CLASSES)
 METADATA_NAME = "HAM10000_metadata.csv"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 SPLITS = ("train", "val", "test")
+REFIT_SPLITS = ("train", "val")  # what a refit learns from (train --refit)
 CITATION = (
     "Tschandl, P., Rosendahl, C. & Kittler, H. The HAM10000 dataset, a large collection of "
     "multi-source dermatoscopic images of common pigmented skin lesions. Sci. Data 5, 180161 "
@@ -180,6 +181,12 @@ def read_split(path: Path, root: Path) -> list[Record]:
 
 def select(records: list[Record], split: str) -> list[Record]:
     return [r for r in records if r.split == split]
+
+
+def learned_from_val(split: dict) -> bool:
+    """Whether the model a card's or run's ``split`` describes was refitted on val: then nothing may
+    be fitted or picked on val for it, and its val figures are in-sample."""
+    return "val" in split.get("fit_on", ())
 
 
 def split_counts(records: list[Record]) -> dict[str, dict[str, int]]:

@@ -106,8 +106,12 @@ def choose_bias(probs: np.ndarray, labels: np.ndarray, codes: tuple[str, ...], f
 
 
 def build(model_dirs: list[Path], *, data: Path, name: str = "ensemble", favour: str = "mel",
-          max_accuracy_cost: float = 1.0, runs_dir: Path = Path("runs"), cache_dir: Path = Path("cache")) -> Path:
-    """Write the ensemble's run directory (config, meta, split, calibrated.keras, calibration.json)."""
+          max_accuracy_cost: float = 1.0, given_bias: float | None = None, given_temperature: float | None = None,
+          runs_dir: Path = Path("runs"), cache_dir: Path = Path("cache")) -> Path:
+    """Write the ensemble's run directory (config, meta, split, calibrated.keras, calibration.json).
+    ``given_bias`` / ``given_temperature`` are used as they are instead of being picked on val: how
+    refitted members (``train --refit``, whose val split was training data) take the values the
+    validated ensemble picked."""
     if len(model_dirs) < 2:
         raise ValueError("an ensemble needs at least two model folders")
     members = [load_member(folder, i) for i, folder in enumerate(model_dirs)]
@@ -116,28 +120,39 @@ def build(model_dirs: list[Path], *, data: Path, name: str = "ensemble", favour:
     if favour not in card.codes:
         raise ValueError(f"--favour {favour!r} is not one of the cards' labels {list(card.codes)}")
     records = ds.redraw_split(card.split, Path(data), owner=card.name)
-
-    val = ds.select(records, "val")
-    pixels = ds.load_pixels(val, card.input.height, card.input.width, cache_dir)
-    labels = np.array([card.codes.index(r.dx) for r in val], dtype=np.int64)
-    norm = card.normalization
-    # The bias decides arg-maxes, so it is picked on what the device computes: the members' int8
-    # outputs, combined as the graph combines them (its own int8 file does not exist yet).
-    int8_log_probs = np.mean([np.log(np.clip(int8_probs(folder, pixels), 1e-12, 1.0)) for folder in model_dirs],
-                             axis=0)
-    bias, table = choose_bias(softmax(int8_log_probs), labels, card.codes, favour, max_accuracy_cost)
-    # The temperature is a smooth fit: on the float graph's mean logits (up to a per-image constant),
-    # for the views the engine showed the members (quantize the run with the same --zoom).
-    zoom = card.preprocessing.zoom
-    views = np.stack([centre_zoom(p, zoom) for p in pixels])
-    logits = np.log(np.clip(predict_probs(ensemble_model(members), views, norm.mean, norm.std), 1e-12, 1.0))
-    shift = bias * np.array([c == favour for c in card.codes], dtype=np.float64)
-    temperature = fit_temperature(logits + shift, labels)
-    chosen = next(row for row in table if row["bias"] == bias)
-    _log.info("%s bias %.2f (val accuracy %.4f -> %.4f, %s recall %.4f -> %.4f); temperature %.3f", favour, bias,
-              table[0]["accuracy"], chosen["accuracy"], favour, table[0]["recall"], chosen["recall"], temperature)
+    if (given_bias is None or given_temperature is None) and ds.learned_from_val(card.split):
+        raise ValueError(f"{card.name} was refitted on train + val, so the val split cannot pick the bias or fit "
+                         "the temperature; give --bias and --temperature (the validated ensemble's values)")
+    if given_temperature is not None and given_temperature <= 0:
+        raise ValueError(f"--temperature: {given_temperature} must be above 0")
+    favoured = np.array([c == favour for c in card.codes], dtype=np.float64)
+    bias, temperature, fits = given_bias, given_temperature, {}
+    if bias is None or temperature is None:
+        val = ds.select(records, "val")
+        pixels = ds.load_pixels(val, card.input.height, card.input.width, cache_dir)
+        labels = np.array([card.codes.index(r.dx) for r in val], dtype=np.int64)
+    if bias is None:
+        # The bias decides arg-maxes, so it is picked on what the device computes: the members' int8
+        # outputs, combined as the graph combines them (its own int8 file does not exist yet).
+        int8_log_probs = np.mean([np.log(np.clip(int8_probs(folder, pixels), 1e-12, 1.0)) for folder in model_dirs],
+                                 axis=0)
+        bias, fits["bias"] = choose_bias(softmax(int8_log_probs), labels, card.codes, favour, max_accuracy_cost)
+        chosen, none = next(row for row in fits["bias"] if row["bias"] == bias), fits["bias"][0]
+        _log.info("%s bias %.2f (val accuracy %.4f -> %.4f, %s recall %.4f -> %.4f)", favour, bias,
+                  none["accuracy"], chosen["accuracy"], favour, none["recall"], chosen["recall"])
+    if temperature is None:
+        # The temperature is a smooth fit: on the float graph's mean logits (up to a per-image constant),
+        # for the views the engine showed the members (quantize the run with the same --zoom).
+        views = np.stack([centre_zoom(p, card.preprocessing.zoom) for p in pixels])
+        norm = card.normalization
+        logits = np.log(np.clip(predict_probs(ensemble_model(members), views, norm.mean, norm.std), 1e-12, 1.0))
+        logits += bias * favoured
+        temperature = fit_temperature(logits, labels)
+        fits["temperature"] = {"nll_before": nll(logits, labels), "nll_after": nll(logits / temperature, labels)}
+    _log.info("%s bias %.2f, temperature %.3f (%s)", favour, bias, temperature,
+              ", ".join(f"{k} fitted on val" for k in fits) or "both given")
     for member in members:
-        fold_into_head(member.model, bias_shift=shift, temperature=temperature)
+        fold_into_head(member.model, bias_shift=bias * favoured, temperature=temperature)
     model = ensemble_model(members)
 
     cfg = TrainConfig(data=str(data), arch=card.architecture["arch"], name=name, height=card.input.height,
@@ -152,13 +167,14 @@ def build(model_dirs: list[Path], *, data: Path, name: str = "ensemble", favour:
         "combine": "mean of the members' logits",
         "favour": {"class": favour, "bias": bias, "max_val_accuracy_cost_points": max_accuracy_cost},
         "temperature": temperature,
-        "zoom": zoom,
+        "fitted_on_val": sorted(fits),
+        "zoom": card.preprocessing.zoom,
     }
     meta = {
         "arch": model.name,  # e.g. mobilenet_v2_x2: not a member architecture, so never nested again
         "input": {"height": card.input.height, "width": card.input.width},
         "labels": [{"code": label.code, "name": label.name} for label in card.labels],
-        "normalization": {"mean": list(norm.mean), "std": list(norm.std)},
+        "normalization": {"mean": list(card.normalization.mean), "std": list(card.normalization.std)},
         "model": describe(model),
         "split": dict(card.split),
         "dataset": dict(card.dataset),
@@ -167,8 +183,7 @@ def build(model_dirs: list[Path], *, data: Path, name: str = "ensemble", favour:
         "ensemble": ensemble,
     }
     (run_dir / "meta.json").write_text(json.dumps(json_safe(meta), indent=2))
-    summary = {**ensemble, "val": {"bias": table, "temperature": {
-        "nll_before": nll(logits + shift, labels), "nll_after": nll((logits + shift) / temperature, labels)}}}
+    summary = {**ensemble, "val": fits}
     (run_dir / "calibration.json").write_text(json.dumps(json_safe(summary), indent=2))
     model.save(run_dir / "calibrated.keras")
     return run_dir
@@ -182,13 +197,18 @@ def main(argv=None) -> Path:
     parser.add_argument("--favour", default="mel", help="the class whose logit gets the val-picked bias")
     parser.add_argument("--max-accuracy-cost", type=float, default=1.0,
                         help="val accuracy points the bias may cost (0 = no bias)")
+    parser.add_argument("--bias", type=float, default=None,
+                        help="use this bias instead of picking one on val (refitted members: the validated ensemble's)")
+    parser.add_argument("--temperature", type=float, default=None,
+                        help="use this T instead of fitting one on val (refitted members: the validated ensemble's)")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"))
     parser.add_argument("--cache-dir", type=Path, default=Path("cache"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         run_dir = build(args.model_dirs, data=args.data, name=args.name, favour=args.favour,
-                        max_accuracy_cost=args.max_accuracy_cost, runs_dir=args.runs_dir, cache_dir=args.cache_dir)
+                        max_accuracy_cost=args.max_accuracy_cost, given_bias=args.bias,
+                        given_temperature=args.temperature, runs_dir=args.runs_dir, cache_dir=args.cache_dir)
     except (ValueError, FileNotFoundError) as err:
         parser.error(str(err))
     print(f"wrote {run_dir}; next: python -m quantize {run_dir} --checkpoint calibrated --name <name>")

@@ -166,7 +166,7 @@ def fit(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> Path:
     if cfg.limit:
         by_split = {s: r[: cfg.limit] for s, r in by_split.items()}
     if cfg.refit:
-        by_split = {"train": by_split["train"] + by_split["val"], "val": [], "test": by_split["test"]}
+        by_split = {"train": [r for s in ds.REFIT_SPLITS for r in by_split[s]], "val": [], "test": by_split["test"]}
     pixels = {s: ds.load_pixels(r, h, w, Path(cfg.cache_dir)) for s, r in by_split.items() if s != "test"}
     labels = {s: np.array([r.label for r in by_split[s]], dtype=np.int64) for s in ("train", "val")}
 
@@ -185,13 +185,13 @@ def fit(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> Path:
             "labels": [{"code": c, "name": n} for c, n in ds.CLASSES],
             "normalization": {"mean": mean, "std": std},
             "model": describe(qat.strip(model)),
-            "split": {"method": cfg.split, "seed": cfg.split_seed, "counts": ds.split_counts(records)},
+            "split": {"method": cfg.split, "seed": cfg.split_seed, "counts": ds.split_counts(records),
+                      **({"fit_on": list(ds.REFIT_SPLITS)} if cfg.refit else {})},
             "dataset": {"name": "HAM10000", "citation": ds.CITATION, "license": ds.LICENSE},
             "backend": keras.backend.backend(),
             "init_from": cfg.init_from or None,
             "backbone": provenance,
             "quantization_aware_training": cfg.qat,
-            "fit_on": ["train", "val"] if cfg.refit else ["train"],
             "distillation": ({"teacher": cfg.teacher, "weight": cfg.distill_weight,
                               "temperature": cfg.distill_temperature} if cfg.teacher else None),
         }

@@ -55,3 +55,16 @@ def test_the_command_refuses_an_unknown_class(tiny_model_dir, fixture_dir, tmp_p
         main(["--model-dir", str(tiny_model_dir), "--data", str(fixture_dir), "--cache-dir", str(tmp_path),
               "--class", "tumour"])
     assert exit_info.value.code == 2
+
+
+def test_a_refitted_model_s_val_rows_are_marked_in_sample(tiny_model_dir, fixture_dir, tmp_path, capsys):
+    args = ["--data", str(fixture_dir), "--cache-dir", str(tmp_path), "--class", "nv", "--biases", "0"]
+    assert main(["--model-dir", str(tiny_model_dir), *args]) == 0
+    assert "in-sample" not in capsys.readouterr().out
+    refit = tmp_path / "refit"
+    shutil.copytree(tiny_model_dir, refit)
+    card = json.loads((refit / "card.json").read_text())
+    card["split"]["fit_on"] = ["train", "val"]
+    (refit / "card.json").write_text(json.dumps(card))
+    assert main(["--model-dir", str(refit), *args]) == 0
+    assert "val figures are in-sample" in capsys.readouterr().out

@@ -100,3 +100,29 @@ def test_cli_refuses_broken_representative_set(breakage, tiny_run_dir, fixture_d
     assert not (out / "broken").exists()
     assert list(out.iterdir()) == []  # the staging folder is gone too
     assert "**FAILED**" in (run_dir / "quantize-broken-REJECTED.md").read_text()
+
+
+def _refit_copy(run_dir, dest):
+    """The run as ``train --refit`` records it: val was training data."""
+    import json
+
+    run_dir = shutil.copytree(run_dir, dest)
+    meta = json.loads((run_dir / "meta.json").read_text())
+    meta["split"]["fit_on"] = ["train", "val"]
+    (run_dir / "meta.json").write_text(json.dumps(meta))
+    return run_dir
+
+
+def test_a_refit_keeps_a_given_referral_threshold_and_refuses_one_picked_on_val(tiny_run_dir, fixture_dir, tmp_path,
+                                                                              capsys):
+    from device.card import ModelCard
+
+    run_dir, out = _refit_copy(tiny_run_dir, tmp_path / "run"), tmp_path / "models"
+    argv = [str(run_dir), "--name", "refit", "--out", str(out), "--data", str(fixture_dir), "--representative", "16",
+            "--threads", "1", "--max-drop", "100", "--min-agreement", "0"]
+    assert main(argv) != 0
+    assert "--referral-threshold" in capsys.readouterr().err and not (out / "refit").exists()
+
+    assert main([*argv, "--referral-threshold", "0.3", "--referral-from", "val, its validated run"]) == 0
+    referral = ModelCard.load(out / "refit" / "card.json").referral
+    assert (referral.threshold, referral.picked_on) == (0.3, "val, its validated run")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from quantize.referral import build, measure, pick_threshold, scores
+from quantize.referral import build, measure, pick_threshold, scores, threshold_on
 
 LABELS = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
 
@@ -52,10 +52,20 @@ def test_card_rule_is_picked_on_val_and_measured_on_test():
     val_mass = np.concatenate([rng.uniform(0.3, 1.0, 50), rng.uniform(0.0, 0.5, 150)])
     test_true = np.array([1] * 40 + [5] * 160)
     test_mass = np.concatenate([rng.uniform(0.3, 1.0, 40), rng.uniform(0.0, 0.5, 160)])
-    rule = build(_probs(val_mass), val_true, _probs(test_mass), test_true, LABELS)
+    threshold = threshold_on(_probs(val_mass), val_true, LABELS)
+    assert threshold == int(threshold * 1e6) / 1e6
+    rule = build(_probs(test_mass), test_true, LABELS, threshold=threshold)
     val_op = measure(val_mass, val_true == 4, rule.threshold)
     assert val_op.sensitivity >= 0.9
     want = measure(test_mass, test_true == 1, rule.threshold)
     assert (rule.sensitivity, rule.specificity) == (round(want.sensitivity, 4), round(want.specificity, 4))
     assert rule.classes == ("akiec", "bcc", "mel") and rule.picked_on == "val"
     assert "dermatologist" in rule.advice.lower()
+
+
+def test_a_given_threshold_is_kept_and_says_where_it_came_from():
+    test_true = np.array([4, 4, 5, 5])
+    rule = build(_probs(np.array([0.6, 0.2, 0.5, 0.1])), test_true, LABELS, threshold=0.4,
+                 picked_on="val, dermnet-mnv2-trio")
+    assert (rule.threshold, rule.sensitivity, rule.specificity) == (0.4, 0.5, 0.5)
+    assert rule.picked_on == "val, dermnet-mnv2-trio"

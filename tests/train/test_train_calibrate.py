@@ -1,5 +1,6 @@
 import json
 import shutil
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -129,3 +130,32 @@ def test_a_bias_moves_close_calls_to_the_favoured_class():
 def test_a_class_absent_from_the_split_is_an_error():
     with pytest.raises(ValueError, match="class 'mel' has no images"):
         operating_point(PROBS[:3], LABELS[:3], CODES, "mel", bias=0.0)
+
+
+def _as_refit(run_dir: Path) -> Path:
+    """The run as ``train --refit`` would have recorded it: val learned from, no val rows left to score."""
+    meta = json.loads((run_dir / "meta.json").read_text())
+    meta["split"]["fit_on"] = ["train", "val"]
+    (run_dir / "meta.json").write_text(json.dumps(meta))
+    rows = (run_dir / "split.csv").read_text().splitlines()
+    (run_dir / "split.csv").write_text("\n".join(r for r in rows if not r.endswith(",val")) + "\n")
+    return run_dir
+
+
+def test_a_refit_takes_the_given_values_and_never_reads_val(trained_run, tmp_path):
+    run_dir = _as_refit(shutil.copytree(trained_run, tmp_path / "run"))
+    summary = calibrate_run(run_dir, given_tau=0.3, given_temperature=2.0)
+    assert (summary["tau"], summary["temperature"], summary["val"]) == (0.3, 2.0, {})
+    run = load_run(run_dir, split="test", checkpoint="best")
+    counts = np.array(list(run.meta["split"]["counts"]["train"].values()), dtype=np.float64)
+    expected = adjust(predict_probs(run.model, run.pixels, run.mean, run.std), np.log(counts / counts.sum()), 0.3, 2.0)
+    calibrated = keras.models.load_model(run_dir / "calibrated.keras", compile=False)
+    np.testing.assert_allclose(predict_probs(calibrated, run.pixels, run.mean, run.std), expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("given", [{}, {"given_tau": 0.3}])
+def test_a_refit_refuses_to_fit_anything_on_val(trained_run, tmp_path, given):
+    run_dir = _as_refit(shutil.copytree(trained_run, tmp_path / "run"))
+    with pytest.raises(ValueError, match="refitted on train \\+ val.*give --tau and --temperature"):
+        calibrate_run(run_dir, **given)
+    assert not (run_dir / "calibrated.keras").exists()

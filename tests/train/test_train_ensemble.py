@@ -164,3 +164,36 @@ def test_a_member_that_cannot_be_rebuilt_is_named(tiny_model_dir, members, fixtu
         main([str(members[0]), str(tiny_model_dir), "--data", str(fixture_dir), "--runs-dir", str(tmp_path)])
     assert exit_info.value.code == 2
     assert "architecture.arch" in capsys.readouterr().err and not any(tmp_path.iterdir())
+
+
+def _refitted(members, tmp_path):
+    return [_edited_copy(m, tmp_path / f"r{i}", "split", fit_on=["train", "val"]) for i, m in enumerate(members)]
+
+
+@pytest.mark.parametrize("given", [{}, {"given_bias": 0.5}, {"given_temperature": 2.0}])
+def test_refitted_members_refuse_anything_fitted_on_val(members, fixture_dir, tmp_path, given):
+    with pytest.raises(ValueError, match=r"refitted on train \+ val.*give --bias and --temperature"):
+        build(_refitted(members, tmp_path), data=fixture_dir, runs_dir=tmp_path / "runs",
+              cache_dir=tmp_path / "cache", **given)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_refitted_members_take_the_given_bias_and_temperature_and_never_score_val(members, fixture_dir, tmp_path,
+                                                                                monkeypatch):
+    def no_val(*args, **kwargs):
+        raise AssertionError("scored the val split")
+
+    monkeypatch.setattr(ensemble, "int8_probs", no_val)
+    monkeypatch.setattr(ensemble, "predict_probs", no_val)
+    run_dir = build(_refitted(members, tmp_path), data=fixture_dir, given_bias=0.5, given_temperature=2.0,
+                    runs_dir=tmp_path / "runs", cache_dir=tmp_path / "cache")
+    run = TrainingRun.load(run_dir)
+    assert run.meta["split"]["fit_on"] == ["train", "val"]  # quantize refuses a val-picked referral for it
+    calibration = json.loads((run_dir / "calibration.json").read_text())
+    assert (calibration["favour"]["bias"], calibration["temperature"], calibration["fitted_on_val"]) == (0.5, 2.0, [])
+    x = normalize(_fixture_pixels(run_dir, fixture_dir), *run.normalization)
+    logits = np.mean([keras.ops.convert_to_numpy(load_member(folder, i).model(x, training=False))
+                      for i, folder in enumerate(members)], axis=0)
+    logits[:, run.labels.index("mel")] += 0.5
+    expected = keras.ops.convert_to_numpy(keras.ops.softmax(logits / 2.0))
+    np.testing.assert_allclose(run.load_model("calibrated").predict(x, verbose=0), expected, atol=1e-5)

@@ -152,7 +152,7 @@ def test_a_refit_learns_from_train_and_val_and_stops_inside_its_schedule(tiny_ar
     records = ds.read_split(run_dir / "split.csv", fixture_dir)
     steps = math.ceil((len(ds.select(records, "train")) + len(ds.select(records, "val"))) / 16)
     assert _iterations(run_dir / "last.keras") == 2 * steps  # val images were trained on, and only 2 epochs ran
-    assert json.loads((run_dir / "meta.json").read_text())["fit_on"] == ["train", "val"]
+    assert ds.learned_from_val(json.loads((run_dir / "meta.json").read_text())["split"])
     history = _history(run_dir)
     assert [int(row["epoch"]) for row in history] == [0, 1]
     # The rate of the last step is the 3-epoch schedule's, not a 2-epoch one's (which would end at 0).
