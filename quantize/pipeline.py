@@ -27,7 +27,7 @@ from quantize.convert import convert_float, convert_int8, representative_set
 from quantize.gate import GateResult, GateThresholds, check, evaluate, markdown_report
 from quantize.referral import build as build_referral
 from quantize.referral import threshold_on
-from train.data import learned_from_val, load_pixels, select
+from train.data import load_pixels, refuse_val_fit, select
 from train.dataset import engine_probs
 from train.metrics import json_safe
 from train.run import TrainingRun
@@ -69,20 +69,15 @@ def check_calibrated_view(run_dir: Path, zoom: float) -> None:
                          f"pass --zoom {fitted}, or calibrate again with --zoom {zoom}")
 
 
-def check_referral_source(split: dict, options: QuantizeOptions) -> None:
-    """Refuse to pick a refit's referral threshold on val, which it was trained on."""
-    if options.referral_sensitivity and options.referral_threshold is None and learned_from_val(split):
-        raise ValueError("the model was refitted on train + val, so its referral threshold cannot be picked on "
-                         "val; give --referral-threshold (its validated model's) or --referral-sensitivity 0")
-
-
 def quantize_run(run_dir: Path, options: QuantizeOptions) -> Path:
     """Quantize the run's checkpoint, gate it and write ``options.out / options.name``.
 
     Raises :class:`quantize.gate.GateError` when the int8 model fails the gate.
     """
     run = TrainingRun.load(run_dir)
-    check_referral_source(run.meta["split"], options)
+    if options.referral_sensitivity and options.referral_threshold is None:
+        refuse_val_fit(run.meta["split"], str(run.path), "pick the referral threshold",
+                       "--referral-threshold or --referral-sensitivity 0")
     if options.checkpoint == "calibrated":
         check_calibrated_view(run.path, options.preprocessing.zoom)
     height, width = run.input_hw

@@ -91,6 +91,8 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, temperatures=TEMPERA
 
 def fold_into_head(model, *, bias_shift: np.ndarray, temperature: float) -> None:
     """Make the ``head`` conv compute ``(logits + bias_shift) / temperature``."""
+    if temperature <= 0:
+        raise ValueError(f"temperature: {temperature} must be above 0")
     head = model.get_layer("head")
     kernel, bias = head.get_weights()
     bias = bias + bias_shift.astype(bias.dtype)
@@ -107,13 +109,10 @@ def calibrate_run(run_dir: Path, *, data: Path | None = None, logit_adjustment: 
     run = TrainingRun.load(run_dir)
     tau_fitted = logit_adjustment and given_tau is None
     t_fitted = temperature and given_temperature is None
-    if (tau_fitted or t_fitted) and ds.learned_from_val(run.meta["split"]):
-        raise ValueError(f"{run.path} was refitted on train + val, so its val split cannot fit a calibration; "
-                         "give --tau and --temperature (the values its validated run picked)")
+    if tau_fitted or t_fitted:
+        ds.refuse_val_fit(run.meta["split"], str(run.path), "fit a calibration", "--tau and --temperature")
     counts = np.array(list(run.meta["split"]["counts"]["train"].values()), dtype=np.float64)
     log_prior = np.log(np.maximum(counts, 1) / counts.sum())
-    if given_temperature is not None and given_temperature <= 0:
-        raise ValueError(f"temperature: {given_temperature} must be above 0")
     summary = {"method": [], "val": {}, "zoom": zoom}
     tau = given_tau if logit_adjustment and given_tau is not None else 0.0
     t = given_temperature if temperature and given_temperature is not None else 1.0

@@ -189,6 +189,14 @@ def learned_from_val(split: dict) -> bool:
     return "val" in split.get("fit_on", ())
 
 
+def refuse_val_fit(split: dict, owner: str, what: str, given: str) -> None:
+    """Raise when ``owner`` learned from val (:func:`learned_from_val`), so that ``what`` cannot be
+    fitted on it; ``given`` names the flags that take its validated model's values instead."""
+    if learned_from_val(split):
+        raise ValueError(f"{owner} was refitted on train + val, so its val split cannot {what}; give {given} "
+                         "(the values its validated model picked)")
+
+
 def split_counts(records: list[Record]) -> dict[str, dict[str, int]]:
     counts = {s: dict(Counter(r.dx for r in records if r.split == s)) for s in SPLITS}
     return {s: {c: counts[s].get(c, 0) for c in CLASS_CODES} for s in SPLITS}

@@ -120,11 +120,8 @@ def build(model_dirs: list[Path], *, data: Path, name: str = "ensemble", favour:
     if favour not in card.codes:
         raise ValueError(f"--favour {favour!r} is not one of the cards' labels {list(card.codes)}")
     records = ds.redraw_split(card.split, Path(data), owner=card.name)
-    if (given_bias is None or given_temperature is None) and ds.learned_from_val(card.split):
-        raise ValueError(f"{card.name} was refitted on train + val, so the val split cannot pick the bias or fit "
-                         "the temperature; give --bias and --temperature (the validated ensemble's values)")
-    if given_temperature is not None and given_temperature <= 0:
-        raise ValueError(f"--temperature: {given_temperature} must be above 0")
+    if given_bias is None or given_temperature is None:
+        ds.refuse_val_fit(card.split, card.name, "pick the bias or fit the temperature", "--bias and --temperature")
     favoured = np.array([c == favour for c in card.codes], dtype=np.float64)
     bias, temperature, fits = given_bias, given_temperature, {}
     if bias is None or temperature is None:
