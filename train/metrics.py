@@ -95,6 +95,45 @@ def classification_report(probs: np.ndarray, y_true: np.ndarray, labels: tuple[s
     }
 
 
+def bootstrap_confusions(y_true: np.ndarray, y_pred: np.ndarray, groups, num_classes: int, *,
+                         resamples: int = 2000, seed: int = 0) -> np.ndarray:
+    """``resamples`` confusion matrices (R x k x k) of the split drawn again with replacement, whole
+    ``groups`` at a time: images of one lesion are near-duplicates, so resampling them one by one
+    would count a lesion's errors as independent and draw the interval too narrow."""
+    if resamples < 1:
+        raise ValueError(f"resamples must be >= 1, got {resamples}")
+    _, group_of = np.unique(np.asarray(groups), return_inverse=True)
+    if len(group_of) != len(y_true):
+        raise ValueError(f"{len(group_of)} group ids for {len(y_true)} predictions")
+    n_groups = int(group_of.max()) + 1
+    per_group = np.zeros((n_groups, num_classes, num_classes), dtype=np.int64)
+    np.add.at(per_group, (group_of, np.asarray(y_true), np.asarray(y_pred)), 1)
+    draws = np.random.default_rng(seed).integers(0, n_groups, size=(resamples, n_groups))
+    counts = np.stack([np.bincount(row, minlength=n_groups) for row in draws])
+    return np.tensordot(counts, per_group, axes=1)
+
+
+def accuracy_of(cm: np.ndarray) -> float:
+    return float(np.trace(cm) / max(cm.sum(), 1))
+
+
+def balanced_accuracy_of(cm: np.ndarray) -> float:
+    """Mean recall over the classes present (as in :func:`classification_report`)."""
+    recall, support = per_class(cm)["recall"], cm.sum(axis=1)
+    return float(recall[support > 0].mean())
+
+
+def recall_of(cm: np.ndarray, k: int) -> float:
+    """Class ``k``'s recall; NaN where a resample drew none of it."""
+    support = cm[k].sum()
+    return float(cm[k, k] / support) if support else float("nan")
+
+
+def percentile_interval(values, level: float = 0.95) -> tuple[float, float]:
+    tail = 100 * (1 - level) / 2
+    return float(np.nanpercentile(values, tail)), float(np.nanpercentile(values, 100 - tail))
+
+
 def json_safe(value):
     """NaN/inf (the AUC of a class absent from a split) -> None, recursively, so the JSON is strict."""
     if isinstance(value, float) and not math.isfinite(value):

@@ -22,10 +22,13 @@ def test_the_command_prints_val_and_test_rows(tiny_model_dir, fixture_dir, tmp_p
 
 def test_the_command_prints_the_class_auc_that_no_bias_changes(tiny_model_dir, fixture_dir, tmp_path, capsys):
     args = ["--model-dir", str(tiny_model_dir), "--data", str(fixture_dir), "--cache-dir", str(tmp_path), "--class", "nv"]
+    def auc_line(out: str) -> str:
+        return next(line for line in out.splitlines() if "ROC AUC" in line)
+
     assert main([*args, "--biases", "0"]) == 0
-    line = capsys.readouterr().out.splitlines()[-1]
+    line = auc_line(capsys.readouterr().out)
     assert main([*args, "--biases", "0,2"]) == 0
-    assert capsys.readouterr().out.splitlines()[-1] == line
+    assert auc_line(capsys.readouterr().out) == line
     val, test = (float(v) for v in re.findall(r"(?:val|test) (\d\.\d{3})", line))
     assert 0.0 <= val <= 1.0 and 0.0 <= test <= 1.0
 
@@ -68,3 +71,18 @@ def test_a_refitted_model_s_val_rows_are_marked_in_sample(tiny_model_dir, fixtur
     (refit / "card.json").write_text(json.dumps(card))
     assert main(["--model-dir", str(refit), *args]) == 0
     assert "val figures are in-sample" in capsys.readouterr().out
+
+
+def test_the_command_prints_test_intervals_around_the_first_bias_figures(tiny_model_dir, fixture_dir, tmp_path,
+                                                                         capsys):
+    args = ["--model-dir", str(tiny_model_dir), "--data", str(fixture_dir), "--cache-dir", str(tmp_path),
+            "--class", "nv", "--biases", "0,1"]
+    assert main([*args, "--resamples", "300"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("| 0.00"))
+    test_accuracy = float(row.strip("|").split("|")[4].strip().rstrip("%"))
+    line = next(line for line in out.splitlines() if line.startswith("test at nv bias 0.00"))
+    value, lo, hi = (float(v) for v in re.search(r"accuracy (\S+)% \[(\S+)%, (\S+)%\]", line).groups())
+    assert value == test_accuracy and lo <= value <= hi
+    assert main([*args, "--resamples", "0"]) == 0
+    assert "intervals" not in capsys.readouterr().out

@@ -7,7 +7,18 @@ import math
 import numpy as np
 import pytest
 
-from train.metrics import classification_report, json_safe, roc_auc, roc_curve
+from train.metrics import (
+    accuracy_of,
+    balanced_accuracy_of,
+    bootstrap_confusions,
+    classification_report,
+    confusion_matrix,
+    json_safe,
+    percentile_interval,
+    recall_of,
+    roc_auc,
+    roc_curve,
+)
 
 LABELS = ("a", "b", "c")
 Y_TRUE = np.array([0, 0, 0, 1, 1, 2, 2])
@@ -84,3 +95,45 @@ def test_roc_curve_end_points_and_monotone():
     fpr, tpr = roc_curve(Y_TRUE == 0, PROBS[:, 0])
     assert (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0, 0, 1, 1)
     assert (np.diff(fpr) >= 0).all() and (np.diff(tpr) >= 0).all()
+
+
+def test_the_bootstrap_s_confusion_matrices_are_the_split_redrawn_by_whole_groups():
+    y_true = np.array([0, 0, 1, 1, 2, 2])
+    y_pred = np.array([0, 0, 1, 2, 2, 2])
+    groups = ["a", "a", "b", "c", "d", "d"]  # two images each of lesions a and d
+    cms = bootstrap_confusions(y_true, y_pred, groups, 3, resamples=500, seed=3)
+    assert cms.shape == (500, 3, 3)
+    # each resample draws four lesions: its image count is 4 + (draws of a) + (draws of d)
+    assert cms.sum(axis=(1, 2)).min() >= 4 and cms.sum(axis=(1, 2)).max() <= 8
+    # lesion a's two images are both (0 -> 0): a resample holds an even number of them
+    assert (cms[:, 0, 0] % 2 == 0).all() and (cms[:, 0, 1:] == 0).all()
+    assert np.array_equal(cms, bootstrap_confusions(y_true, y_pred, groups, 3, resamples=500, seed=3))
+    with pytest.raises(ValueError, match="group ids"):
+        bootstrap_confusions(y_true, y_pred, groups[:-1], 3)
+    with pytest.raises(ValueError, match="resamples"):
+        bootstrap_confusions(y_true, y_pred, groups, 3, resamples=0)
+
+
+def test_near_duplicate_images_widen_the_interval_only_when_grouped():
+    # 40 lesions of five identical images each, half of them misclassified: 50% accuracy
+    y_true = np.zeros(200, dtype=int)
+    y_pred = np.repeat(np.arange(40) % 2, 5)
+    lesions = np.repeat(np.arange(40), 5)
+    by_lesion = percentile_interval([accuracy_of(cm) for cm in
+                                     bootstrap_confusions(y_true, y_pred, lesions, 2, resamples=1000)])
+    by_image = percentile_interval([accuracy_of(cm) for cm in
+                                    bootstrap_confusions(y_true, y_pred, np.arange(200), 2, resamples=1000)])
+    assert by_lesion[0] < 0.5 < by_lesion[1] and by_image[0] < 0.5 < by_image[1]
+    # five times the images are worth one lesion each: about sqrt(5) times wider
+    assert (by_lesion[1] - by_lesion[0]) > 1.8 * (by_image[1] - by_image[0])
+
+
+def test_figures_of_a_confusion_matrix():
+    cm = confusion_matrix(Y_TRUE, PROBS.argmax(axis=1), 3)
+    report = classification_report(PROBS, Y_TRUE, LABELS)
+    assert accuracy_of(cm) == pytest.approx(report["accuracy"])
+    assert balanced_accuracy_of(cm) == pytest.approx(report["balanced_accuracy"])
+    assert recall_of(cm, 0) == pytest.approx(2 / 3)
+    assert math.isnan(recall_of(np.zeros((3, 3), dtype=int), 1))
+    # a resample without the class leaves its recall out of the interval instead of counting 0
+    assert percentile_interval([0.5, float("nan"), 0.5]) == (0.5, 0.5)
