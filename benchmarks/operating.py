@@ -56,7 +56,6 @@ def main(argv: list[str] | None = None) -> int:
         accuracy_of,
         balanced_accuracy_of,
         bootstrap_confusions,
-        confusion_matrix,
         percentile_interval,
         recall_of,
         roc_auc,
@@ -80,8 +79,6 @@ def main(argv: list[str] | None = None) -> int:
         labels = true_labels(card, records)
         table[subset] = [operating_point(probs, labels, card.codes, args.code, b) for b in args.biases]
         auc[subset] = roc_auc(labels == k, probs[:, k])
-    # the loop leaves the test split's records, labels and probabilities behind
-    predicted = adjust(probs, np.eye(len(card.codes))[k], args.biases[0]).argmax(axis=1)
     print(f"| {args.code} bias | val accuracy | val balanced | val {args.code} recall "
           f"| test accuracy | test balanced | test {args.code} recall |")
     print("|---|---|---|---|---|---|---|")
@@ -90,12 +87,15 @@ def main(argv: list[str] | None = None) -> int:
               f"| {test.accuracy:.1%} | {test.balanced_accuracy:.1%} | {test.recall:.1%} |")
     print(f"\n{args.code} one-vs-rest ROC AUC: val {auc['val']:.3f}, test {auc['test']:.3f}")
     if args.resamples:
+        # the loop leaves the test split's records, labels and probabilities behind
+        predicted = adjust(probs, np.eye(len(card.codes))[k], args.biases[0]).argmax(axis=1)
         cms = bootstrap_confusions(labels, predicted, [r.lesion_id for r in records], len(card.codes),
                                    resamples=args.resamples)
-        observed = confusion_matrix(labels, predicted, len(card.codes))
-        figures = [(name, fn(observed), percentile_interval([fn(cm) for cm in cms]))
-                   for name, fn in (("accuracy", accuracy_of), ("balanced accuracy", balanced_accuracy_of),
-                                    (f"{args.code} recall", lambda cm: recall_of(cm, k)))]
+        point = table["test"][0]
+        figures = [(name, value, percentile_interval([fn(cm) for cm in cms])) for name, value, fn in (
+            ("accuracy", point.accuracy, accuracy_of),
+            ("balanced accuracy", point.balanced_accuracy, balanced_accuracy_of),
+            (f"{args.code} recall", point.recall, lambda cm: recall_of(cm, k)))]
         print(f"\ntest at {args.code} bias {args.biases[0]:.2f}, 95% intervals over {args.resamples} resamples "
               "of its lesions: " + ", ".join(f"{name} {value:.1%} [{lo:.1%}, {hi:.1%}]"
                                              for name, value, (lo, hi) in figures))

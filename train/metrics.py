@@ -25,6 +25,17 @@ def per_class(cm: np.ndarray) -> dict[str, np.ndarray]:
     return {"precision": precision, "recall": recall, "f1": f1, "support": support}
 
 
+def accuracy_of(cm: np.ndarray) -> float:
+    total = cm.sum()
+    return float(np.trace(cm) / total) if total else float("nan")
+
+
+def balanced_accuracy_of(cm: np.ndarray) -> float:
+    """Mean recall over the classes present: a class absent from the split is left out, not scored 0."""
+    recall, support = per_class(cm)["recall"], cm.sum(axis=1)
+    return float(recall[support > 0].mean())
+
+
 def roc_auc(y_true_binary: np.ndarray, scores: np.ndarray) -> float:
     """Area under the ROC curve via the Mann-Whitney U statistic (ties count half); NaN if one class is absent."""
     y = np.asarray(y_true_binary).astype(bool)
@@ -75,8 +86,8 @@ def classification_report(probs: np.ndarray, y_true: np.ndarray, labels: tuple[s
     present = pc["support"] > 0
     return {
         "n": len(y_true),
-        "accuracy": float((y_pred == y_true).mean()),
-        "balanced_accuracy": float(pc["recall"][present].mean()),
+        "accuracy": accuracy_of(cm),
+        "balanced_accuracy": balanced_accuracy_of(cm),
         "macro_f1": float(pc["f1"][present].mean()),
         "macro_auc": float(np.nanmean(aucs)) if not np.all(np.isnan(aucs)) else float("nan"),
         "ece": expected_calibration_error(probs, y_true),
@@ -111,16 +122,6 @@ def bootstrap_confusions(y_true: np.ndarray, y_pred: np.ndarray, groups, num_cla
     draws = np.random.default_rng(seed).integers(0, n_groups, size=(resamples, n_groups))
     counts = np.stack([np.bincount(row, minlength=n_groups) for row in draws])
     return np.tensordot(counts, per_group, axes=1)
-
-
-def accuracy_of(cm: np.ndarray) -> float:
-    return float(np.trace(cm) / max(cm.sum(), 1))
-
-
-def balanced_accuracy_of(cm: np.ndarray) -> float:
-    """Mean recall over the classes present (as in :func:`classification_report`)."""
-    recall, support = per_class(cm)["recall"], cm.sum(axis=1)
-    return float(recall[support > 0].mean())
 
 
 def recall_of(cm: np.ndarray, k: int) -> float:
