@@ -1,6 +1,6 @@
 """The daemon under hostile load: peak memory under worst-case uploads, and idle connections.
 
-    python -m benchmarks.uploads [--model models/dermnet-edge] [--concurrency 8] [--rounds 2]
+    python -m benchmarks.uploads [--model experiments/dermnet-edge] [--concurrency 8] [--rounds 2]
                                  [--idle 200,600] [--good 200] [--decode-memory-mb 64]
                                  [--out benchmarks/results]
 
@@ -226,7 +226,7 @@ def failures(results: dict, target_mb: float, connection_limit: int) -> list[str
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.uploads", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, default=REPO / "models" / "dermnet-edge")
+    parser.add_argument("--model", type=Path, default=REPO / "experiments" / "dermnet-edge")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--idle", type=lambda t: [int(v) for v in t.split(",")], default=[200, 600])

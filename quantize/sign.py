@@ -1,8 +1,8 @@
 """Sign model folders with Ed25519, so a device can tell a released model from a changed one.
 
     python -m quantize.sign keygen --out ~/.config/dermedge/signing
-    python -m quantize.sign sign models/dermnet-edge --key ~/.config/dermedge/signing/dermedge-signing.key
-    python -m quantize.sign verify models/dermnet-edge --public-key device-keys/release.pub
+    python -m quantize.sign sign experiments/dermnet-edge --key ~/.config/dermedge/signing/dermedge-signing.key
+    python -m quantize.sign verify experiments/dermnet-edge --public-key device-keys/release.pub
 
 ``keygen`` writes ``dermedge-signing.key`` (the private key, mode 0600) and
 ``dermedge-signing.pub`` (the public key, for ``model.public_keys`` on the device). It refuses to

@@ -14,6 +14,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 from tqdm import tqdm
 
@@ -34,6 +35,7 @@ CLASSES: tuple[tuple[str, str], ...] = (
 CLASS_CODES = tuple(code for code, _ in CLASSES)
 METADATA_NAME = "HAM10000_metadata.csv"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+MASKS_DIR = "masks"  # lesion segmentations (white = lesion), named like their images
 SPLITS = ("train", "val", "test")
 REFIT_SPLITS = ("train", "val")  # what a refit learns from (train --refit)
 CITATION = (
@@ -90,10 +92,12 @@ def load_records(root: Path, metadata: Path | None = None) -> list[Record]:
 
 
 def _index_images(root: Path) -> dict[str, Path]:
+    """image_id -> image file anywhere under ``root``, except under a ``masks`` folder: a copy that
+    ships the lesion masks beside the images names each mask like its image (``masks/ISIC_*.png``)."""
     return {
         p.stem: p
         for p in sorted(root.rglob("*"))
-        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and MASKS_DIR not in p.relative_to(root).parts
     }
 
 
@@ -206,22 +210,24 @@ def split_counts(records: list[Record]) -> dict[str, dict[str, int]]:
 
 
 def load_pixels(
-    records: list[Record], height: int, width: int, cache_dir: Path | None = None
+    records: list[Record], height: int, width: int, cache_dir: Path | None = None, *, unsquash: float = 0.0
 ) -> np.ndarray:
     """Decode, crop and resize every record once -> uint8 array (N, H, W, 3).
 
     With ``cache_dir`` the array is kept as ``.npy`` keyed by image ids and size, so
-    later runs (and quantization, benchmarks) skip decoding.
+    later runs (and quantization, benchmarks) skip decoding. ``unsquash`` > 0 first stretches
+    square images back to that aspect (width / height): see :func:`unsquash_square`.
     """
     cache_path = None
     if cache_dir is not None:
-        key = hashlib.sha1("\n".join(str(r.path) for r in records).encode()).hexdigest()[:16]
+        key = hashlib.sha1("\n".join(str(r.path) for r in records).encode()
+                           + (f"|unsquash={unsquash}".encode() if unsquash else b"")).hexdigest()[:16]
         cache_path = Path(cache_dir) / f"pixels-{height}x{width}-{key}.npy"
         if cache_path.is_file():
             return np.load(cache_path, mmap_mode="r")
     out = np.empty((len(records), height, width, 3), dtype=np.uint8)
     for i, r in enumerate(tqdm(records, desc=f"decode {height}x{width}", unit="img", leave=False)):
-        out[i] = fit_to_input(load_image(r.path), height, width)
+        out[i] = fit_to_input(unsquash_square(load_image(r.path), unsquash), height, width)
     if cache_path is not None:
         cache_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache_path.with_suffix(".tmp.npy")
@@ -242,3 +248,72 @@ def class_weights(labels: np.ndarray, power: float = 1.0) -> dict[int, float]:
     raw = np.where(counts > 0, (counts.sum() / (len(counts) * np.maximum(counts, 1))) ** power, 0.0)
     raw /= (raw[labels]).mean()
     return {i: float(w) for i, w in enumerate(raw)}
+
+
+# --- extra training data (ISIC 2017) ------------------------------------------------
+
+EXTRA_LABELS_NAME = "labels.csv"
+# ISIC 2017's reduced copy squashed mostly-4:3 originals to 256 x 256; HAM10000 and the camera are 4:3.
+SQUASHED_ASPECT = 4 / 3
+ISIC2017 = {
+    "name": "ISIC 2017 (part 3)",
+    "citation": ("Codella N. et al., Skin Lesion Analysis Toward Melanoma Detection: A Challenge at the 2017 "
+                 "International Symposium on Biomedical Imaging (ISBI), Hosted by the International Skin "
+                 "Imaging Collaboration (ISIC). ISBI 2018."),
+    "license": "CC BY-NC (ISIC Archive terms)",
+}
+
+
+def load_extra_records(root: Path) -> list[Record]:
+    """An extra data set laid out as ``labels.csv`` (``image_id,dx,split``) with the images anywhere
+    under ``root`` (the 256 x 256 copy or the full-size originals alike). It has no lesion ids, so
+    each image is its own lesion; its split is the one the file gives (the challenge's own)."""
+    root = Path(root)
+    csv_path = root / EXTRA_LABELS_NAME
+    if not csv_path.is_file():
+        raise DatasetError(f"extra_data: {csv_path} not found (expected image_id,dx,split)")
+    with open(csv_path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    needed = {"image_id", "dx", "split"}
+    if not rows or not needed <= set(rows[0]):
+        raise DatasetError(f"{csv_path}: expected columns {sorted(needed)}")
+    unknown = sorted({r["dx"] for r in rows} - set(CLASS_CODES))
+    if unknown:
+        raise DatasetError(f"{csv_path}: unknown dx codes {unknown}; expected {list(CLASS_CODES)}")
+    bad_splits = sorted({r["split"] for r in rows} - set(SPLITS))
+    if bad_splits:
+        raise DatasetError(f"{csv_path}: unknown split values {bad_splits}; expected {list(SPLITS)}")
+    paths = _index_images(root)
+    missing = [r["image_id"] for r in rows if r["image_id"] not in paths]
+    if missing:
+        raise DatasetError(f"{len(missing)} of {len(rows)} images listed in {csv_path} were not found under "
+                           f"{root}; first: {', '.join(missing[:5])}")
+    return [Record(r["image_id"], r["image_id"], r["dx"], paths[r["image_id"]], r["split"]) for r in rows]
+
+
+def unsquash_square(rgb: np.ndarray, aspect: float) -> np.ndarray:
+    """A square image stretched back to ``aspect`` (width / height) by shrinking its height; other
+    images, and any image when ``aspect`` is 0, unchanged. Full-size originals are not square, so the
+    same loader serves them untouched."""
+    h, w = rgb.shape[:2]
+    if not aspect or h != w:
+        return rgb
+    return cv2.resize(rgb, (w, max(1, round(w / aspect))), interpolation=cv2.INTER_AREA)
+
+
+def prior_preserving_weights(labels: np.ndarray, extra_labels: np.ndarray, power: float) -> dict[int, float]:
+    """Class weights for HAM10000's training images plus an extra set's, keeping HAM10000's prior.
+
+    Each class gets HAM10000's own weight (:func:`class_weights` of ``labels``) times
+    ``n_ham / (n_ham + n_extra)``, so a class's total weight, and with it the class prior the loss
+    teaches, is what HAM10000 alone gives: ISIC 2017's three-class mix (half of it nevi) adds variety
+    within mel, bkl and nv, not frequency. Normalised to mean 1 over all the images, so a step's
+    gradient scale stays as without the extra set. ``power`` 0 gives HAM10000's plain prior."""
+    k = len(CLASS_CODES)
+    base = np.array([class_weights(labels, power)[c] for c in range(k)])
+    ham = np.bincount(labels, minlength=k).astype(np.float64)
+    extra = np.bincount(extra_labels, minlength=k).astype(np.float64)
+    scaled = np.where(ham > 0, base * ham / np.maximum(ham + extra, 1), 0.0)
+    everyone = np.concatenate([labels, extra_labels])
+    scaled /= scaled[everyone].mean()
+    return {c: float(scaled[c]) for c in range(k)}

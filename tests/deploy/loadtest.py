@@ -1,7 +1,7 @@
 """Load test of ``POST /predict``: N requests from C concurrent clients against a running daemon.
 
     # start a headless daemon on the fixture images and load it (from the repository root):
-    python -m tests.deploy.loadtest --model models/dermnet-edge [--rounds 3]
+    python -m tests.deploy.loadtest --model experiments/dermnet-edge [--rounds 3]
     # or load a daemon that is already running (its pid gives the RSS figures):
     python -m tests.deploy.loadtest --url http://127.0.0.1:5000 --pid 1234 [--token T]
 

@@ -173,7 +173,7 @@ def test_window_keys_and_the_button_drive_the_daemon(tmp_path, fixture_dir, monk
     device_id = f"keys-{os.getpid()}"
     cfg = config_from_dict({
         "device_id": device_id,
-        "model": {"dir": "models/dermnet-edge", "threads": 1},
+        "model": {"dir": "experiments/dermnet-edge", "threads": 1},
         "camera": {"source": "folder", "path": str(fixture_dir / "images"), "fps": 20.0},
         "overlay": {"mode": "opencv"},
         "mqtt": {"host": mqtt_broker.host, "port": mqtt_broker.port},

@@ -121,7 +121,7 @@ def test_run_with_missing_model_names_the_path(tmp_path, fixture_dir, capsys):
 @pytest.mark.parametrize(("source", "kind"), [("folder", "image folder"), ("opencv", "video file")])
 def test_run_with_a_missing_replay_path_exits_2_naming_it_once(tmp_path, source, kind):
     missing = tmp_path / ("absent" if source == "folder" else "absent.mp4")
-    proc = cli("run", "--model", "models/dermnet-edge", "--source", source, "--path", str(missing), "--no-mqtt",
+    proc = cli("run", "--model", "experiments/dermnet-edge", "--source", source, "--path", str(missing), "--no-mqtt",
                "--http-port", "0", timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"error: camera.path: {kind} not found: {missing}"  # nothing else, once
@@ -130,7 +130,7 @@ def test_run_with_a_missing_replay_path_exits_2_naming_it_once(tmp_path, source,
 def test_the_interpreter_info_line_stays_off_the_terminal(fixture_dir):
     image = min((fixture_dir / "images").glob("*.jpg"))
     env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
-    proc = subprocess.run([sys.executable, "-m", "device", "predict", "--model", "models/dermnet-edge", str(image)],
+    proc = subprocess.run([sys.executable, "-m", "device", "predict", "--model", "experiments/dermnet-edge", str(image)],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0 and image.name in proc.stdout
     assert proc.stderr == ""  # the runtime prints "INFO: Created TensorFlow Lite XNNPACK delegate" here

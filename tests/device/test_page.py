@@ -163,7 +163,7 @@ def test_captures_end_to_end_with_retention_and_safe_ids(daemon, tmp_path):
 
 def test_every_route_but_the_public_ones_needs_the_token_or_a_session(tmp_path):
     """Walks the app's own route table, so a route added later cannot be left open by mistake."""
-    card = ModelCard.load(Path(__file__).parents[2] / "models" / "dermnet-edge" / "card.json")
+    card = ModelCard.load(Path(__file__).parents[2] / "experiments" / "dermnet-edge" / "card.json")
     store = CaptureStore(CapturesConfig(dir=str(tmp_path), min_free_mb=0.0))
     page = Page(card=lambda: card, captures=store, save_capture=lambda: None)
     app = create_app(HttpConfig(port=0, token=TOKEN), LiveState("m"), lambda rgb: None, page=page)

@@ -94,7 +94,7 @@ def test_the_page_in_chromium_with_a_token(tmp_path, default_model_dir, fixture_
 
 
 def test_the_page_on_a_phone_without_a_token(tmp_path, fixture_dir, web_deps):
-    daemon = start(tmp_path, REPO / "models" / "dermnet-edge", fixture_dir / "images")
+    daemon = start(tmp_path, REPO / "experiments" / "dermnet-edge", fixture_dir / "images")
     try:
         assert requests.get(daemon.base + "/session", timeout=10).json()["signed_in"] is True
         report = run_page_check({"base": daemon.base, "image": str(fixture_dir / "images" / IMAGE),

@@ -228,3 +228,15 @@ def test_a_cards_split_is_redrawn_and_checked_against_its_counts(fixture_dir):
     assert ds.redraw_split(card_split, fixture_dir, owner="m") == records
     with pytest.raises(ValueError, match="does not reproduce the split in the card of m"):
         ds.redraw_split({**card_split, "seed": 8}, fixture_dir, owner="m")
+
+
+def test_masks_beside_images_are_not_taken_for_images(fixture_dir, tmp_path):
+    # The shared copy ships masks/ISIC_*.png named like images/ISIC_*.jpg: sorted after images/,
+    # they used to replace every image by its black-and-white mask.
+    shutil.copytree(fixture_dir / "images", tmp_path / "images")
+    shutil.copy(fixture_dir / ds.METADATA_NAME, tmp_path / ds.METADATA_NAME)
+    (tmp_path / ds.MASKS_DIR).mkdir()
+    for image in (tmp_path / "images").iterdir():
+        (tmp_path / ds.MASKS_DIR / f"{image.stem}.png").write_bytes(b"not the image")
+    records = ds.load_records(tmp_path)
+    assert records and all(r.path.parent.name == "images" for r in records)

@@ -31,7 +31,7 @@ from device.preprocess import (
 )
 
 GOLDEN = Path(__file__).resolve().parents[2] / "web" / "test" / "parity.json"
-CARD = Path(__file__).resolve().parents[2] / "models" / "dermnet-edge" / "card.json"
+CARD = Path(__file__).resolve().parents[2] / "experiments" / "dermnet-edge" / "card.json"
 
 # (kind, seed, source height, source width, target height, target width): every resize path
 # of fit_to_input (non-integer and integer area, the 2x2 fast path, a crop, an upscale).
