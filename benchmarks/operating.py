@@ -2,7 +2,7 @@
 its recall and costs in accuracy, on the card's validation and test splits (int8, through
 ``Engine.infer_pixels``).
 
-    python -m benchmarks.operating --model-dir models/dermnet-mnv2 --data ../shared/data/ham10000 \
+    python -m benchmarks.operating --model-dir models/dermnet-mnv2-trio --data ../shared/data/ham10000 \
         [--model-dir ANOTHER ...] [--class mel] [--biases 0,0.25,0.5,0.75,1,1.25,1.5]
 
 With several ``--model-dir`` the models' probabilities are averaged first: what an ensemble of

@@ -3,7 +3,7 @@ frame (``preprocessing.zoom``, ``preprocessing.tta``): the same int8 file, score
 reference through the device engine as the new card asks, the referral threshold picked again on
 val, and ``card.json`` + ``REPORT.md`` rewritten; nothing is written when the gate fails.
 
-    python -m quantize.regate models/dermnet-mnv2 --zoom 0.86 --data ../shared/data/ham10000
+    python -m quantize.regate models/dermnet-mnv2-cut9 --zoom 0.86 --data ../shared/data/ham10000
 
 The float reference is the folder's ``model_float.tflite`` when its card names one. A MobileNetV2
 folder shipped without it can rebuild it from the int8 file (``--float-from-int8``): after

@@ -195,7 +195,7 @@ class AffineBatchNormalization(layers.BatchNormalization):
     After a folded import beta is that conv's bias; frozen BN never trains it. Batch statistics are
     no option here: a batch of 32 dermoscopy images puts some channels' mean 1.7 standard deviations
     from the re-estimated one (block_1_depthwise_BN), and training-mode BN collapsed to one class
-    within an epoch (``models/BN-PROTOCOL.md``). The converter folds it like any inference-mode BN."""
+    within an epoch (``experiments/BN-PROTOCOL.md``). The converter folds it like any inference-mode BN."""
 
     def call(self, inputs, training=None, mask=None):
         return super().call(inputs, training=False, mask=mask)

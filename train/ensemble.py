@@ -1,6 +1,6 @@
 """Shipped models averaged into one graph: a run directory that ``quantize`` gates like any other.
 
-    python -m train.ensemble models/dermnet-mnv2 models/dermnet-mnv2-seed2 --data ../shared/data/ham10000
+    python -m train.ensemble experiments/dermnet-mnv2 experiments/dermnet-mnv2-seed2 --data ../shared/data/ham10000
     python -m quantize runs/<stamp>-ensemble --checkpoint calibrated --name dermnet-mnv2-ensemble
 
 Members must share their cards' ``preprocessing.zoom``; quantize the run with that ``--zoom``.
