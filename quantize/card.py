@@ -23,11 +23,12 @@ from device.card import (
     sha256_file,
 )
 from device.engine import model_io, open_interpreter
+from train import backbones
 from train.run import TrainingRun
 
 # Config keys that describe the workstation, not the model; left out of the card.
 _LOCAL_KEYS = ("data", "split_file", "runs_dir", "cache_dir", "workers", "backbone_weights", "self_check_images",
-               "imagenet_labels")
+               "imagenet_labels", "extra_data")
 
 
 def model_file(path: Path) -> ModelFile:
@@ -84,7 +85,9 @@ def training_summary(run: TrainingRun, checkpoint: str) -> dict[str, Any]:
         summary["init_from"] = f"{start.parent.name}/{start.name}"
     backbone = run.meta.get("backbone")
     if backbone:  # the weights file by name and hash, not this workstation's path
-        summary["backbone"] = {**backbone, "weights": Path(backbone["weights"]).name}
+        # Runs from before the provenance fields get them by architecture.
+        pretrained = backbones.pretraining(backbone["name"], backbone.get("kind", ""))
+        summary["backbone"] = {**pretrained, **backbone, "weights": Path(backbone["weights"]).name}
     if run.state:
         summary.update(epochs_trained=int(run.state["epoch"]) + 1,
                        best_val_balanced_accuracy=run.state.get("best_val_balanced_accuracy"))

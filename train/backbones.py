@@ -32,6 +32,18 @@ BACKBONES = {"mobilenet_v2": keras.applications.MobileNetV2}
 # Both ImageNet MobileNetV2 sources expect x / 127.5 - 1, i.e. (x - 127.5) / 127.5 per channel.
 IMAGENET_NORMALIZATION = ([127.5, 127.5, 127.5], [127.5, 127.5, 127.5])
 _CONV_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D")
+# What each family's pretrained weights are, whichever file they are read from, for the run and the card.
+PRETRAINING = {
+    "mobilenet_v2": {"pretrained_on": "ImageNet ILSVRC-2012 classification",
+                     "weights_source": "Google's MobileNetV2 1.0 ImageNet weights (keras.applications; or their "
+                                       "int8 TFLite export, google-coral/test_data)",
+                     "weights_license": "Apache-2.0"},
+}
+
+
+def pretraining(name: str, kind: str) -> dict[str, str]:
+    """What ``name``'s weights were pretrained on and where they come from; empty for random weights."""
+    return {} if kind == "random" else dict(PRETRAINING.get(name, {}))
 
 
 class WeightImportError(ValueError):

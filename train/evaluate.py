@@ -121,6 +121,56 @@ def evaluate_run(run_dir: Path, *, split: str = "test", checkpoint: str = "best"
     return report
 
 
+EXTRA_CLASSES = ("mel", "bkl", "nv")  # ISIC 2017's three
+
+
+def evaluate_extra(run_dir: Path, *, split: str = "test", checkpoint: str = "best", data: Path | None = None,
+                   unsquash: float | None = None) -> dict:
+    """Score a run's checkpoint on the extra set's own ``split`` (ISIC 2017: images from other clinics),
+    the second test beside HAM10000's: per-class recall of mel, bkl and nv under the 7-class argmax,
+    and each one's one-vs-rest AUC (melanoma-vs-rest first). ``data`` and ``unsquash`` default to the
+    run's ``extra_data`` and ``extra_unsquash``, so a run trained without it can be scored too.
+    Writes ``eval-extra-<split>-<checkpoint>/`` (metrics.json, report.md); returns the metrics."""
+    run = TrainingRun.load(run_dir)
+    root = data or run.config.extra_data
+    if not root:
+        raise ValueError(f"{run.path}: no extra_data in its config; pass the extra set's folder")
+    records = ds.select(ds.load_extra_records(Path(root)), split)
+    if not records:
+        raise ValueError(f"{root}/labels.csv has no {split!r} images")
+    unsquash = run.config.extra_unsquash if unsquash is None else unsquash
+    pixels = ds.load_pixels(records, *run.input_hw, Path(run.config.cache_dir), unsquash=unsquash)
+    labels = np.array([r.label for r in records], dtype=np.int64)
+    probs = predict_probs(run.load_model(checkpoint), pixels, *run.normalization)
+    report = extra_report(probs, labels)
+    report.update(run=run.path.name, split=split, checkpoint=checkpoint, data=Path(root).name, unsquash=unsquash)
+    out = Path(run_dir) / f"eval-extra-{split}-{checkpoint}"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(json_safe(report), indent=2))
+    lines = [f"# Second test: {report['data']} {split} ({report['n']} images), {run.path.name}/{checkpoint}", "",
+             f"> **{DISCLAIMER}**", "", "| class | support | recall (7-class argmax) | AUC (one vs rest) |",
+             "| --- | --- | --- | --- |"]
+    lines += [f"| {c} | {report['support'][c]} | {_fmt(report['recall'][c])} | {_fmt(report['auc'][c])} |"
+              for c in EXTRA_CLASSES]
+    lines += ["", (f"Accuracy {_fmt(report['accuracy'])}. Data: {ds.ISIC2017['name']} "
+                   f"({ds.ISIC2017['license']}). {ds.ISIC2017['citation']}"), ""]
+    (out / "report.md").write_text("\n".join(lines))
+    _log.info("%s extra %s/%s: melanoma recall %s, melanoma-vs-rest AUC %s, bkl AUC %s -> %s", run.path.name,
+              split, checkpoint, _fmt(report["recall"]["mel"]), _fmt(report["auc"]["mel"]),
+              _fmt(report["auc"]["bkl"]), out)
+    return report
+
+
+def extra_report(probs: np.ndarray, labels: np.ndarray) -> dict:
+    """The second test's figures for 7-class ``probs`` on images labelled only mel, bkl or nv."""
+    full = classification_report(probs, labels, ds.CLASS_CODES)
+    per = {c: full["per_class"][c] for c in EXTRA_CLASSES}
+    return {"n": full["n"], "accuracy": full["accuracy"], "support": {c: per[c]["support"] for c in per},
+            "recall": {c: per[c]["recall"] if per[c]["support"] else math.nan for c in per},
+            "auc": {c: per[c]["auc"] for c in per}, "confusion_matrix": full["confusion_matrix"],
+            "labels": full["labels"]}
+
+
 def _fmt(value: float) -> str:
     return "n/a" if value is None or math.isnan(value) else f"{value:.4f}"
 
@@ -182,8 +232,17 @@ def main(argv=None) -> dict:
     parser.add_argument("--checkpoint", choices=CHECKPOINTS, default="best")
     parser.add_argument("--tta", action="store_true", help="average over the four flips")
     parser.add_argument("--data", type=Path, help="HAM10000 root, if not where the run was trained")
+    parser.add_argument("--extra", nargs="?", const="", default=None, metavar="ROOT",
+                        help="score the extra set's split instead (ISIC 2017: labels.csv + images; default the "
+                             "run's extra_data)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.extra is not None:
+        report = evaluate_extra(args.run_dir, split=args.split, checkpoint=args.checkpoint,
+                                data=Path(args.extra) if args.extra else None)
+        print(f"{args.run_dir}/eval-extra-{args.split}-{args.checkpoint}/report.md: melanoma recall "
+              f"{_fmt(report['recall']['mel'])}, melanoma-vs-rest AUC {_fmt(report['auc']['mel'])}")
+        return report
     report = evaluate_run(args.run_dir, split=args.split, checkpoint=args.checkpoint, tta=args.tta,
                           data=args.data)
     out = eval_dir(args.run_dir, split=args.split, checkpoint=args.checkpoint, tta=args.tta)

@@ -30,7 +30,7 @@ from train import data as ds
 from train.augment import AugmentConfig, MixConfig
 from train.config import LR_POLICIES, TrainConfig, field_help, load_config, write_config
 from train.dataset import Batches, predict_probs
-from train.evaluate import evaluate_run
+from train.evaluate import evaluate_extra, evaluate_run
 from train.metrics import classification_report
 from train.models import build_model, describe
 from train.schedules import CYCLIC_MODES, LRPolicy, cosine_lr, cyclic_lr
@@ -169,6 +169,12 @@ def fit(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> Path:
         by_split = {"train": [r for s in ds.REFIT_SPLITS for r in by_split[s]], "val": [], "test": by_split["test"]}
     pixels = {s: ds.load_pixels(r, h, w, Path(cfg.cache_dir)) for s, r in by_split.items() if s != "test"}
     labels = {s: np.array([r.label for r in by_split[s]], dtype=np.int64) for s in ("train", "val")}
+    n_ham = len(labels["train"])  # the extra set's images follow HAM10000's in train and val
+    extra = ds.extra_fit_records(Path(cfg.extra_data), refit=cfg.refit, limit=cfg.limit) if cfg.extra_data else {}
+    for s, recs in extra.items():
+        pixels[s] = np.concatenate([pixels[s], ds.load_pixels(recs, h, w, Path(cfg.cache_dir),
+                                                              unsquash=cfg.extra_unsquash)])
+        labels[s] = np.concatenate([labels[s], np.array([r.label for r in recs], dtype=np.int64)])
 
     meta_path = run_dir / "meta.json"
     if resume:
@@ -187,7 +193,8 @@ def fit(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> Path:
             "model": describe(qat.strip(model)),
             "split": {"method": cfg.split, "seed": cfg.split_seed, "counts": ds.split_counts(records),
                       **({"fit_on": list(ds.REFIT_SPLITS)} if cfg.refit else {})},
-            "dataset": {"name": "HAM10000", "citation": ds.CITATION, "license": ds.LICENSE},
+            "dataset": {"name": "HAM10000", "citation": ds.CITATION, "license": ds.LICENSE,
+                        **({"extra": ds.extra_summary(extra, cfg.extra_unsquash)} if extra else {})},
             "backend": keras.backend.backend(),
             "init_from": cfg.init_from or None,
             "backbone": provenance,
@@ -214,7 +221,7 @@ def fit(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> Path:
         mix=make_mix(cfg),
         sampling="balanced" if cfg.imbalance == "sampling" else "shuffle",
         balance_power=cfg.balance_power, seed=cfg.seed, start_epoch=initial_epoch, workers=cfg.workers,
-        class_weight=ds.class_weights(labels["train"], cfg.balance_power) if cfg.imbalance == "weights" else None,
+        class_weight=class_weight(cfg, labels["train"], n_ham),
         soft_targets=soft, soft_weight=cfg.distill_weight if cfg.teacher else 0.0,
     )
     checkpointer = Checkpointer(run_dir, pixels["val"] if len(labels["val"]) else None, labels["val"], mean, std,
@@ -251,6 +258,15 @@ def fit(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> Path:
     return run_dir
 
 
+def class_weight(cfg: TrainConfig, labels: np.ndarray, n_ham: int) -> dict[int, float] | None:
+    """Per-class loss weights for training ``labels`` whose first ``n_ham`` are HAM10000's: inverse
+    frequency (``imbalance: weights``), and with an extra set HAM10000's class prior kept."""
+    if cfg.extra_data:
+        power = cfg.balance_power if cfg.imbalance == "weights" else 0.0
+        return ds.prior_preserving_weights(labels[:n_ham], labels[n_ham:], power)
+    return ds.class_weights(labels, cfg.balance_power) if cfg.imbalance == "weights" else None
+
+
 def set_trainable(model: keras.Model, cfg: TrainConfig, *, backbone: bool) -> None:
     """Backbone layers on or off for a phase; with ``trainable_from`` only that layer and those after
     it train (the early, high-resolution layers cost most to back-propagate and transfer as they are).
@@ -283,6 +299,7 @@ def _initial_model(cfg: TrainConfig, train_pixels: np.ndarray) -> tuple[keras.Mo
                                                           alpha=cfg.width_mult, cut=cfg.backbone_cut)
         norm = backbones.IMAGENET_NORMALIZATION
         provenance = {"name": cfg.arch, "weights": imported.source, "kind": imported.kind,
+                      **backbones.pretraining(cfg.arch, imported.kind),
                       "conv_layers_set": imported.layers, "sha256": imported.sha256 or None,
                       "bn_mode": cfg.bn_mode, "cut": cfg.backbone_cut}
         _log.info("backbone %s: weights from %s (%s, %d conv layers)", cfg.arch, imported.source, imported.kind,
@@ -393,4 +410,6 @@ def main(argv=None) -> Path:
     fit(cfg, run_dir, resume=bool(args.resume))
     if not args.no_evaluate:
         evaluate_run(run_dir)
+        if cfg.extra_data:
+            evaluate_extra(run_dir)
     return run_dir
