@@ -4,7 +4,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 DATA   ?= ../shared/data/ham10000
-MODEL  ?= models/dermnet-mnv2-trio
+# models/DEFAULT is the one place the default model is named
+MODEL  ?= models/$(shell cat models/DEFAULT)
 RUN    ?=
 NAME   ?=
 DEMO_PORT ?= 5000

@@ -20,6 +20,27 @@ from typing import Any, Literal
 import yaml
 
 CARD_FILE = "card.json"
+# The one place the default model is named: models/DEFAULT holds its folder name. The Makefile,
+# the install and arm64 scripts, web/build.mjs and models/README.md read the same file.
+MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+DEFAULT_MODEL_FILE = "DEFAULT"
+
+
+def default_model_name(models_dir: Path = MODELS_DIR) -> str | None:
+    """The folder name in ``<models_dir>/DEFAULT``; None when there is no such file."""
+    try:
+        return (Path(models_dir) / DEFAULT_MODEL_FILE).read_text().strip()
+    except FileNotFoundError:
+        return None
+
+
+def default_model_dir() -> str:
+    """``models/<name>`` for the default model (relative, like ``model.dir``).
+
+    Without ``models/DEFAULT`` (device/ copied alone) it is ``models``, which ``check_model_dir``
+    then refuses naming the folder, so the defaults still load."""
+    name = default_model_name()
+    return "models" if name is None else f"models/{name}"
 
 
 class ConfigError(ValueError):
@@ -33,7 +54,7 @@ def _default_device_id() -> str:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    dir: str = "models/dermnet-mnv2-trio"  # folder with card.json and the int8 .tflite it names
+    dir: str = field(default_factory=default_model_dir)  # folder with card.json and the int8 .tflite it names
     threads: int = 2  # interpreter threads
     public_keys: tuple[str, ...] = ()  # Ed25519 public key files (PEM) that may sign models
     require_signature: bool = False  # refuse a model without a valid signature by one of them

@@ -12,7 +12,8 @@ import * as esbuild from 'esbuild';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const {values: args} = parseArgs({options: {
-  model: {type: 'string', default: join(here, '..', 'models', 'dermnet-mnv2-trio')},
+  // models/DEFAULT names the default model, for the device, the Makefile and this build alike
+  model: {type: 'string', default: join(here, '..', 'models', (await readFile(join(here, '..', 'models', 'DEFAULT'), 'utf8')).trim())},
   out: {type: 'string', default: join(here, 'dist')},
 }});
 const runtime = join(here, 'node_modules', '@litertjs', 'core');

@@ -5,9 +5,9 @@
 # compared with the same command on this machine (class codes equal, probabilities within
 # --tolerance).
 #
-#   sudo nice -n 15 device/systemd/check_arm64.sh --model models/dermnet-mnv2-trio
+#   sudo nice -n 15 device/systemd/check_arm64.sh [--model models/<name>]
 #
-#   --model DIR      model folder (card.json + int8 .tflite); default models/dermnet-mnv2-trio
+#   --model DIR      model folder (card.json + int8 .tflite); default the one models/DEFAULT names
 #   --images DIR     images to classify; default tests/fixtures/ham10000_mini/images
 #   --root DIR       the arm64 root, kept between runs; default /tmp/arm64root (keep it out of the repo)
 #   --out DIR        predictions and the comparison; default /tmp/arm64check
@@ -23,7 +23,7 @@
 set -euo pipefail
 
 SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-MODEL=$SRC/models/dermnet-mnv2-trio
+MODEL=$SRC/models/$(<"$SRC/models/DEFAULT")
 IMAGES=$SRC/tests/fixtures/ham10000_mini/images
 ROOT=/tmp/arm64root
 OUT=/tmp/arm64check

@@ -113,6 +113,8 @@ install_code_and_models() {
     say "model installed: $APP_DIR/models/$(basename "$(dirname "$card")")"
     found=$((found + 1))
   done
+  # models/DEFAULT names the default model: the daemon's model.dir default reads it
+  if [[ -f $MODELS_SRC/DEFAULT ]]; then install -m 0644 "$MODELS_SRC/DEFAULT" "$app/models/DEFAULT"; fi
   [[ $found -gt 0 ]] || warn "no model folder (with card.json) in $MODELS_SRC: copy one to" \
     "$APP_DIR/models/ and point model.dir in $CONF_DIR/device.yaml at it"
   chmod -R u=rwX,go=rX "$app/device" "$app/models" "$app/requirements"

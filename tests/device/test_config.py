@@ -10,6 +10,7 @@ from device.config import (
     ModelConfig,
     check_model_dir,
     config_from_dict,
+    default_model_dir,
     load_config,
     to_dict,
     with_overrides,
@@ -22,7 +23,7 @@ def test_defaults_load_with_no_file():
     cfg = load_config(None)
     assert isinstance(cfg, Config)
     assert cfg.device_id.startswith("dermedge-")
-    assert cfg.model.dir == "models/dermnet-mnv2-trio"
+    assert cfg.model.dir == default_model_dir()
     assert cfg.camera.source == "picamera2"
     assert (cfg.http.host, cfg.http.port) == ("127.0.0.1", 5000)
     assert cfg.mqtt.prefix == "dermedge" and cfg.mqtt.enabled
@@ -118,7 +119,7 @@ def _keys(tree: dict, prefix: str = "") -> set[str]:
 
 def test_example_yaml_loads_and_documents_every_key():
     cfg = load_config(EXAMPLE)
-    assert cfg.model.dir == "models/dermnet-mnv2-trio"
+    assert cfg.model.dir == default_model_dir()
     documented = _keys(yaml.safe_load(EXAMPLE.read_text()))
     assert documented == _keys(to_dict(Config()))
     # Apart from device_id the example shows the defaults.
@@ -130,7 +131,7 @@ def test_overrides_apply_and_are_validated():
                          mqtt_enabled=False, model_dir=None, device_id="bench-1")
     assert (cfg.camera.source, cfg.camera.path, cfg.http.port) == ("folder", "imgs", 0)
     assert cfg.mqtt.enabled is False and cfg.device_id == "bench-1"
-    assert cfg.model.dir == "models/dermnet-mnv2-trio"  # None means "flag not given"
+    assert cfg.model.dir == default_model_dir()  # None means "flag not given"
     with pytest.raises(ConfigError, match=r"^mqtt\.port: must be between 1 and 65535"):
         with_overrides(cfg, mqtt_port=0)
     with pytest.raises(ConfigError, match="unknown override 'camera_colour'"):
