@@ -77,3 +77,15 @@ def test_every_shelf_folder_has_a_role():
 def test_no_loose_records_on_the_shelf():
     loose = sorted(p.name for p in MODELS.iterdir() if p.is_file() and p.name not in {"README.md", "DEFAULT", "shelf.yaml"})
     assert not loose, f"records belong in experiments/: {loose}"
+
+
+EXPERIMENTS = REPO / "experiments"
+
+
+def test_experiments_index_lists_every_protocol_and_model_folder():
+    index = (EXPERIMENTS / "README.md").read_text()
+    protocols = sorted(p.name for p in EXPERIMENTS.glob("*-PROTOCOL.md"))
+    folders = sorted(p.parent.name for p in EXPERIMENTS.glob("*/card.json"))
+    missing = [p for p in protocols if f"({p})" not in index]
+    missing += [f for f in folders if f"({f}/training/README.md)" not in index]
+    assert not missing, f"experiments/README.md has no row for: {missing}"
