@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from device.config import ModelConfig
+from device.config import default_model_dir
 from tests.web.conftest import REPO, WEB, add_model, run_node
 
 FIXTURES = REPO / "tests" / "fixtures" / "ham10000_mini" / "images"
@@ -154,5 +154,5 @@ def test_build_output_is_self_contained(web_dist):
     assert {p.name for p in (web_dist / "wasm").iterdir()} >= {"litert_wasm_internal.wasm", "litert_wasm_compat_internal.wasm"}
     for text_file in ("index.html", "app.js"):
         assert "cdn.jsdelivr" not in (web_dist / text_file).read_text()
-    assert json.loads((web_dist / "config.json").read_text()) == {"model": f"{ModelConfig.dir}/"}
+    assert json.loads((web_dist / "config.json").read_text()) == {"model": f"{default_model_dir()}/"}
     assert (WEB / "package-lock.json").is_file()
