@@ -18,7 +18,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from device.config import default_model_dir
+from device.config import default_model_dir as daemon_default_model_dir
 from device.demo import broker_config, find_free_port, mosquitto_binary, wait_for_port
 
 _START_TIMEOUT_S = 10.0
@@ -232,4 +232,4 @@ def mqtt_subscriber():
 @pytest.fixture(scope="session")
 def default_model_dir() -> Path:
     """The shipped default model, whose card carries the referral rule picked on val and measured on test."""
-    return Path(__file__).parents[2] / default_model_dir()  # the daemon's default, wherever it is set
+    return Path(__file__).parents[2] / daemon_default_model_dir()  # the daemon's default, wherever it is set
