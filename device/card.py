@@ -119,6 +119,20 @@ class Referral:
 
 
 @dataclass(frozen=True)
+class Gate:
+    """The not-a-lesion gate: a second model output, the probability that the frame shows no skin
+    lesion. At ``threshold`` or above a Result says ``advice`` instead of a class. ``rates`` are the
+    measured rejection rates (free-form, for people); ``picked_on`` names where the threshold was set."""
+
+    output: TensorSpec
+    threshold: float
+    method: str
+    advice: str
+    picked_on: str = ""
+    rates: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class ModelCard:
     name: str
     labels: tuple[Label, ...]
@@ -135,6 +149,7 @@ class ModelCard:
     quantization: dict[str, Any] = field(default_factory=dict)
     float_file: ModelFile | None = None
     referral: Referral | None = None  # cards without one give Results with refer None
+    gate: Gate | None = None  # cards without one never give a not_lesion Result
     description: str = ""
     disclaimer: str = DISCLAIMER
     schema_version: int = SCHEMA_VERSION
@@ -183,18 +198,25 @@ def sha256_file(path: Path) -> str:
 def verify_model_file(card: ModelCard, model_dir: Path, model_file: ModelFile | None = None) -> Path:
     """Path of one of the card's model files (default: the int8 ``model_file``) after checking
     it exists and its sha256 matches."""
+    return read_model_file(card, model_dir, model_file)[0]
+
+
+def read_model_file(card: ModelCard, model_dir: Path, model_file: ModelFile | None = None) -> tuple[Path, bytes]:
+    """``(path, bytes)`` of one of the card's model files, read once, after checking the sha256 of
+    those very bytes: a file replaced after the check can never be what gets loaded."""
     model_file = model_file or card.model_file
     field_name = "float_file" if model_file is card.float_file else "model_file"
     path = Path(model_dir) / model_file.path
     if not path.is_file():
         raise CardError(f"model file not found: {path}")
-    actual = sha256_file(path)
+    content = path.read_bytes()
+    actual = hashlib.sha256(content).hexdigest()
     if actual != model_file.sha256:
         raise CardError(
             f"{path}: sha256 {actual[:12]}... does not match the card's "
             f"{field_name}.sha256 {model_file.sha256[:12]}..."
         )
-    return path
+    return path, content
 
 
 # --- validation -------------------------------------------------------------------
@@ -282,6 +304,18 @@ def _referral(section: dict, codes: tuple[str, ...]) -> Referral:
     )
 
 
+def _gate(section: dict) -> Gate:
+    where = "gate"
+    spec = TensorSpec(**_tensor(_get(section, "output", dict, where), "gate.output"))
+    texts = {key: _get(section, key, str, where).strip() for key in ("method", "advice")}
+    for key, text in texts.items():
+        if not text:
+            raise CardError(f"field '{where}.{key}': must not be empty")
+    return Gate(output=spec, threshold=_fraction(section, "threshold", where), method=texts["method"],
+                advice=texts["advice"], picked_on=_get(section, "picked_on", str, where, ""),
+                rates=_get(section, "rates", dict, where, {}))
+
+
 def _parse_card(data: Any) -> ModelCard:
     if not isinstance(data, dict):
         raise CardError("card must be a JSON object")
@@ -333,6 +367,7 @@ def _parse_card(data: Any) -> ModelCard:
 
     float_file = _section(data, "float_file", optional=True)
     referral = _section(data, "referral", optional=True)
+    gate = _section(data, "gate", optional=True)
     return ModelCard(
         schema_version=version,
         name=_get(data, "name", str, ""),
@@ -352,6 +387,7 @@ def _parse_card(data: Any) -> ModelCard:
         model_file=_model_file(_section(data, "model_file"), "model_file"),
         float_file=_model_file(float_file, "float_file") if float_file else None,
         referral=_referral(referral, tuple(label.code for label in labels)) if referral else None,
+        gate=_gate(gate) if gate is not None else None,
         architecture=_get(data, "architecture", dict, "", {}),
         metrics=_get(data, "metrics", dict, "", {}),
         split=_get(data, "split", dict, "", {}),

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from device.card import CardError, ModelCard, verify_model_file
+from device.card import CardError, ModelCard, read_model_file
 from device.native_stderr import native_stderr_to_log
 from device.preprocess import centre_zoom, dequantize, fit_to_input, normalize, quantize, tta_views
 from device.types import Inference
@@ -81,24 +81,48 @@ def interpreter_class(backends=BACKENDS) -> tuple[str, type]:
     )
 
 
-def open_interpreter(model_path: Path, *, num_threads: int = 2):
-    """``(interpreter with tensors allocated, backend name)`` for a ``.tflite`` file."""
+def open_interpreter(model_path: Path, *, num_threads: int = 2, content: bytes | None = None):
+    """``(interpreter with tensors allocated, backend name)`` for a ``.tflite`` file.
+
+    The interpreter is given the model's bytes (``content``, else the file read whole), never the
+    path: with a path it maps the file, and a ``cp`` or a truncation over that file while it runs
+    pulls the pages from under it (SIGBUS, the process dies). ``model_path`` names it in errors.
+    """
     backend, cls = interpreter_class()
     try:
+        content = Path(model_path).read_bytes() if content is None else content
         with native_stderr_to_log():
-            interpreter = cls(model_path=str(model_path), num_threads=num_threads)
+            interpreter = cls(model_content=content, num_threads=num_threads)
             interpreter.allocate_tensors()
     except ValueError as err:
         raise CardError(f"{model_path}: not a loadable TFLite model ({err})") from err
     return interpreter, backend
 
 
-def model_io(interpreter) -> tuple[TensorInfo, TensorInfo]:
-    """The single input and single output tensor of a classifier interpreter."""
+# The not-a-lesion gate's output: one probability. Outputs are told apart by shape, never by order.
+GATE_SHAPE = (1, 1)
+
+
+def model_tensors(interpreter) -> tuple[TensorInfo, TensorInfo, TensorInfo | None]:
+    """The input, the class output and the not-a-lesion output (None when the model has only the
+    class output) of a classifier interpreter."""
     inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
-    if len(inputs) != 1 or len(outputs) != 1:
-        raise CardError(f"expected one input and one output tensor, got {len(inputs)} and {len(outputs)}")
-    return TensorInfo.from_detail(inputs[0]), TensorInfo.from_detail(outputs[0])
+    if len(inputs) != 1 or len(outputs) not in (1, 2):
+        raise CardError(f"expected one input and one or two output tensors, got {len(inputs)} and {len(outputs)}")
+    infos = [TensorInfo.from_detail(detail) for detail in outputs]
+    gates = [info for info in infos if info.shape == GATE_SHAPE]
+    if len(infos) == 2 and len(gates) != 1:
+        raise CardError(f"expected a class output and a {GATE_SHAPE} not-a-lesion output, got shapes "
+                        f"{[info.shape for info in infos]}")
+    gate = gates[0] if len(infos) == 2 else None
+    classes = next(info for info in infos if info is not gate)
+    return TensorInfo.from_detail(inputs[0]), classes, gate
+
+
+def model_io(interpreter) -> tuple[TensorInfo, TensorInfo]:
+    """The input and the class output of a classifier interpreter (a gate output is left aside)."""
+    inp, classes, _ = model_tensors(interpreter)
+    return inp, classes
 
 
 class Engine:
@@ -108,14 +132,16 @@ class Engine:
     lock serialises access to the interpreter, which is not thread-safe.
     """
 
-    def __init__(self, model_path: Path, card: ModelCard, *, num_threads: int = 2, variant: str = "int8"):
+    def __init__(self, model_path: Path, card: ModelCard, *, num_threads: int = 2, variant: str = "int8",
+                 content: bytes | None = None):
         if variant not in VARIANTS:
             raise ValueError(f"variant: expected one of {VARIANTS}, got {variant!r}")
         self.card = card
         self.model_path = Path(model_path)
         self.variant = variant
-        self._interpreter, self.backend = open_interpreter(self.model_path, num_threads=num_threads)
-        self._input, self._output = model_io(self._interpreter)
+        self._interpreter, self.backend = open_interpreter(self.model_path, num_threads=num_threads,
+                                                           content=content)
+        self._input, self._output, self._gate = model_tensors(self._interpreter)
         self._check_against_card()
         self._lock = threading.Lock()
         _log.info("loaded %s (%s) with %s, %d threads, input %s %s, zoom %.2f, test-time augmentation %s",
@@ -124,7 +150,8 @@ class Engine:
 
     @classmethod
     def from_model_dir(cls, model_dir, *, variant: str = "int8", num_threads: int = 2) -> Engine:
-        """Load ``model_dir/card.json``, verify the sha256 of the variant's file, build the engine."""
+        """Load ``model_dir/card.json``, read the variant's file once, verify the sha256 of those
+        bytes and build the engine from them (so what was checked is what runs)."""
         model_dir = Path(model_dir)
         if not model_dir.is_dir():
             raise FileNotFoundError(f"model folder not found: {model_dir}")
@@ -132,8 +159,8 @@ class Engine:
         if variant == "float" and card.float_file is None:
             raise CardError(f"{model_dir / 'card.json'}: field 'float_file' is missing; no float model shipped")
         model_file = card.float_file if variant == "float" else card.model_file
-        path = verify_model_file(card, model_dir, model_file)
-        return cls(path, card, num_threads=num_threads, variant=variant)
+        path, content = read_model_file(card, model_dir, model_file)
+        return cls(path, card, num_threads=num_threads, variant=variant, content=content)
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -144,16 +171,17 @@ class Engine:
         t0 = time.perf_counter()
         tensors = [self._to_input(view) for view in self._views(fit_to_input(rgb, *self.input_size))]
         t1 = time.perf_counter()
-        probabilities = self._run_all(tensors)
+        probabilities, not_lesion = self._run_all(tensors)
         t2 = time.perf_counter()
-        return Inference(probabilities, preprocess_ms=(t1 - t0) * 1e3, inference_ms=(t2 - t1) * 1e3)
+        return Inference(probabilities, preprocess_ms=(t1 - t0) * 1e3, inference_ms=(t2 - t1) * 1e3,
+                         not_lesion=not_lesion)
 
     def infer_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """An already fitted (H, W, 3) uint8 image -> float32 probabilities (batch evaluation)."""
         expected = (*self.input_size, 3)
         if pixels.shape != expected:
             raise ValueError(f"expected fitted pixels of shape {expected}, got {pixels.shape}")
-        return self._run_all([self._to_input(view) for view in self._views(pixels)])
+        return self._run_all([self._to_input(view) for view in self._views(pixels)])[0]
 
     # --- internals ----------------------------------------------------------------
 
@@ -161,11 +189,14 @@ class Engine:
         pre = self.card.preprocessing
         return tta_views(centre_zoom(pixels, pre.zoom), pre.tta)
 
-    def _run_all(self, tensors: list[np.ndarray]) -> np.ndarray:
-        """Probabilities averaged over the test-time views (one tensor when the card asks for none)."""
-        if len(tensors) == 1:
-            return self._run(tensors[0])
-        return np.mean([self._run(t) for t in tensors], axis=0, dtype=np.float32)
+    def _run_all(self, tensors: list[np.ndarray]) -> tuple[np.ndarray, float | None]:
+        """Probabilities and the not-a-lesion score (None without a gate), each averaged over the
+        test-time views (one tensor when the card asks for none)."""
+        runs = [self._run(t) for t in tensors]
+        probabilities = runs[0][0] if len(runs) == 1 else np.mean([p for p, _ in runs], axis=0, dtype=np.float32)
+        if self._gate is None:
+            return probabilities, None
+        return probabilities, float(np.mean([g for _, g in runs], dtype=np.float32))
 
     def _to_input(self, pixels: np.ndarray) -> np.ndarray:
         x = normalize(pixels, self.card.normalization.mean, self.card.normalization.std)
@@ -173,29 +204,37 @@ class Engine:
             x = quantize(x, self._input.scale, self._input.zero_point, self._input.dtype)
         return x[np.newaxis]
 
-    def _run(self, tensor: np.ndarray) -> np.ndarray:
+    def _run(self, tensor: np.ndarray) -> tuple[np.ndarray, float | None]:
         with self._lock:
             self._interpreter.set_tensor(self._input.index, tensor)
             self._interpreter.invoke()
             raw = self._interpreter.get_tensor(self._output.index)[0]
-        if self._output.dtype == "float32":
-            return raw.astype(np.float32, copy=True)
-        return dequantize(raw, self._output.scale, self._output.zero_point)
+            gate = None if self._gate is None else self._interpreter.get_tensor(self._gate.index)[0]
+        gate_score = None if gate is None else float(_dequantized(gate, self._gate)[0])
+        return _dequantized(raw, self._output), gate_score
 
     def _check_against_card(self) -> None:
-        card, inp, out = self.card, self._input, self._output
+        card, inp, out, gate = self.card, self._input, self._output, self._gate
         where = f"{self.model_path} does not match its card"
         expected_shape = (1, card.input.height, card.input.width, card.input.channels)
         if inp.shape != expected_shape:
             raise CardError(f"{where}: field 'input' says shape {expected_shape[1:]}, model has {inp.shape[1:]}")
         if out.shape != (1, len(card.labels)):
             raise CardError(f"{where}: field 'labels' has {len(card.labels)} classes, model output is {out.shape}")
+        # A card with a gate needs the model's (1, 1) output; a card without one, a model without it.
+        if card.gate is None and gate is not None:
+            raise CardError(f"{where}: the model has a not-a-lesion output, the card no field 'gate'")
+        if card.gate is not None and gate is None:
+            raise CardError(f"{where}: field 'gate' needs a {GATE_SHAPE} not-a-lesion output, the model has none")
+        tensors = [("input", card.input, inp), ("output", card.output, out)]
+        if gate is not None:
+            tensors.append(("gate.output", card.gate.output, gate))
         if self.variant == "float":
-            for field, info in (("input", inp), ("output", out)):
+            for field, _, info in tensors:
                 if info.dtype != "float32":
                     raise CardError(f"{where}: float variant expects float32 {field}, model has {info.dtype}")
             return
-        for field, spec, info in (("input", card.input, inp), ("output", card.output, out)):
+        for field, spec, info in tensors:
             if info.dtype != spec.dtype:
                 raise CardError(f"{where}: field '{field}.dtype' is {spec.dtype}, model has {info.dtype}")
             if spec.dtype == "float32":
@@ -206,3 +245,10 @@ class Engine:
                 raise CardError(
                     f"{where}: field '{field}.zero_point' is {spec.zero_point}, model has {info.zero_point}"
                 )
+
+
+def _dequantized(raw: np.ndarray, info: TensorInfo) -> np.ndarray:
+    """An output tensor's values as float32 (a copy), with the tensor's own scale and zero point."""
+    if info.dtype == "float32":
+        return raw.astype(np.float32, copy=True)
+    return dequantize(raw, info.scale, info.zero_point)

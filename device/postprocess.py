@@ -1,9 +1,11 @@
-"""Engine scores -> the one Result object: probabilities, top-3, smoothing and the quality gate.
+"""Engine scores -> the one Result object: probabilities, top-3, smoothing and the gates.
 
-Thresholds live here and in config, never in the engine. A frame that is too dark, too bright
-or too blurry is ``poor_quality``; a prediction whose confidence is below
-``postprocess.min_confidence`` is ``uncertain``. Either way the probabilities are still
-reported, but no consumer should show the class as a confident answer.
+Thresholds live here, in config and in the card, never in the engine. States, first match wins
+(docs/results.md): a frame that is too dark, too bright or too blurry is ``poor_quality`` (no
+referral: the frame says nothing about the lesion); a frame whose not-a-lesion score reaches the
+card's ``gate.threshold`` is ``not_lesion`` (no class, confidence or referral); a prediction whose
+confidence is below ``postprocess.min_confidence`` is ``uncertain`` (the referral still applies);
+else ``ok``. Neither poor nor not-a-lesion frames enter the smoothing window.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import numpy as np
 from device.card import ModelCard
 from device.config import PostprocessConfig
 from device.preprocess import center_crop_to_aspect
-from device.types import Inference, Quality, ReferralDecision, Result
+from device.types import Inference, LesionGate, Quality, ReferralDecision, Result
 
 # Quality is measured on a grey copy scaled down to fit this size, so the sharpness
 # threshold means the same for a 640x480 USB frame and a 320x240 lores frame.
@@ -99,44 +101,55 @@ class Postprocessor:
         ``timestamp`` is the wall-clock capture time; ``t_start`` the monotonic time the frame
         was captured or the upload arrived, so ``latency_ms.total`` covers the whole path.
         """
-        labels = self.card.labels
+        labels, card = self.card.labels, self.card
         probs = to_probabilities(inference.probabilities)
         if probs.shape[0] != len(labels):
             raise ValueError(f"engine returned {probs.shape[0]} scores for {len(labels)} labels")
-        quality = measure_quality(rgb, self.cfg, aspect=(self.card.input.height, self.card.input.width))
-        if quality.ok:  # a dark or blurred frame is reported raw and kept out of the window
+        quality = measure_quality(rgb, self.cfg, aspect=(card.input.height, card.input.width))
+        gate = None
+        if card.gate is not None:
+            if inference.not_lesion is None:
+                raise ValueError("the card has a not-a-lesion gate but the engine returned no gate score")
+            gate = LesionGate(score=float(inference.not_lesion), threshold=card.gate.threshold)
+        if not quality.ok:
+            state = "poor_quality"
+        elif gate is not None and gate.score >= gate.threshold:
+            state = "not_lesion"
+        else:
             self._history.append(probs)
             if self.smoothing > 1:
                 probs = np.mean(self._history, axis=0, dtype=np.float32)
-        order = np.argsort(-probs, kind="stable")
-        best = int(order[0])
-        confidence = float(probs[best])
-        if not quality.ok:
-            state = "poor_quality"
-        elif confidence < self.cfg.min_confidence:
-            state = "uncertain"
-        else:
-            state = "ok"
-        return Result(
-            class_code=labels[best].code,
-            class_name=labels[best].name,
-            class_index=best,
-            confidence=confidence,
-            all_probabilities={label.code: float(p) for label, p in zip(labels, probs)},
-            top3=tuple((labels[i].code, float(probs[i])) for i in order[:3]),
-            state=state,
-            model=self.card.name,
-            frame_id=frame_id,
-            timestamp=iso_utc(timestamp),
-            latency_ms={
+            state = "uncertain" if float(probs.max()) < self.cfg.min_confidence else "ok"
+        common = {
+            "state": state,
+            "model": card.name,
+            "frame_id": frame_id,
+            "timestamp": iso_utc(timestamp),
+            "latency_ms": {
                 "preprocess": inference.preprocess_ms,
                 "inference": inference.inference_ms,
                 "total": (time.monotonic() - t_start) * 1000.0,
             },
-            fps=fps,
-            quality={"brightness": round(quality.brightness, 1), "sharpness": round(quality.sharpness, 1),
+            "fps": fps,
+            "quality": {"brightness": round(quality.brightness, 1), "sharpness": round(quality.sharpness, 1),
                      "reason": quality.reason},
-            disclaimer=self.card.disclaimer,
-            referral=refer_decision(self.card, probs),
-            source=source,
+            "disclaimer": card.disclaimer,
+            "source": source,
+            "lesion_gate": gate,
+            "gate_advice": card.gate.advice if card.gate else "",
+        }
+        if state == "not_lesion":
+            return Result(class_code=None, class_name=None, class_index=None, confidence=None,
+                          all_probabilities={}, top3=(), **common)
+        order = np.argsort(-probs, kind="stable")
+        best = int(order[0])
+        return Result(
+            class_code=labels[best].code,
+            class_name=labels[best].name,
+            class_index=best,
+            confidence=float(probs[best]),
+            all_probabilities={label.code: float(p) for label, p in zip(labels, probs)},
+            top3=tuple((labels[i].code, float(probs[i])) for i in order[:3]),
+            referral=None if state == "poor_quality" else refer_decision(card, probs),
+            **common,
         )

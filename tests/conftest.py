@@ -61,3 +61,21 @@ def web_deps() -> Path:
     if not (WEB / "node_modules" / "@litertjs" / "core").is_dir():
         run_node("npm", "ci", "--no-audit", "--no-fund")
     return WEB / "node_modules"
+
+
+@pytest.fixture(scope="session")
+def negative_images(tmp_path_factory) -> list[Path]:
+    """A few frames that are not skin lesions (blue paper, a leaf, a sky), made here (tests/gated_model.py)."""
+    from tests.gated_model import write_negatives
+
+    return write_negatives(tmp_path_factory.mktemp("negatives"))
+
+
+@pytest.fixture(scope="session")
+def gated_model_dir(tmp_path_factory, fixture_dir, negative_images) -> Path:
+    """A tiny int8 model folder with the not-a-lesion gate's second output and card section."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from tests.gated_model import make_gated_model_dir
+
+    images = sorted((fixture_dir / "images").glob("*.jpg"))[::3]
+    return make_gated_model_dir(tmp_path_factory.mktemp("models") / "tiny-gated", images, negative_images)

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from device.card import CardError, ModelCard, Referral
+from device.card import CardError, Gate, ModelCard, Referral, TensorSpec
 
 
 @pytest.fixture(scope="module")
@@ -117,3 +117,36 @@ def test_a_missing_referral_field_is_named(card_dict):
     del data["referral"]["threshold"]
     with pytest.raises(CardError, match=re.escape("missing field 'referral.threshold'")):
         ModelCard.from_dict(data)
+
+
+GATE = {"output": {"dtype": "int8", "scale": 0.00390625, "zero_point": -128}, "threshold": 0.62,
+        "method": "logistic head on the pooled features", "advice": "Point the camera at a skin lesion.",
+        "picked_on": "val negatives and lesions", "rates": {"everyday_test": 0.98, "lesion_test": 0.015}}
+
+
+def test_a_gate_is_parsed_and_round_trips_and_cards_without_one_have_none(card_dict):
+    card = ModelCard.from_dict({**card_dict, "gate": GATE})
+    assert card.gate == Gate(output=TensorSpec("int8", 0.00390625, -128), threshold=0.62, method=GATE["method"],
+                             advice=GATE["advice"], picked_on=GATE["picked_on"], rates=GATE["rates"])
+    assert ModelCard.from_dict(json.loads(json.dumps(card.to_dict()))) == card
+    assert ModelCard.from_dict({k: v for k, v in card_dict.items() if k != "gate"}).gate is None
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"threshold": 1.2}, "field 'gate.threshold': expected a number in [0, 1], got 1.2"),
+    ({"threshold": -0.01}, "field 'gate.threshold': expected a number in [0, 1], got -0.01"),
+    ({"threshold": None}, "field 'gate.threshold': expected a number in [0, 1], got None"),
+    ({"advice": " "}, "field 'gate.advice': must not be empty"),
+    ({"output": {"dtype": "int8", "zero_point": -128}}, "field 'gate.output.scale': must be > 0 for int8"),
+    ({"output": {"dtype": "int4", "scale": 0.1}}, "field 'gate.output.dtype': expected one of"),
+    ({"rates": [0.9]}, "field 'gate.rates': expected dict"),
+])
+def test_a_bad_gate_field_is_named(card_dict, changes, message):
+    with pytest.raises(CardError, match=re.escape(message)):
+        ModelCard.from_dict({**card_dict, "gate": {**GATE, **changes}})
+
+
+@pytest.mark.parametrize("missing", ["output", "threshold", "method", "advice"])
+def test_a_missing_gate_field_is_named(card_dict, missing):
+    with pytest.raises(CardError, match=re.escape(f"missing field 'gate.{missing}'")):
+        ModelCard.from_dict({**card_dict, "gate": {k: v for k, v in GATE.items() if k != missing}})

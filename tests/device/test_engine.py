@@ -136,3 +136,53 @@ def test_the_cards_zoom_is_applied_to_every_frame(tiny_model_dir, engine, frame)
     assert not np.allclose(expected, engine.infer_pixels(fitted), atol=1e-3)
     np.testing.assert_array_equal(zoomed.infer(frame).probabilities, expected)
     np.testing.assert_array_equal(zoomed.infer_pixels(fitted), expected)
+
+
+# --- the not-a-lesion gate: a second (1, 1) output, told apart by shape ------------------------
+
+
+@pytest.fixture(scope="module")
+def gated(gated_model_dir) -> Engine:
+    return Engine.from_model_dir(gated_model_dir, num_threads=1)
+
+
+def test_a_gated_model_gives_the_not_lesion_score_beside_the_probabilities(gated, fixture_dir, negative_images):
+    lesion = gated.infer(load_image(min((fixture_dir / "images").glob("*.jpg"))))
+    assert lesion.probabilities.shape == (7,) and abs(lesion.probabilities.sum() - 1.0) < 7 / 256
+    assert 0.0 <= lesion.not_lesion < 0.5
+    for path in negative_images:
+        assert gated.infer(load_image(path)).not_lesion >= 0.5, path.name
+    # dequantized with the gate output's own scale: a multiple of 1/256 from the int8 sigmoid
+    assert (lesion.not_lesion * 256) == pytest.approx(round(lesion.not_lesion * 256), abs=1e-3)
+
+
+def test_the_gate_score_is_averaged_over_the_flipped_views(gated_model_dir, gated, negative_images):
+    card = gated.card
+    flips = Engine(gated_model_dir / "model_int8.tflite",
+                   dataclasses.replace(card, preprocessing=dataclasses.replace(card.preprocessing, tta="flips")),
+                   num_threads=1)
+    fitted = fit_to_input(load_image(negative_images[0]), 48, 64)
+    views = [gated._run(gated._to_input(np.ascontiguousarray(v)))[1] for v in tta_views(fitted, "flips")]
+    assert flips.infer(fitted).not_lesion == pytest.approx(np.mean(views, dtype=np.float32), abs=1e-6)
+
+
+def test_a_card_without_a_gate_refuses_a_gated_model(gated_model_dir, gated):
+    with pytest.raises(CardError, match="not-a-lesion output, the card no field 'gate'"):
+        Engine(gated_model_dir / "model_int8.tflite", dataclasses.replace(gated.card, gate=None), num_threads=1)
+
+
+def test_a_card_with_a_gate_refuses_a_model_without_the_output(tiny_model_dir, gated):
+    card = dataclasses.replace(_card(tiny_model_dir), gate=gated.card.gate)
+    with pytest.raises(CardError, match=r"field 'gate' needs a \(1, 1\) not-a-lesion output, the model has none"):
+        Engine(tiny_model_dir / "model_int8.tflite", card, num_threads=1)
+
+
+@pytest.mark.parametrize(("field", "change"), [
+    ("gate.output.scale", lambda o: dataclasses.replace(o, scale=o.scale * 2)),
+    ("gate.output.zero_point", lambda o: dataclasses.replace(o, zero_point=o.zero_point + 1)),
+    ("gate.output.dtype", lambda o: dataclasses.replace(o, dtype="uint8")),
+])
+def test_a_gate_output_unlike_the_card_is_refused_by_name(gated_model_dir, gated, field, change):
+    gate = dataclasses.replace(gated.card.gate, output=change(gated.card.gate.output))
+    with pytest.raises(CardError, match=rf"field '{field}'"):
+        Engine(gated_model_dir / "model_int8.tflite", dataclasses.replace(gated.card, gate=gate), num_threads=1)

@@ -114,11 +114,15 @@ def test_uncertain_below_min_confidence():
     ids=["dark", "bright", "blurred", "flat"],
 )
 def test_quality_gate_marks_poor_quality(frame, reason):
-    post = Postprocessor(make_card(), PostprocessConfig())
+    post = Postprocessor(referral_card(0.2), PostprocessConfig())
     result = run(post, probs(mel=0.9), rgb=frame)
     assert result.state == "poor_quality"
     assert result.quality["reason"] == reason
     assert result.class_code == "mel"  # probabilities are still reported
+    # the frame says nothing about the lesion: retake advice, never a referral (docs/results.md)
+    assert result.refer is None and result.referral is None
+    assert result.headline == f"Poor image quality ({reason})"
+    assert result.advice == f"Retake the photo: it is {reason}. A poor photo says nothing about the lesion."
 
 
 def test_quality_gate_passes_a_good_frame_and_thresholds_come_from_config():
@@ -192,3 +196,75 @@ def test_referral_at_exactly_the_threshold_refers():
 def test_without_a_referral_rule_refer_and_referral_are_null():
     data = run(Postprocessor(make_card(), PostprocessConfig()), probs(mel=0.9)).to_dict()
     assert data["refer"] is None and data["referral"] is None
+
+
+def test_uncertain_keeps_the_referral_and_says_the_class_is_uncertain():
+    p = probs(mel=0.3, bcc=0.2, nv=0.25)  # top class 0.3 < 0.5; referral score 0.5 + akiec's share
+    result = run(Postprocessor(referral_card(0.25), PostprocessConfig()), p)
+    assert result.state == "uncertain" and result.refer is True
+    assert result.headline == "Uncertain: Name of mel?"
+    assert result.advice == "The class is uncertain, but this lesion should be seen by a dermatologist."
+    quiet = run(Postprocessor(referral_card(0.99), PostprocessConfig()), p)
+    assert quiet.refer is False and quiet.advice.startswith("The class is uncertain: no class")
+    confident = run(Postprocessor(referral_card(0.25), PostprocessConfig()), probs(mel=0.9))
+    assert (confident.headline, confident.advice) == ("Name of mel", "See a dermatologist.")
+    assert run(Postprocessor(make_card(), PostprocessConfig()), probs(nv=0.9)).advice == ""
+
+
+GATE = {"output": {"dtype": "int8", "scale": 1 / 256, "zero_point": -128}, "threshold": 0.6,
+        "method": "logistic head on pooled features", "advice": "Point the camera at a skin lesion.",
+        "picked_on": "val", "rates": {"everyday_photos": 0.97}}
+
+
+def gated_card(threshold: float = 0.6) -> ModelCard:
+    data = json.loads(json.dumps(referral_card(0.2).to_dict()))
+    data["gate"] = {**GATE, "threshold": threshold}
+    return ModelCard.from_dict(data)
+
+
+def gated(p: np.ndarray, score: float) -> Inference:
+    return Inference(probabilities=p, preprocess_ms=1.0, inference_ms=2.0, not_lesion=score)
+
+
+def test_not_lesion_at_the_gate_threshold_carries_no_class_confidence_or_referral():
+    post = Postprocessor(gated_card(0.6), PostprocessConfig())
+    result = post.process(gated(probs(mel=0.9), 0.6), rgb=textured(128), frame_id=3, timestamp=time.time(),
+                          t_start=time.monotonic())
+    assert result.state == "not_lesion"
+    assert (result.class_code, result.class_name, result.class_index, result.confidence) == (None,) * 4
+    assert result.top3 == () and result.all_probabilities == {}
+    assert result.refer is None and result.referral is None  # mel 0.9 would refer: the rule never fires here
+    assert (result.headline, result.advice) == ("Not a skin lesion", "Point the camera at a skin lesion.")
+    data = json.loads(json.dumps(result.to_dict()))
+    assert data["lesion_gate"] == {"score": 0.6, "threshold": 0.6}
+    assert data["class_code"] is None and data["confidence"] is None and data["top3"] == []
+    assert data["state"] == "not_lesion" and data["advice"] == "Point the camera at a skin lesion."
+
+
+def test_below_the_gate_threshold_the_lesion_is_classified_and_the_score_reported():
+    post = Postprocessor(gated_card(0.6), PostprocessConfig())
+    result = post.process(gated(probs(mel=0.9), 0.59), rgb=textured(128), frame_id=3, timestamp=time.time(),
+                          t_start=time.monotonic())
+    assert result.state == "ok" and result.class_code == "mel" and result.refer is True
+    assert result.to_dict()["lesion_gate"] == {"score": pytest.approx(0.59), "threshold": 0.6}
+
+
+def test_poor_quality_comes_before_not_lesion_and_neither_enters_the_window():
+    post = Postprocessor(gated_card(0.5), PostprocessConfig(smoothing=3))
+    dark = post.process(gated(probs(vasc=0.9), 0.99), rgb=textured(10), frame_id=1, timestamp=time.time(),
+                        t_start=time.monotonic())
+    assert dark.state == "poor_quality" and dark.lesion_gate.score == pytest.approx(0.99)
+    post.process(gated(probs(bcc=0.9), 0.9), rgb=textured(128), frame_id=2, timestamp=time.time(),
+                 t_start=time.monotonic())
+    first_lesion = post.process(gated(probs(nv=0.9), 0.1), rgb=textured(128), frame_id=3, timestamp=time.time(),
+                                t_start=time.monotonic())
+    assert first_lesion.all_probabilities["nv"] == pytest.approx(0.9, abs=1e-6)  # nothing else was averaged in
+
+
+def test_a_card_without_a_gate_never_says_not_lesion_and_a_gated_card_needs_the_score():
+    ungated = Postprocessor(referral_card(0.2), PostprocessConfig())
+    result = ungated.process(gated(probs(mel=0.9), 1.0), rgb=textured(128), frame_id=1, timestamp=time.time(),
+                             t_start=time.monotonic())
+    assert result.state == "ok" and result.to_dict()["lesion_gate"] is None
+    with pytest.raises(ValueError, match="no gate score"):
+        run(Postprocessor(gated_card(), PostprocessConfig()), probs(mel=0.9))
