@@ -8,7 +8,8 @@ Threads: the capture thread (``capture.FrameGrabber``) keeps only the newest fra
 inference thread classifies it, draws the overlay, hands both to ``LiveState`` (which HTTP
 reads) and to MQTT (rate-limited, never blocking), and feeds the systemd watchdog; the main
 thread handles signals and watches for a stalled loop. A broker that is down or a camera that
-fails never stops the HTTP endpoint.
+fails never stops the HTTP endpoint. The main thread also watches the model folder: files
+replaced there are reloaded with the same checks as SIGHUP (device.model_watch).
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from device.capture import Capture, FrameGrabber, make_camera
 from device.captures import CaptureError, CaptureInfo, CaptureStore, NothingToCaptureError
 from device.config import Config, check_camera_path, load_config, with_overrides
 from device.limits import return_freed_memory
+from device.model_watch import ModelWatch
 from device.overlay import Display, make_display, render_overlay
 from device.page import Page
 from device.postprocess import iso_utc
@@ -86,6 +88,7 @@ class Daemon:
         self._stopped = False
         self._reload = threading.Event()
         self._model: LoadedModel | None = None
+        self._model_watch: ModelWatch | None = None
         self.state: LiveState | None = None
         self.publisher: MqttPublisher | None = None
         self.http: HttpServer | None = None
@@ -137,6 +140,9 @@ class Daemon:
             while not self._stop.wait(_SUPERVISE_EVERY_S):
                 if self._reload.is_set():
                     self._reload.clear()
+                    self.reload()
+                elif self._model_watch is not None and self._model_watch.changed():
+                    _log.info("model folder %s changed: reloading", self._model_watch.folder)
                     self.reload()
                 self._supervise()
                 if time.monotonic() - last_status >= _STATUS_EVERY_S:
@@ -203,6 +209,7 @@ class Daemon:
         if self._given_engine is not None:
             self._model = model_for(self._given_engine, self.cfg)
         else:
+            self._model_watch = ModelWatch(self.cfg.model.dir)  # before the load: a change during it counts
             self._model = load_model(self.cfg)
 
     @property
@@ -401,6 +408,8 @@ class Daemon:
         try:
             cfg = load_config(self.config_path) if self.config_path else self.cfg
             cfg = with_overrides(cfg, **self.overrides)
+            if self._model_watch is not None and Path(cfg.model.dir) != self._model_watch.folder:
+                self._model_watch = ModelWatch(cfg.model.dir)
             model = load_model(cfg)
         except MODEL_ERRORS as err:
             _log.error("reload refused, keeping model %s: %s", self.model_name, err)

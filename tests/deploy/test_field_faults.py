@@ -1,0 +1,90 @@
+"""Faults found in the field probe (issue 37), reproduced on the real daemon process.
+
+Each test is the probe's finding made small: a model file overwritten in place while the daemon
+serves (it used to die of SIGBUS within 0.1 s), a progressive JPEG that repeats one scan (about a
+minute of CPU each, and every HTTP thread held), a spoofed ``X-Forwarded-For`` (the wrong-token
+limit never reached), a ``Host`` the device does not answer to (DNS rebinding), and a captures
+folder on a disk that refuses writes (500 and a traceback).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from device.card import sha256_file
+from device.config import default_model_dir
+from tests.deploy.daemon_process import REPO, TIMEOUT, daemon_config, frames_keep_rising, wait_for
+
+DEFAULT_MODEL = REPO / default_model_dir()
+
+
+@pytest.fixture
+def images(tmp_path, fixture_dir) -> Path:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for image in sorted((fixture_dir / "images").glob("*.jpg"))[:4]:
+        shutil.copy(image, folder)
+    return folder
+
+
+def ident(name: str) -> str:
+    return f"faults-{name}-{os.getpid()}"
+
+
+def keeps_answering(daemon, jpeg: bytes, seconds: float) -> int:
+    """Uploads classified over ``seconds``; fails at the first that is not answered 200."""
+    answered, end = 0, time.monotonic() + seconds
+    while time.monotonic() < end:
+        assert daemon.running, f"daemon died ({daemon.proc.returncode}):\n{daemon.log()[-3000:]}"
+        response = daemon.post("/predict", files={"image": ("x.jpg", jpeg, "image/jpeg")})
+        assert response.status_code == 200, response.text
+        answered += 1
+    return answered
+
+
+# --- 1. the model file overwritten in place -------------------------------------------------
+
+
+def test_model_overwritten_in_place_keeps_the_daemon_serving_then_reloads_when_it_checks_out(
+    tmp_path, images, start_daemon
+):
+    # The shipped default: some of its operations run outside XNNPACK, straight from the model's
+    # buffer, which is what made a mapped file fatal (the tiny test model survives it by luck).
+    model = tmp_path / "model"
+    shutil.copytree(DEFAULT_MODEL, model, ignore=shutil.ignore_patterns("training"))
+    card = json.loads((model / "card.json").read_text())
+    target = model / card["model_file"]["path"]
+    original = target.read_bytes()
+    another = next(p for p in sorted(DEFAULT_MODEL.parent.rglob("*.tflite")) if p.read_bytes() != original)
+    jpeg = next(images.glob("*.jpg")).read_bytes()
+    daemon = start_daemon(daemon_config(model, images, device_id=ident("model")))
+    assert daemon.wait_running()["model"] == card["name"]
+
+    with open(target, "r+b") as fh:  # truncated in place, as cp and scp do before they write
+        fh.truncate(0)
+    keeps_answering(daemon, jpeg, 2.0)
+    wait_for(lambda: "reload refused" in daemon.log(), TIMEOUT, "the truncated file refused")
+    # cp of another model onto the running file: same inode, truncated, then rewritten
+    shutil.copyfile(another, target)
+    keeps_answering(daemon, jpeg, 2.0)
+    wait_for(lambda: daemon.log().count("reload refused") == 2, TIMEOUT, "the swapped file refused")
+    assert f"{target}: sha256" in daemon.log()
+    assert daemon.health()["model"] == card["name"]
+    frames_keep_rising(daemon, seconds=1.0)
+
+    # the safe way: the new files written beside, then renamed over (card last); it is picked up
+    card["name"] = "renamed"
+    staged = model / ".model.new"
+    staged.write_bytes(original)
+    os.replace(staged, target)
+    (model / ".card.new").write_text(json.dumps(card))
+    os.replace(model / ".card.new", model / "card.json")
+    assert sha256_file(target) == card["model_file"]["sha256"]
+    daemon.wait_health(lambda h: h["model"] == "renamed", "the renamed model picked up without SIGHUP")
+    keeps_answering(daemon, jpeg, 1.0)
+    assert daemon.running
