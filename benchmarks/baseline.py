@@ -1,14 +1,18 @@
 """The serving the design started from: a float32 Keras model, ``model.predict`` on one frame at a time.
 
-The architecture is rebuilt with ``train.models.build_model`` from the card (family, input size,
-width multiplier) with random weights: latency does not depend on the weights' values. Keras runs
-with its backend's default threading (all cores). Keras is imported only here and only when the
-section runs, so a device-only install (a Pi without TensorFlow) skips it with a note.
+The architecture is rebuilt from the card with random weights (latency does not depend on the
+weights' values), the way train/ builds it: ``train.models.build_model`` for our own families,
+``train.backbones.pretrained_classifier`` (with the card's backbone cut) for pretrained backbones,
+and for an ensemble (``<family>_x<N>``) each member from its own card beside it, averaged in one
+graph as ``train.ensemble`` does. Anything else is skipped with the reason. Keras runs with its
+backend's default threading (all cores). Keras is imported only here and only when the section
+runs, so a device-only install (a Pi without TensorFlow) skips it with a note.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -22,21 +26,58 @@ _log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Architecture:
-    arch: str  # a train.models.ARCHITECTURES key
+    arch: str  # a train.models.ARCHITECTURES or train.backbones.BACKBONES key, or an ensemble's <family>_x<N>
     input_shape: tuple[int, int, int]
     width_mult: float = 1.0
+    cut: str = ""  # pretrained backbones: the layer that feeds the head ("" = the backbone's last)
+    members: tuple[Architecture, ...] = ()  # an ensemble's networks, averaged in one graph
 
     @classmethod
-    def from_card(cls, card: ModelCard) -> Architecture:
+    def from_card(cls, card: ModelCard, models_dir: Path | None = None) -> Architecture:
+        """The card's architecture; an ensemble's members are read from ``<models_dir>/<name>/card.json``."""
         if "arch" not in card.architecture:
             raise Skipped(f"card of {card.name} does not name its architecture ('architecture.arch')")
-        return cls(str(card.architecture["arch"]), (card.input.height, card.input.width, 3),
-                   float(card.architecture.get("width_mult", 1.0)))
+        arch = card.architecture
+        names = [m["name"] for m in card.training.get("ensemble", {}).get("members", ())]
+        members = ()
+        if names:
+            missing = [n for n in names if models_dir is None or not (Path(models_dir) / n / "card.json").is_file()]
+            if missing:
+                raise Skipped(f"ensemble {card.name}: member card(s) not found beside it: {', '.join(missing)}")
+            members = tuple(cls.from_card(ModelCard.load(Path(models_dir) / n / "card.json"), models_dir)
+                            for n in names)
+        return cls(str(arch["arch"]), (card.input.height, card.input.width, 3), float(arch.get("width_mult", 1.0)),
+                   cut=str(arch.get("backbone_cut", "")), members=members)
 
     @property
     def label(self) -> str:
         h, w, _ = self.input_shape
-        return f"{self.arch} {h}x{w} w{self.width_mult:g}"
+        if self.members:
+            return f"{self.arch} {h}x{w} [{' + '.join(m.arch + (f'@{m.cut}' if m.cut else '') for m in self.members)}]"
+        return f"{self.arch} {h}x{w} w{self.width_mult:g}" + (f" cut {self.cut}" if self.cut else "")
+
+
+def build_keras(arch: Architecture, num_classes: int = 7):
+    """A float Keras model of ``arch`` with random weights, built by the code that trains it."""
+    import keras
+
+    from train.backbones import BACKBONES, pretrained_classifier
+    from train.models import ARCHITECTURES, build_model
+
+    if arch.members:
+        from train.ensemble import average_logits
+
+        nets = [build_keras(m, num_classes) for m in arch.members]
+        return average_logits([keras.Model(n.input, n.get_layer("logits").output, name=f"member{i}")
+                               for i, n in enumerate(nets)], arch.input_shape, name=arch.arch)
+    if arch.arch in ARCHITECTURES:
+        return build_model(arch.arch, arch.input_shape, width=arch.width_mult, num_classes=num_classes)
+    if arch.arch in BACKBONES:
+        model, _ = pretrained_classifier(arch.arch, arch.input_shape, weights="none", num_classes=num_classes,
+                                         alpha=arch.width_mult, cut=arch.cut)
+        return model
+    raise Skipped(f"architecture {arch.arch!r}: train/ builds none by that name "
+                  f"({sorted(ARCHITECTURES)}, {sorted(BACKBONES)} or an ensemble of them)")
 
 
 # The design's seed CNN at its own input size (train.models.seed_cnn), used when no trained
@@ -49,12 +90,12 @@ def keras_predict_latency(arch: Architecture, timing: TimingOptions) -> dict:
     try:
         import keras
 
-        from train.models import build_model, describe
+        from train.models import describe
     except ImportError as err:
         raise Skipped(f"Keras/TensorFlow not installed ({err}); the Keras baseline needs the workstation "
                       "requirements") from err
     keras.backend.clear_session()
-    model = build_model(arch.arch, arch.input_shape, width=arch.width_mult)
+    model = build_keras(arch)
     frame = np.random.default_rng(0).standard_normal((1, *arch.input_shape)).astype(np.float32)
     result = time_calls(lambda i: model.predict(frame, verbose=0), warmup=timing.warmup, iters=timing.iters,
                         repeats=timing.repeats, desc=f"keras {arch.label}")

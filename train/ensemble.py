@@ -86,10 +86,16 @@ def check_compatible(members: list[Member]) -> None:
 
 def ensemble_model(members: list[Member]) -> keras.Model:
     card = members[0].card
-    inputs = keras.Input((card.input.height, card.input.width, 3), name="image")
-    logits = layers.Average(name="mean_logits")([member.model(inputs) for member in members])
+    return average_logits([member.model for member in members], (card.input.height, card.input.width, 3),
+                          name=f"{card.architecture['arch']}_x{len(members)}")
+
+
+def average_logits(logit_models: list[keras.Model], input_shape, *, name: str) -> keras.Model:
+    """One graph: the image through every network, their logits averaged, then the softmax."""
+    inputs = keras.Input(tuple(input_shape), name="image")
+    logits = layers.Average(name="mean_logits")([model(inputs) for model in logit_models])
     outputs = layers.Softmax(name="probs")(logits)
-    return keras.Model(inputs, outputs, name=f"{card.architecture['arch']}_x{len(members)}")
+    return keras.Model(inputs, outputs, name=name)
 
 
 def choose_bias(probs: np.ndarray, labels: np.ndarray, codes: tuple[str, ...], favour: str,
