@@ -243,8 +243,8 @@ def _seed_architecture(models) -> Architecture:
 
 def _baselines(models, plan: Plan, rec: _Recorder) -> dict:
     wanted = []
-    for _, card in models:
-        arch = rec.section(f"baseline {card.name}", lambda c=card: Architecture.from_card(c))
+    for model_dir, card in models:
+        arch = rec.section(f"baseline {card.name}", lambda c=card, d=model_dir: Architecture.from_card(c, d.parent))
         if arch is not None and arch not in wanted:
             wanted.append(arch)
     if _seed_architecture(models) not in wanted:
@@ -257,16 +257,25 @@ def _baselines(models, plan: Plan, rec: _Recorder) -> dict:
     return out
 
 
+def _arch_label(card: ModelCard, models_dir: Path) -> str | None:
+    """The baseline key of the card's architecture; None where it has none (the section said why)."""
+    try:
+        return Architecture.from_card(card, models_dir).label
+    except Skipped:
+        return None
+
+
 def _speedup(entry: dict, card: ModelCard, models, baselines: dict, threads: int) -> dict | None:
     """How much faster the int8 path (at ``threads``) is than Keras predict, and whether targets are met."""
     int8 = next((row for row in entry["latency"]["int8"] if row["threads"] == threads), None)
     if int8 is None or not baselines:
         return None
     out = {"threads": threads, "int8_p50_ms": int8["p50_ms"]}
-    if card.architecture.get("arch") is not None:
-        same = baselines.get(Architecture.from_card(card).label)
+    same_label = _arch_label(card, Path(entry["dir"]).parent)
+    if same_label is not None:
+        same = baselines.get(same_label)
         if same is not None:
-            out["same_arch_baseline"] = Architecture.from_card(card).label
+            out["same_arch_baseline"] = same_label
             out["vs_same_arch"] = same["p50_ms"] / int8["p50_ms"]
             out["vs_same_arch_meets_target"] = out["vs_same_arch"] >= SAME_ARCH_TARGET
     seed = baselines.get(_seed_architecture(models).label)
