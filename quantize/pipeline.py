@@ -22,6 +22,7 @@ import tensorflow as tf
 
 from device.card import ModelCard, Preprocessing
 from device.engine import Engine
+from quantize import lesion_gate
 from quantize.card import build_card
 from quantize.convert import convert_float, convert_int8, representative_set
 from quantize.gate import GateResult, GateThresholds, check, evaluate, markdown_report
@@ -29,6 +30,7 @@ from quantize.referral import build as build_referral
 from quantize.referral import threshold_on
 from train.data import load_pixels, refuse_val_fit, select
 from train.dataset import engine_probs
+from train.lesion_gate import Limits
 from train.metrics import json_safe
 from train.run import TrainingRun
 
@@ -58,6 +60,7 @@ class QuantizeOptions:
     # its validated model's threshold); ``referral_picked_on`` says where it came from
     referral_threshold: float | None = None
     referral_picked_on: str = "val"
+    gate_limits: Limits = field(default_factory=Limits)  # a gated checkpoint's not-a-lesion rates (train.lesion_gate)
 
 
 def check_calibrated_view(run_dir: Path, zoom: float) -> None:
@@ -99,6 +102,10 @@ def quantize_run(run_dir: Path, options: QuantizeOptions) -> Path:
         card = build_card(run, name=options.name, int8_path=int8_path,
                           float_path=float_path if options.keep_float else None, checkpoint=options.checkpoint,
                           preprocessing=options.preprocessing)
+        if lesion_gate.output_spec(int8_path) is not None:  # a gated checkpoint (train.lesion_gate)
+            card = lesion_gate.gate_card(card, int8_path, run, records, data=Path(options.data or run.config.data),
+                                         cache_dir=options.cache_dir, limits=options.gate_limits,
+                                         num_threads=options.num_threads)
         facts = {"run": f"`{run.path.name}` ({options.checkpoint} checkpoint)", **card_facts(card, options.split)}
         card, result, report = gate_card(card, int8_path, float_path, records, options, facts=facts,
                                          rejected_dir=run.path)

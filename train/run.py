@@ -17,7 +17,7 @@ from train import backbones, qat  # noqa: F401  (backbones registers AffineBatch
 from train import data as ds
 from train.config import TrainConfig, load_config
 
-CHECKPOINTS = ("best", "last", "calibrated")  # calibrated: written by train.calibrate
+CHECKPOINTS = ("best", "last", "calibrated", "gated")  # calibrated: train.calibrate; gated: train.lesion_gate
 
 
 @dataclass(frozen=True)
