@@ -9,10 +9,15 @@ MODEL  ?= models/$(shell cat models/DEFAULT)
 RUN    ?=
 NAME   ?=
 DEMO_PORT ?= 5000
+# make gpu-bundle packs GPU_CONFIG's recipe; make train-gpu trains it there for GPU_MINUTES (install,
+# measuring and evaluation fit in the rest of the 9 minutes a lent machine's call may take)
+GPU_CONFIG  ?= train/configs/edgenet.yaml
+GPU_BUNDLE  ?= .gpu-bundle
+GPU_MINUTES ?= 6.5
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup setup-device test lint web demo screenshot predict train evaluate gradcam quantize bench bench-quick install-pi check-arm64 clean
+.PHONY: setup setup-device test lint web demo screenshot predict train gpu-bundle train-gpu evaluate gradcam quantize bench bench-quick install-pi check-arm64 clean
 
 $(VENV)/.installed-%: requirements/%.txt requirements/device.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,7 +46,7 @@ screenshot: setup                         ## docs/device-page.png: the page in h
 predict: setup-device                     ## classify the sample images once, one JSON line each
 	$(PY) -m device predict --model $(MODEL) --json tests/fixtures/ham10000_mini/images
 
-train: setup                              ## train the default edge model (make train DATA=path/to/ham10000)
+train: setup                              ## train edgenet from scratch (make train DATA=path/to/ham10000); the default's recipe: docs/training.md
 	$(PY) -m train --config train/configs/edgenet.yaml --data $(DATA)
 
 evaluate: setup                           ## make evaluate RUN=runs/<run>
@@ -53,8 +58,20 @@ gradcam: setup                            ## make gradcam RUN=runs/<run>
 quantize: setup                           ## make quantize RUN=runs/<run> NAME=<model name>
 	$(PY) -m quantize $(RUN) --name $(NAME) --data $(DATA)
 
+gpu-bundle: setup                         ## pack Keras wheels + the data (re-encoded to fit 64 MiB with the tree) for a lent GPU machine: .gpu-bundle/
+	$(PY) -m train.gpu_bundle pack --config $(GPU_CONFIG) --data $(DATA) --out $(GPU_BUNDLE)
+
+train-gpu:                                ## ON the lent GPU machine: train the bundle's recipe under JAX for GPU_MINUTES, run packed into $$OUT
+	train/gpu_train.sh $(GPU_BUNDLE) $(GPU_MINUTES)
+
 bench: setup                              ## full benchmark run; writes benchmarks/results/
 	$(PY) -m benchmarks --data $(DATA)
+
+.PHONY: docs
+docs: setup                               ## regenerate models/README.md, benchmarks/results/README.md and the figures in README.md and docs/
+	$(PY) -m quantize.table
+	$(PY) -m benchmarks.index
+	$(PY) -m docs.build
 
 bench-quick: setup
 	$(PY) -m benchmarks --quick
