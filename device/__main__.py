@@ -5,7 +5,7 @@
                          [--overlay none|opencv|drm] [--max-frames N]
     python -m device predict [--model DIR] [--config FILE] [--json] FILE_OR_DIR...
     python -m device check-config FILE
-    python -m device demo [--model DIR] [--http-port N] [--no-mqtt] [--max-frames N]
+    python -m device demo [--model DIR] [--http-port N] [--no-mqtt] [--max-frames N] [--state-dir DIR]
 
 Exit codes: 0 success, 1 a runtime failure (or an image that could not be read), 2 a bad
 config, model or argument (the message names the key or file).
@@ -23,6 +23,7 @@ from device.card import ModelCard, verify_model_file
 from device.config import CARD_FILE, Config, check_model_dir, load_config, with_overrides
 from device.predict import expand_paths, load_model, predict_files
 from device.signature import check_model_signature
+from device.types import Result
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 # ConfigError and CardError are ValueErrors; a missing file is an OSError.
@@ -64,17 +65,25 @@ def predict(model_dir: str | None, config_path: Path | None, paths: list[str], *
     code = EXIT_OK
     for path, outcome in predict_files(model.engine, model.upload, files):
         if isinstance(outcome, Exception):
-            print(f"error: {path}: {outcome}", file=sys.stderr)
+            print(f"error: {outcome}", file=sys.stderr)  # the message names the file
             code = EXIT_FAILED
         elif as_json:
             print(json.dumps({"file": str(path), **outcome.to_dict()}), flush=True)
         else:
-            top3 = ", ".join(f"{c} {p:.0%}" for c, p in outcome.top3)
-            print(f"{path}: {outcome.class_name} ({outcome.class_code}) {outcome.confidence:.1%} "
-                  f"[{outcome.state}]  top-3: {top3}", flush=True)
+            print(result_text(path, outcome), flush=True)
     if not as_json:
         print(model.engine.card.disclaimer)
     return code
+
+
+def result_text(path: Path, result: Result) -> str:
+    """One image's result as the page and the overlay say it: the headline, the class and its
+    top-3 only where the frame says something about the lesion, then the advice on its own line."""
+    line = f"{path}: {result.headline} [{result.state}]"
+    if result.shows_class:
+        top3 = ", ".join(f"{c} {p:.0%}" for c, p in result.top3)
+        line = f"{path}: {result.headline} ({result.class_code}) {result.confidence:.1%} [{result.state}]  top-3: {top3}"
+    return f"{line}\n  -> {result.advice}" if result.advice else line
 
 
 def check_config(config_path: Path) -> int:
@@ -127,6 +136,8 @@ def _parser() -> argparse.ArgumentParser:
     p_demo.add_argument("--http-port", dest="http_port", type=int, default=None)
     p_demo.add_argument("--no-mqtt", dest="mqtt_enabled", action="store_const", const=False, default=None)
     p_demo.add_argument("--max-frames", type=int, default=None, help="stop after N classified frames")
+    p_demo.add_argument("--state-dir", type=str, default=None,
+                        help="keep captures here (default: a temporary folder removed at the end)")
     return parser
 
 
@@ -144,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
 
         overrides = {key: getattr(args, key) for key in ("model_dir", "http_port", "mqtt_enabled")
                      if getattr(args, key) is not None}
-        return demo(run, overrides, max_frames=args.max_frames)
+        return demo(run, overrides, max_frames=args.max_frames, state_dir=args.state_dir)
     if args.command == "predict":
         return predict(args.model_dir, args.config, args.paths, as_json=args.json)
     return check_config(args.config)

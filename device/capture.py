@@ -28,13 +28,12 @@ import cv2
 import numpy as np
 
 from device.config import CameraConfig
-from device.preprocess import ImageDecodeError, load_image
+from device.preprocess import IMAGE_SUFFIXES, ImageDecodeError, load_image
 from device.types import Frame
 
 _log = logging.getLogger(__name__)
 
 # The formats device.preprocess.decode_image reads (it checks their header size first).
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 # Decoded replay images are kept up to this many bytes, so replay costs no JPEG decoding.
 _FOLDER_CACHE_BYTES = 128 * 1024 * 1024
 

@@ -258,7 +258,9 @@ def check_model_dir(model: ModelConfig) -> Path:
     """The model folder as a Path after checking it and its card exist (errors name the path)."""
     folder = Path(model.dir)
     if not folder.is_dir():
-        raise ConfigError(f"model.dir: model folder not found: {folder}")
+        shelved = Path("models") / folder  # the name alone of a shipped model: say where it is
+        hint = f" (did you mean {shelved}?)" if not folder.is_absolute() and shelved.is_dir() else ""
+        raise ConfigError(f"model.dir: model folder not found: {folder}{hint}")
     if not (folder / CARD_FILE).is_file():
         raise ConfigError(f"model.dir: model card not found: {folder / CARD_FILE}")
     return folder

@@ -1,10 +1,12 @@
 """``make demo`` / ``python -m device demo``: the daemon on the bundled sample images, healthy on a
 fresh clone.
 
-When mosquitto is installed, a private broker is started on a free loopback port for the
-demo's lifetime and the command to watch the results is printed; otherwise MQTT is turned off
-and ``/health`` reports it as ``disabled`` (not ``degraded``). Nothing here is used by the
-service itself.
+Each sample is shown for :data:`SECONDS_PER_IMAGE`, long enough to read its result. The model is
+checked before anything starts. Captures and other state go to a temporary folder removed
+at the end, unless ``--state-dir`` names one to keep. When mosquitto is installed, a private broker
+is started on a free loopback port for the demo's lifetime and the command to watch the results is
+printed; otherwise MQTT is turned off and ``/health`` reports it as ``disabled`` (not
+``degraded``). Nothing here is used by the service itself.
 """
 from __future__ import annotations
 
@@ -19,9 +21,19 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from device.card import ModelCard, verify_model_file
+from device.config import CARD_FILE, ModelConfig, check_model_dir, load_config, with_overrides
+
 SAMPLE_IMAGES = "tests/fixtures/ham10000_mini/images"
+SECONDS_PER_IMAGE = 3.0
 _MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 _BROKER_START_S = 10.0
+
+
+def check_model(model: ModelConfig) -> None:
+    """The model folder, its card and the card's model file exist and agree (errors name them)."""
+    folder = check_model_dir(model)
+    verify_model_file(ModelCard.load(folder / CARD_FILE), folder)
 
 
 def find_free_port(host: str = "127.0.0.1") -> int:
@@ -81,15 +93,31 @@ def demo_broker(binary: str) -> Iterator[int]:
                     proc.wait()
 
 
-def demo(run, overrides: dict, *, max_frames: int | None = None) -> int:
-    """Run the daemon (``run(None, overrides, max_frames=...)``) with a private broker if possible."""
-    overrides = {"camera_source": "folder", "camera_path": SAMPLE_IMAGES, "overlay_mode": "none", **overrides}
-    binary = mosquitto_binary()
-    if binary is None or overrides.get("mqtt_enabled") is False:
-        why = "--no-mqtt" if binary else "mosquitto is not installed: apt install mosquitto mosquitto-clients"
-        print(f"demo: MQTT is off ({why}); /health reports it as disabled", file=sys.stderr, flush=True)
-        return run(None, {**overrides, "mqtt_enabled": False}, max_frames=max_frames)
-    with demo_broker(binary) as port:
+def demo(run, overrides: dict, *, max_frames: int | None = None, state_dir: str | None = None) -> int:
+    """Run the daemon (``run(None, overrides, max_frames=...)``) with a private broker if possible;
+    state (captures) in ``state_dir``, else in a temporary folder removed afterwards."""
+    overrides = {"camera_source": "folder", "camera_path": SAMPLE_IMAGES, "camera_fps": 1.0 / SECONDS_PER_IMAGE,
+                 "overlay_mode": "none", **overrides}
+    try:  # a bad model is refused before a broker is announced
+        check_model(with_overrides(load_config(None), **overrides).model)
+    except (ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    with contextlib.ExitStack() as stack:
+        if state_dir is None:
+            state_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="dermedge-demo-state-"))
+            kept = "removed when the demo stops; --state-dir DIR keeps them"
+        else:
+            kept = "kept"
+        overrides["captures_dir"] = str(Path(state_dir) / "captures")
+        print(f"demo: one sample every {SECONDS_PER_IMAGE:g} s; captures go to {overrides['captures_dir']} ({kept})",
+              file=sys.stderr, flush=True)
+        binary = mosquitto_binary()
+        if binary is None or overrides.get("mqtt_enabled") is False:
+            why = "--no-mqtt" if binary else "mosquitto is not installed: apt install mosquitto mosquitto-clients"
+            print(f"demo: MQTT is off ({why}); /health reports it as disabled", file=sys.stderr, flush=True)
+            return run(None, {**overrides, "mqtt_enabled": False}, max_frames=max_frames)
+        port = stack.enter_context(demo_broker(binary))
         print(f"demo: a private mosquitto broker listens on 127.0.0.1:{port}; watch the results with\n"
               f"    mosquitto_sub -h 127.0.0.1 -p {port} -t 'dermedge/#' -v\n"
               "(mosquitto_sub is in the mosquitto-clients package)", file=sys.stderr, flush=True)

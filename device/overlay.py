@@ -1,8 +1,9 @@
 """The on-screen overlay and the displays that show it.
 
 :func:`render_overlay` is a pure function: frame + Result -> a new RGB image with the class,
-confidence, state, FPS, top-3 bars, the card's referral advice when the Result says refer,
-and a one-line "screening aid, not a diagnosis" notice.
+confidence, state, FPS, top-3 bars, the Result's advice (retake, point at a lesion, the card's
+referral, docs/results.md) and a one-line "screening aid, not a diagnosis" notice. The panel sits in
+the top-left corner, away from the centre the model looks at, in white text on a dark ground.
 The same image feeds HTTP (snapshot, MJPEG). :func:`render_layer` draws the same thing on a
 transparent RGBA canvas for picamera2's DRM preview, which shows the camera itself and only
 takes an overlay. Displays share one interface (as picamera2's previews do), so the daemon
@@ -28,11 +29,12 @@ STATE_COLORS = {  # RGB
     "ok": (70, 200, 110),
     "uncertain": (250, 190, 30),
     "poor_quality": (230, 70, 70),
+    "not_lesion": (150, 160, 175),
 }
 TEXT_COLOR = (255, 255, 255)
 BAR_TRACK = (90, 90, 90)
 BAR_FILL = (90, 170, 250)
-REFER_COLOR = (255, 170, 60)  # the referral advice text
+REFER_COLOR = (255, 170, 60)  # the advice text when the Result refers
 _ADVICE_LINES = 2
 _LAYER_ALPHA = 170  # panel opacity on the RGBA layer
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
@@ -53,13 +55,14 @@ class Layout:
     label_x: int
     bars: tuple[Rect, Rect, Rect]  # top-1..3 bar tracks
     notice: Rect
-    advice: Rect  # just above the notice; drawn only when the Result says refer
+    advice: Rect  # just above the notice; drawn only when the Result has advice
+    swatch: Rect  # the state's colour, left of the title
 
 
 def layout(width: int, height: int) -> Layout:
     s = max(0.5, width / _BASE_WIDTH)
     pad, line = round(8 * s), round(26 * s)
-    panel_w = min(width - 2 * pad, round(380 * s))
+    panel_w = min(width - 2 * pad, round(340 * s))
     x0, y0 = pad, pad
     bar_x0 = x0 + round(70 * s)
     bar_x1 = x0 + panel_w - round(60 * s)
@@ -72,10 +75,12 @@ def layout(width: int, height: int) -> Layout:
     panel = (x0, y0, x0 + panel_w, bars[-1][3] + pad)
     notice_h = round(24 * s)
     advice_h = _ADVICE_LINES * round(22 * s) + round(6 * s)
+    swatch_y1 = y0 + line - round(4 * s)
     return Layout(
         scale=s,
         panel=panel,
-        title_origin=(x0 + pad, y0 + line - round(4 * s)),
+        swatch=(x0 + pad, swatch_y1 - round(14 * s), x0 + pad + round(14 * s), swatch_y1),
+        title_origin=(x0 + pad + round(22 * s), swatch_y1),
         status_origin=(x0 + pad, y0 + 2 * line - round(4 * s)),
         label_x=x0 + pad,
         bars=bars,  # type: ignore[arg-type]
@@ -85,14 +90,7 @@ def layout(width: int, height: int) -> Layout:
 
 
 def title_text(result: Result | None) -> str:
-    if result is None:
-        return "Waiting for frames..."
-    if result.state == "poor_quality":
-        reason = str(result.quality.get("reason", "")) if result.quality else ""
-        return f"Poor image quality{f' ({reason})' if reason else ''}"
-    if result.state == "uncertain":
-        return f"Uncertain: {result.class_name}?"
-    return result.class_name
+    return "Waiting for frames..." if result is None else result.headline
 
 
 def render_overlay(frame: np.ndarray, result: Result | None) -> np.ndarray:
@@ -118,45 +116,50 @@ def _draw(canvas: np.ndarray, result: Result | None) -> None:
     def color(rgb: tuple[int, int, int]) -> tuple[int, ...]:
         return (*rgb, 255) if rgba else rgb
 
-    def text(value: str, origin: tuple[int, int], size: float, rgb, max_x: int) -> None:
-        font_scale, thick = size * s, max(1, round(1.5 * s))
+    def text(value: str, origin: tuple[int, int], size: float, rgb, max_x: int, weight: float = 1.5) -> None:
+        font_scale, thick = size * s, max(1, round(weight * s))
         value = _fit_text(value, font_scale, thick, max_x - origin[0])
         cv2.putText(canvas, value, origin, _FONT, font_scale, color(rgb), thick, cv2.LINE_AA)
 
     _shade(canvas, lay.panel, rgba)
     _shade(canvas, lay.notice, rgba)
     px1 = lay.panel[2] - round(8 * s)
-    state_rgb = STATE_COLORS.get(result.state, TEXT_COLOR) if result else TEXT_COLOR
-    text(title_text(result), lay.title_origin, 0.6, state_rgb, px1)
     if result is not None:
-        status = f"{result.confidence:.0%}  {result.state.replace('_', ' ')}  {result.fps:.1f} FPS"
+        sx0, sy0, sx1, sy1 = lay.swatch
+        cv2.rectangle(canvas, (sx0, sy0), (sx1 - 1, sy1 - 1), color(STATE_COLORS.get(result.state, TEXT_COLOR)), -1)
+    text(title_text(result), lay.title_origin, 0.6, TEXT_COLOR, px1, weight=2.2)
+    if result is not None:
+        confidence = f"{result.confidence:.0%}  " if result.shows_class else ""
+        status = f"{confidence}{result.state.replace('_', ' ')}  {result.fps:.1f} FPS"
         text(status, lay.status_origin, 0.5, TEXT_COLOR, px1)
-        for (code, prob), (x0, y0, x1, y1) in zip(result.top3, lay.bars):
+        for (code, prob), (x0, y0, x1, y1) in zip(result.top3 if result.shows_class else (), lay.bars):
             text(code, (lay.label_x, y1), 0.45, TEXT_COLOR, x0)
             cv2.rectangle(canvas, (x0, y0), (x1 - 1, y1 - 1), color(BAR_TRACK), -1)
             fill = x0 + round((x1 - x0) * min(max(prob, 0.0), 1.0))
             if fill > x0:
                 cv2.rectangle(canvas, (x0, y0), (fill - 1, y1 - 1), color(BAR_FILL), -1)
             text(f"{prob:.0%}", (x1 + round(6 * s), y1), 0.45, TEXT_COLOR, lay.panel[2])
-    if result is not None and result.refer:
+    if result is not None and result.advice:
         _shade(canvas, lay.advice, rgba)
         ax0, ay0, ax1, _ = lay.advice
         step, font_scale, thick = round(22 * s), 0.5 * s, max(1, round(1.5 * s))
-        lines = _wrap(result.referral.advice, font_scale, thick, ax1 - ax0 - round(16 * s))
+        lines = _wrap(result.advice, font_scale, thick, ax1 - ax0 - round(16 * s))
         for i, line in enumerate(lines):
-            text(line, (ax0 + round(8 * s), ay0 + (i + 1) * step), 0.5, REFER_COLOR, ax1)
+            text(line, (ax0 + round(8 * s), ay0 + (i + 1) * step), 0.5, REFER_COLOR if result.refer else TEXT_COLOR,
+                 ax1)
     nx0, _, nx1, ny1 = lay.notice
     text(NOTICE, (nx0 + round(8 * s), ny1 - round(7 * s)), 0.5, TEXT_COLOR, nx1)
 
 
 def _shade(canvas: np.ndarray, rect: Rect, rgba: bool) -> None:
-    """Darken a region (RGB) or make it a translucent black panel (RGBA)."""
+    """Darken a region to a quarter (RGB), so white text reads on any frame, or make it a
+    translucent black panel (RGBA)."""
     x0, y0, x1, y1 = rect
     region = canvas[max(0, y0):y1, max(0, x0):x1]
     if rgba:
         region[...] = (0, 0, 0, _LAYER_ALPHA)
     else:
-        np.right_shift(region, 1, out=region)  # half brightness: cheaper than a blend
+        np.right_shift(region, 2, out=region)  # a quarter of the brightness: cheaper than a blend
 
 
 def _wrap(value: str, font_scale: float, thick: int, max_w: int) -> list[str]:
@@ -196,20 +199,23 @@ class Display(ABC):
     """Shows overlaid frames; every mode accepts the same calls.
 
     ``show`` returns a command the viewer gave (one of COMMANDS), or None; only a window
-    has keys, so the other displays always return None.
+    has keys, so the other displays always return None. ``shows_frames`` says whether ``show``
+    needs the overlaid frame; when it does not, the daemon draws none and passes None.
     """
 
+    shows_frames = False
+
     @abstractmethod
-    def show(self, overlaid: np.ndarray, result: Result | None) -> str | None: ...
+    def show(self, overlaid: np.ndarray | None, result: Result | None) -> str | None: ...
 
     def close(self) -> None:
         """Release the screen; quiet when nothing is open."""
 
 
 class NullDisplay(Display):
-    """Headless: frames still go to HTTP, nothing to a screen."""
+    """Headless: frames still go to HTTP (which draws the overlay when someone looks), nothing to a screen."""
 
-    def show(self, overlaid: np.ndarray, result: Result | None) -> str | None:
+    def show(self, overlaid: np.ndarray | None, result: Result | None) -> str | None:
         return None
 
 
@@ -223,6 +229,7 @@ class OpenCvDisplay(Display):
     """
 
     WINDOW = "DermEdge"
+    shows_frames = True
 
     def __init__(self, *, fullscreen: bool = True, gui=cv2):
         self._gui = gui
@@ -250,8 +257,9 @@ class DrmDisplay(Display):
     """picamera2's DRM preview (HDMI, no desktop): the camera draws itself, we set an RGBA overlay.
 
     ``target`` is anything with ``set_overlay(rgba)`` (``capture.Picamera2Camera``). Building
-    and uploading the layer costs more than drawing on a frame, so it is refreshed at most
-    ``max_hz`` times a second. Only tested against a stand-in here.
+    and uploading the layer costs more than drawing on a frame, so it is rebuilt only when what
+    it shows changed (:func:`layer_key`), and then at most ``max_hz`` times a second. Only tested
+    against a stand-in here.
     """
 
     def __init__(self, target, *, width: int, height: int, max_hz: float = 5.0):
@@ -259,18 +267,32 @@ class DrmDisplay(Display):
         self._size = (width, height)
         self._min_interval = 1.0 / max_hz
         self._last = float("-inf")
+        self._shown: tuple | None = None  # layer_key of the layer on screen
 
-    def show(self, overlaid: np.ndarray, result: Result | None) -> str | None:
+    def show(self, overlaid: np.ndarray | None, result: Result | None) -> str | None:
         now = time.monotonic()
         if now - self._last < self._min_interval:
             return None
-        self._last = now
+        key = layer_key(result)
+        if key == self._shown:
+            return None
+        self._last, self._shown = now, key
         self._target.set_overlay(render_layer(*self._size, result))
         return None
 
     def close(self) -> None:
         self._target.set_overlay(None)  # picamera2 removes the overlay
-        self._last = float("-inf")
+        self._last, self._shown = float("-inf"), None
+
+
+def layer_key(result: Result | None) -> tuple | None:
+    """What the overlay shows of ``result``, at the precision it shows it (whole percent, FPS to
+    a tenth): two Results with the same key draw the same layer."""
+    if result is None:
+        return None
+    confidence = None if result.confidence is None else round(result.confidence, 2)
+    return (title_text(result), result.state, confidence, round(result.fps, 1),
+            tuple((code, round(p, 2)) for code, p in result.top3), result.refer)
 
 
 def make_display(cfg: OverlayConfig, *, target=None, width: int = 640, height: int = 480) -> Display:

@@ -11,11 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from device.capture import IMAGE_SUFFIXES
 from device.config import Config, check_model_dir
 from device.engine import Engine
 from device.postprocess import Postprocessor
-from device.preprocess import ImageDecodeError, load_image
+from device.preprocess import IMAGE_SUFFIXES, ImageDecodeError, load_image
 from device.signature import check_model_signature
 from device.types import Result
 
@@ -47,12 +46,16 @@ def model_for(engine: Any, cfg: Config) -> LoadedModel:
 
 
 def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
-    """Files as given, folders as their images in name order; a missing path is an error naming it."""
+    """Files as given, folders as their images in name order; a missing path or a folder without
+    images is an error naming it."""
     files: list[Path] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            files.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {path}")
+            files.extend(found)
         elif path.is_file():
             files.append(path)
         else:

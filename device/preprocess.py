@@ -34,6 +34,15 @@ class ImageDecodeError(ValueError):
     """Bytes that are not a decodable image, with the reason in the message."""
 
 
+class UnsupportedFormat(ImageDecodeError):
+    """Bytes that are no JPEG, PNG, WebP or BMP (for a file named as an image, a corrupt one)."""
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")  # what folders are read for
+# No image file of the four formats is shorter than this (a BMP header alone is 26 bytes).
+_MIN_IMAGE_BYTES = 26
+
+
 class ImageTooLarge(ImageDecodeError):
     """An image whose decoding would need more memory than allowed."""
 
@@ -222,11 +231,12 @@ def plan_decode(data: bytes) -> DecodePlan:
 def decode_planned(data: bytes, plan: DecodePlan) -> np.ndarray:
     """Decode as planned -> HxWx3 uint8 RGB whose short side is at most :data:`MIN_DECODE_SIDE`.
 
-    Grey and RGBA images become RGB; 16-bit images are scaled to 8 bits. JPEG orientation tags
-    are ignored, as for every other format. Raises :class:`ImageDecodeError` for undecodable data.
+    Grey and RGBA images become RGB; 16-bit images are scaled to 8 bits. A JPEG's EXIF orientation
+    is applied, as browsers do, so a phone photo is seen upright here and in the web app alike.
+    Raises :class:`ImageDecodeError` for undecodable data.
     """
     if plan.format == "JPEG":
-        flags = _JPEG_REDUCED[plan.reduce] | cv2.IMREAD_IGNORE_ORIENTATION
+        flags = _JPEG_REDUCED[plan.reduce]  # without IMREAD_IGNORE_ORIENTATION: EXIF rotation applied
     else:
         flags = cv2.IMREAD_UNCHANGED
     try:
@@ -287,7 +297,7 @@ def _read_header(data: bytes) -> _Header:
         height = int.from_bytes(data[22:26], "little", signed=True)
         # the height is negative for top-down bitmaps; 32 bits per pixel decode to BGRA
         return _Header("BMP", abs(width), abs(height), 4 if _uint(data, 28, 2) == 32 else 3)
-    raise ImageDecodeError("unsupported image format (expected JPEG, PNG, WebP or BMP)")
+    raise UnsupportedFormat("unsupported image format (expected JPEG, PNG, WebP or BMP)")
 
 
 def _uint(data: bytes, offset: int, size: int, order: Literal["little", "big"] = "little") -> int:
@@ -367,5 +377,14 @@ def load_image(path) -> np.ndarray:
         with open(path, "rb") as fh:
             data = fh.read()
         return decode_image(data)
+    except UnsupportedFormat as err:
+        suffix = "." + str(path).rsplit(".", 1)[-1].lower()
+        if suffix in IMAGE_SUFFIXES and len(data) < _MIN_IMAGE_BYTES:  # named as an image: damaged, not foreign
+            size = f"{len(data)} byte{'' if len(data) == 1 else 's'}"
+            raise ImageDecodeError(f"{path}: corrupt image: {size}, too short for any image file") from err
+        if suffix in IMAGE_SUFFIXES:
+            raise ImageDecodeError(f"{path}: corrupt image: named {suffix} but its bytes are no JPEG, PNG, "
+                                   "WebP or BMP") from err
+        raise ImageDecodeError(f"{path}: not an image file (expected JPEG, PNG, WebP or BMP)") from err
     except ImageDecodeError as err:
         raise ImageDecodeError(f"{path}: {err}") from err

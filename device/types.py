@@ -106,6 +106,12 @@ class Result:
         return None if self.referral is None else self.referral.score >= self.referral.threshold
 
     @property
+    def shows_class(self) -> bool:
+        """Whether a person is shown the class and its confidence: only when the frame showed a
+        lesion well enough to say something about it (``ok`` and ``uncertain``)."""
+        return self.state in ("ok", "uncertain")
+
+    @property
     def headline(self) -> str:
         """The result in a few words: the class, or why there is none."""
         if self.state == "poor_quality":

@@ -170,6 +170,8 @@ def test_demo_comes_up_healthy_with_a_private_broker(tmp_path, free_port, fixtur
         assert requests.get(f"http://127.0.0.1:{port}/", timeout=5).status_code == 200
         latest = requests.get(f"http://127.0.0.1:{port}/latest", timeout=5).json()
         assert (fixture_dir / "images" / latest["source"]).is_file()  # says which sample it classified
+        saved = requests.post(f"http://127.0.0.1:{port}/capture", timeout=10)
+        assert saved.status_code == 201, saved.text
     finally:
         os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches make and the daemon, not the broker
         proc.wait(30)
@@ -178,3 +180,69 @@ def test_demo_comes_up_healthy_with_a_private_broker(tmp_path, free_port, fixtur
     assert "XNNPACK" not in text and " WARNING " not in text and "Traceback" not in text, text
     assert proc.returncode in (0, 2, -signal.SIGINT)  # make's view of Ctrl-C; the daemon's is below
     assert "SIGINT received, stopping" in text and "HTTP: stopped" in text
+    # the demo's captures went to a temporary folder, removed at the end; none to the user's state
+    state = Path(text.split("captures go to ", 1)[1].split(" (removed", 1)[0])
+    assert state.name == "captures" and state.parent.name.startswith("dermedge-demo-state-")
+    assert not state.parent.exists() and not (tmp_path / "state").exists()
+    assert "one sample every 3 s" in text
+
+
+# --- what a person reads: the result's one message, and each error named plainly -----------------
+
+
+def test_predict_text_says_the_advice_and_the_gate(gated_model_dir, fixture_dir, negative_images):
+    from device.config import PostprocessConfig
+    from device.postprocess import Postprocessor
+
+    engine = Engine.from_model_dir(gated_model_dir, num_threads=1)
+    post = Postprocessor(engine.card, PostprocessConfig())
+    referred = next(p for p in sorted((fixture_dir / "images").glob("*.jpg"))
+                    if post.process(engine.infer(rgb := load_image(p)), rgb=rgb, frame_id=1, timestamp=0.0,
+                                    t_start=time.monotonic()).refer)
+    proc = cli("predict", "--model", str(gated_model_dir), str(referred), str(negative_images[0]))
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith(f"{referred}: ") and "top-3:" in lines[0]
+    assert lines[1] == "  -> See a dermatologist: this lesion has features of a skin cancer."
+    assert lines[2] == f"{negative_images[0]}: Not a skin lesion [not_lesion]"  # no class, no confidence
+    assert lines[3] == "  -> Point the camera at a skin lesion."
+    assert "not a diagnosis" in lines[-1]
+    rows = [json.loads(line) for line in cli("predict", "--model", str(gated_model_dir), "--json",
+                                             str(negative_images[0])).stdout.splitlines()]
+    assert rows[0]["state"] == "not_lesion" and rows[0]["class_code"] is None and rows[0]["refer"] is None
+    assert rows[0]["lesion_gate"]["score"] >= rows[0]["lesion_gate"]["threshold"] == 0.5
+    assert rows[0]["advice"] == "Point the camera at a skin lesion."
+
+
+def test_predict_errors_read_as_a_user_wants(tiny_model_dir, tmp_path, capsys):
+    text = tmp_path / "README.md"
+    text.write_text("# not an image\n")
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"x")
+    assert main(["predict", "--model", str(tiny_model_dir), str(text), str(broken)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"error: {text}: not an image file (expected JPEG, PNG, WebP or BMP)",  # the path once
+                   f"error: {broken}: corrupt image: 1 byte, too short for any image file"]
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(b"GIF89a" + bytes(64))
+    assert main(["predict", "--model", str(tiny_model_dir), str(truncated)]) == 1
+    assert "corrupt image: named .jpg but its bytes are no JPEG, PNG, WebP or BMP" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["predict", "--model", str(tiny_model_dir), str(empty)]) == 2
+    assert capsys.readouterr().err == f"error: no images (.jpg, .jpeg, .png, .bmp, .webp) in folder {empty}\n"
+
+
+def test_a_model_name_without_models_gets_a_hint(tmp_path, tiny_model_dir, fixture_dir, monkeypatch, capsys):
+    shutil.copytree(tiny_model_dir, tmp_path / "models" / "tiny")
+    monkeypatch.chdir(tmp_path)
+    assert main(["predict", "--model", "tiny", str(fixture_dir / "images")]) == 2
+    assert "model folder not found: tiny (did you mean models/tiny?)" in capsys.readouterr().err
+    assert main(["predict", "--model", "elsewhere", str(fixture_dir / "images")]) == 2
+    assert capsys.readouterr().err.strip().endswith("model folder not found: elsewhere")
+
+
+def test_demo_with_a_bad_model_fails_before_announcing_anything(tmp_path, capsys):
+    assert main(["demo", "--model", str(tmp_path / "bad"), "--no-mqtt"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: model.dir: model folder not found: {tmp_path / 'bad'}\n"  # no broker, no demo lines

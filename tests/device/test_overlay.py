@@ -3,6 +3,8 @@
 The OpenCV window and the DRM preview are exercised against stand-ins (a recording
 highgui module and a recording ``set_overlay`` target): there is no screen here.
 """
+import time
+
 import numpy as np
 import pytest
 
@@ -15,6 +17,7 @@ from device.overlay import (
     DrmDisplay,
     NullDisplay,
     OpenCvDisplay,
+    layer_key,
     layout,
     make_display,
     render_layer,
@@ -81,14 +84,15 @@ def test_overlay_stays_in_the_panel_and_notice_strip():
     assert changed[lay.panel[1]:lay.panel[3], lay.panel[0]:lay.panel[2]].mean() > 0.9  # shaded
 
 
-def test_title_is_drawn_in_the_state_colour():
+def test_title_is_white_beside_a_swatch_of_the_state_colour():
     lay = layout(640, 480)
     y = lay.title_origin[1]
-    title = (lay.panel[0], y - 20, lay.panel[2], y + 4)
-    for state, other in (("ok", "poor_quality"), ("uncertain", "ok"), ("poor_quality", "ok")):
+    title = (lay.title_origin[0], y - 20, lay.panel[2], y + 4)
+    for state, other in (("ok", "poor_quality"), ("uncertain", "ok"), ("poor_quality", "ok"), ("not_lesion", "ok")):
         out = render_overlay(grey_frame(), make_result(state=state))
-        assert near(band(out, title), STATE_COLORS[state], tol=20).sum() > 50, state
-        assert near(band(out, title), STATE_COLORS[other], tol=20).sum() == 0, state
+        assert near(band(out, lay.swatch), STATE_COLORS[state], tol=2).all(), state
+        assert not near(band(out, lay.swatch), STATE_COLORS[other], tol=20).any(), state
+        assert near(band(out, title), (255, 255, 255), tol=40).sum() > 80, state  # white, high contrast
 
 
 def test_status_line_shows_the_fps():
@@ -122,7 +126,7 @@ def test_notice_strip_carries_text():
     out = render_overlay(grey_frame(), make_result())
     strip = band(out, layout(640, 480).notice)
     assert near(strip, (255, 255, 255), tol=40).sum() > 200  # white text on the darkened strip
-    assert near(strip, (GREY // 2,) * 3, tol=2).mean() > 0.5
+    assert near(strip, (GREY // 4,) * 3, tol=2).mean() > 0.5
 
 
 def test_referral_advice_is_drawn_only_when_the_result_refers():
@@ -138,6 +142,23 @@ def test_referral_advice_is_drawn_only_when_the_result_refers():
         assert not near(out, REFER_COLOR, tol=30).any()
     # the advice sits beside the disclaimer, which is still drawn
     assert near(band(refer, lay.notice), (255, 255, 255), tol=40).sum() > 200
+
+
+def test_poor_and_not_lesion_results_show_their_advice_in_white_and_never_a_referral():
+    lay = layout(640, 480)
+    poor = render_overlay(grey_frame(), make_result(state="poor_quality", reason="too blurry"))
+    assert near(band(poor, lay.advice), (255, 255, 255), tol=40).sum() > 200  # "Retake the photo: ..."
+    assert not near(poor, REFER_COLOR, tol=30).any()
+    x0, y0, x1, y1 = lay.bars[0]
+    assert not near(poor[(y0 + y1) // 2, x0:x1], BAR_TRACK, tol=2).any()  # says nothing of the lesion: no bars
+    gate = Result(class_code=None, class_name=None, class_index=None, confidence=None, all_probabilities={},
+                  top3=(), state="not_lesion", model="unit", frame_id=8, timestamp="2024-01-01T00:00:00.000Z",
+                  latency_ms={"total": 1.0}, fps=9.5, gate_advice="Point the camera at a skin lesion.")
+    assert title_text(gate) == "Not a skin lesion"
+    out = render_overlay(grey_frame(), gate)
+    assert near(band(out, lay.advice), (255, 255, 255), tol=40).sum() > 200
+    x0, y0, x1, y1 = lay.bars[0]
+    assert not near(out[(y0 + y1) // 2, x0:x1], BAR_TRACK, tol=2).any()  # no class, so no bars
 
 
 def test_waiting_and_state_titles():
@@ -221,3 +242,25 @@ def test_make_display_by_mode():
     with pytest.raises(ValueError, match="drm needs camera.source picamera2"):
         make_display(OverlayConfig(mode="drm"), target=object())
     NullDisplay().show(grey_frame(), None)
+
+
+def test_drm_layer_is_rebuilt_only_when_what_it_shows_changes():
+    target = StandInPreview()
+    display = DrmDisplay(target, width=320, height=240, max_hz=1000.0)
+    assert not display.shows_frames  # the daemon draws no frame for it
+    display.show(None, make_result(fps=9.5))
+    time.sleep(0.01)
+    display.show(None, make_result(fps=9.52))  # shows as 9.5 FPS: the same layer
+    assert len(target.overlays) == 1
+    time.sleep(0.01)
+    display.show(None, make_result(fps=9.7))
+    time.sleep(0.01)
+    display.show(None, make_result(fps=9.7, state="uncertain"))
+    assert len(target.overlays) == 3
+    assert layer_key(make_result(top3=(("mel", 0.751), ("nv", 0.2), ("bcc", 0.05)))) == layer_key(make_result())
+    assert layer_key(make_result(top3=(("mel", 0.70), ("nv", 0.25), ("bcc", 0.05)))) != layer_key(make_result())
+
+
+def test_only_a_window_needs_the_overlaid_frame():
+    assert OpenCvDisplay(gui=StandInGui()).shows_frames
+    assert not NullDisplay().shows_frames
