@@ -78,7 +78,8 @@ class MqttPublisher:
         return self._connected
 
     def discovery_configs(self) -> dict[str, dict]:
-        """Home Assistant MQTT discovery: config topic -> payload, one sensor each for class and confidence."""
+        """Home Assistant MQTT discovery: config topic -> payload, one sensor each for the result (the
+        headline: a class, or why there is none), its confidence and its advice (docs/results.md)."""
         device = {
             "identifiers": [self._device_id],
             "name": f"DermEdge {self._device_id}",
@@ -96,13 +97,14 @@ class MqttPublisher:
         return {
             f"{prefix}/class/config": {
                 **common,
-                "name": "Lesion class",
+                "name": "Result",
                 "unique_id": f"{self._device_id}_class",
-                "value_template": "{{ value_json.class_name }}",
-                # state and disclaimer ride along as attributes: the class alone is not a diagnosis
+                "value_template": "{{ value_json.headline }}",
+                # state, advice and disclaimer ride along as attributes: the class alone is not a diagnosis
                 "json_attributes_topic": self.result_topic,
                 "json_attributes_template": (
                     "{{ {'class_code': value_json.class_code, 'state': value_json.state, "
+                    "'refer': value_json.refer, 'advice': value_json.advice, "
                     "'disclaimer': value_json.disclaimer} | tojson }}"
                 ),
                 "icon": "mdi:magnify-scan",
@@ -111,10 +113,19 @@ class MqttPublisher:
                 **common,
                 "name": "Confidence",
                 "unique_id": f"{self._device_id}_confidence",
-                "value_template": "{{ (value_json.confidence * 100) | round(1) }}",
+                # only where the result shows a class; "None" is Home Assistant's "unknown"
+                "value_template": ("{{ (value_json.confidence * 100) | round(1) if value_json.state in "
+                                   "('ok', 'uncertain') else none }}"),
                 "unit_of_measurement": "%",
                 "state_class": "measurement",
                 "icon": "mdi:percent",
+            },
+            f"{prefix}/advice/config": {
+                **common,
+                "name": "Advice",
+                "unique_id": f"{self._device_id}_advice",
+                "value_template": "{{ value_json.advice or 'none' }}",
+                "icon": "mdi:message-alert-outline",
             },
         }
 

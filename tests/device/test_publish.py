@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -222,6 +223,21 @@ def test_home_assistant_discovery(mqtt_broker, mqtt_subscriber, publishers, make
         env.from_string(class_cfg["json_attributes_template"]).render(value_json=value_json)
     )
     assert attributes["state"] == "ok" and "not a diagnosis" in attributes["disclaimer"]
+    advice_msg = assert_retained(mqtt_subscriber, mqtt_broker, f"hatest/sensor/{device_id}/advice/config")
+    advice_cfg = json.loads(advice_msg.payload)
+    assert env.from_string(advice_cfg["value_template"]).render(value_json=value_json) == "none"
+
+    # the not-a-lesion state: no class and no confidence (Home Assistant's "unknown"), its advice
+    gate = dataclasses.replace(make_result("bcc"), class_code=None, class_name=None, class_index=None,
+                               confidence=None, all_probabilities={}, top3=(), state="not_lesion",
+                               gate_advice="Point the camera at a skin lesion.").to_dict()
+    assert env.from_string(class_cfg["value_template"]).render(value_json=gate) == "Not a skin lesion"
+    assert env.from_string(conf_cfg["value_template"]).render(value_json=gate) == "None"
+    assert env.from_string(advice_cfg["value_template"]).render(value_json=gate) == "Point the camera at a skin lesion."
+    poor = dataclasses.replace(make_result("bcc"), state="poor_quality", quality={"reason": "too dark"}).to_dict()
+    assert env.from_string(conf_cfg["value_template"]).render(value_json=poor) == "None"
+    assert env.from_string(class_cfg["value_template"]).render(value_json=poor) == "Poor image quality (too dark)"
+    assert env.from_string(advice_cfg["value_template"]).render(value_json=poor).startswith("Retake the photo")
 
 
 def test_broker_down_never_blocks_and_connects_when_it_starts(
@@ -389,3 +405,16 @@ def test_capture_events_go_to_their_own_topic(mqtt_broker, mqtt_subscriber, publ
     assert pub.publish_capture({"id": "20260101T000000000Z-1", "image": "/captures/20260101T000000000Z-1.jpg"})
     message = sub.wait_for(pub.capture_topic)
     assert json.loads(message.payload)["id"] == "20260101T000000000Z-1" and not message.retain
+
+
+def test_a_not_lesion_result_goes_out_without_a_class(mqtt_broker, mqtt_subscriber, publishers, make_result):
+    pub = publishers(mqtt_broker)
+    wait_for(lambda: pub.connected, what="publisher to connect")
+    sub = mqtt_subscriber(mqtt_broker, [pub.result_topic])
+    gate = dataclasses.replace(make_result("mel"), class_code=None, class_name=None, class_index=None,
+                               confidence=None, all_probabilities={}, top3=(), state="not_lesion",
+                               gate_advice="Point the camera at a skin lesion.")
+    assert pub.publish_result(gate)
+    sent = json.loads(sub.wait_for(pub.result_topic).payload)
+    assert (sent["state"], sent["class_code"], sent["confidence"], sent["refer"]) == ("not_lesion", None, None, None)
+    assert (sent["headline"], sent["advice"]) == ("Not a skin lesion", "Point the camera at a skin lesion.")
