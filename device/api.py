@@ -19,7 +19,8 @@ never drive the camera. Every error is JSON ``{"error": reason}``: 400 for a bad
 body, 401 for a missing or wrong token (or session cookie), 404, 405, 413 when the request body
 exceeds ``http.max_upload_mb`` or has too many form parts (the reason says which), 415 for the wrong
 content type, 422 for an image that would need more than the decode budget
-(``http.decode_memory_mb``, see device/limits.py), 429 when too many streams are open or a client
+(``http.decode_memory_mb``, see device/limits.py: its memory, or a JPEG whose repeated scans
+would keep the decoder busy), 429 when too many streams are open or a client
 sent too many wrong tokens (device.auth.GuessLimiter; with Retry-After), 503 when
 other uploads hold the decode budget for too long. Uploads are decoded in memory; nothing from a
 request (no file name, no path) is used to touch the filesystem, except inside two folders: the

@@ -6,6 +6,9 @@ decoded image has been scaled down. Decodes run side by side only while their re
 in the budget (``http.decode_memory_mb``); the others wait their turn, briefly. An image that
 alone needs more than the whole budget is refused before anything is allocated, so the worst
 case the uploads can cost the daemon is the budget itself, however many arrive together.
+The budget bounds time as well: a JPEG whose scans would visit more 8x8 blocks than
+MAX_SCAN_PASSES passes over the largest image the budget admits is refused (422) before decoding
+(device.preprocess counts the scans), so repeated progressive scans cannot hold a thread for a minute.
 A large decode (more than 1/``max_decodes`` of the budget, so they cannot all run side by side)
 also needs one of ``max_decodes`` slots; when they are all taken it is turned away (503) at once
 instead of queueing, so large uploads waiting their turn never hold every server thread and
@@ -26,7 +29,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from device.preprocess import ImageTooLarge, decode_planned, plan_decode
+from device.preprocess import MAX_SCAN_PASSES, ImageTooLarge, check_scan_time, decode_planned, plan_decode
 
 _log = logging.getLogger(__name__)
 
@@ -74,6 +77,8 @@ class DecodeBudget:
         self._room = threading.Condition()
         self.max_decodes = max_decodes
         self._slots = threading.BoundedSemaphore(max_decodes)
+        # the largest progressive JPEG the budget admits holds 128 bytes of coefficients per block
+        self.max_scan_blocks = MAX_SCAN_PASSES * (total_bytes // 128)
 
     @property
     def in_use(self) -> int:
@@ -100,12 +105,14 @@ class DecodeBudget:
         """Encoded upload -> HxWx3 uint8 RGB within the budget.
 
         Raises :class:`ImageTooLarge` (an ImageDecodeError) when the image alone is over the
-        budget, :class:`DecoderBusy` when no room came free in time, ImageDecodeError otherwise.
+        budget or its scans would take too long (ImageTooSlow), :class:`DecoderBusy` when no room
+        came free in time, ImageDecodeError otherwise.
         """
         plan = plan_decode(data)
         if plan.cost_bytes > self.total_bytes:
             raise ImageTooLarge(f"image too large: {plan.describe()} needs about {_mb(plan.cost_bytes)} to "
                                 f"decode, more than {self.setting} {_mb(self.total_bytes)}")
+        check_scan_time(plan, self.max_scan_blocks, self.setting)
         large = plan.cost_bytes > self.total_bytes // self.max_decodes
         if large and not self._slots.acquire(blocking=False):
             raise DecoderBusy(f"{self.max_decodes} large images are being decoded already; try again")

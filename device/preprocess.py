@@ -8,6 +8,7 @@ happens here, not inside the model; the model card records the statistics.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 from typing import Literal
@@ -28,6 +29,13 @@ _JPEG_REDUCED = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMRE
                  8: cv2.IMREAD_REDUCED_COLOR_8}
 # Room for the decoder's own row buffers and tables, on top of the pixel estimate.
 _DECODE_SLACK_BYTES = 1 << 20
+# A progressive JPEG may repeat a scan any number of times, and the decoder passes over the image
+# once per scan: one 12-byte scan repeated 600,000 times cost about a minute. Scans are counted
+# from their headers before decoding: more than this many are refused outright (encoders write
+# about 10), and the blocks all of them visit are bounded by MAX_SCAN_PASSES passes over the
+# largest image allowed (device.limits for uploads, :data:`MAX_DECODE_PIXELS` for files).
+MAX_JPEG_SCANS = 1000
+MAX_SCAN_PASSES = 16
 
 
 class ImageDecodeError(ValueError):
@@ -47,6 +55,10 @@ class ImageTooLarge(ImageDecodeError):
     """An image whose decoding would need more memory than allowed."""
 
 
+class ImageTooSlow(ImageTooLarge):
+    """A JPEG whose scans would keep the decoder busy for longer than allowed."""
+
+
 @dataclass(frozen=True)
 class DecodePlan:
     """How an encoded image will be decoded, read from its header before anything is allocated."""
@@ -59,6 +71,9 @@ class DecodePlan:
     # (PNG, WebP, BMP, JPEG at any scale alike), plus, for progressive or multi-scan JPEGs,
     # libjpeg's coefficient buffer for the whole image at full size (2 bytes per sample).
     cost_bytes: int
+    # 8x8 blocks the decoder visits, summed over the JPEG's scans (the decode's time); 0 for the
+    # other formats, whose decoding time follows their size.
+    scan_blocks: int = 0
 
     def describe(self) -> str:
         return f"{self.width}x{self.height} {self.format}"
@@ -204,7 +219,15 @@ def decode_image(data: bytes) -> np.ndarray:
     plan = plan_decode(data)
     if plan.width * plan.height > MAX_DECODE_PIXELS:
         raise ImageTooLarge(f"image too large: {plan.width}x{plan.height} pixels (limit {MAX_DECODE_PIXELS})")
+    check_scan_time(plan, MAX_SCAN_PASSES * MAX_DECODE_PIXELS * 3 // 64, "the limit for image files")
     return decode_planned(data, plan)
+
+
+def check_scan_time(plan: DecodePlan, max_blocks: int, setting: str) -> None:
+    """Raise :class:`ImageTooSlow` when the JPEG's scans would visit more than ``max_blocks`` blocks."""
+    if plan.scan_blocks > max_blocks:
+        raise ImageTooSlow(f"image too slow to decode: its scans visit {plan.scan_blocks:,} 8x8 blocks, more "
+                           f"than {setting} allows ({max_blocks:,}: {MAX_SCAN_PASSES} passes over the largest image)")
 
 
 def plan_decode(data: bytes) -> DecodePlan:
@@ -225,7 +248,7 @@ def plan_decode(data: bytes) -> DecodePlan:
         reduce = next(r for r in (8, 4, 2, 1) if min(w, h) // r >= MIN_DECODE_SIDE or r == 1)
     decoded = -(-w // reduce) * -(-h // reduce) * header.bytes_per_pixel
     cost = 2 * decoded + header.whole_image_bytes + _DECODE_SLACK_BYTES
-    return DecodePlan(header.format, w, h, reduce, cost)
+    return DecodePlan(header.format, w, h, reduce, cost, header.scan_blocks)
 
 
 def decode_planned(data: bytes, plan: DecodePlan) -> np.ndarray:
@@ -275,6 +298,7 @@ class _Header:
     height: int
     bytes_per_pixel: int  # of the array OpenCV decodes to
     whole_image_bytes: int = 0  # decoder buffers for the whole image besides the output
+    scan_blocks: int = 0  # JPEG: blocks visited over all scans (DecodePlan.scan_blocks)
 
 
 def _read_header(data: bytes) -> _Header:
@@ -329,7 +353,8 @@ def _jpeg_header(data: bytes) -> _Header:
         if marker == 0xDA:  # start of scan: a scan without every component needs whole-image buffers
             if frame is None:
                 break
-            return _jpeg_frame_header(frame, scan_components=data[i + 2])
+            header = _jpeg_frame_header(frame, scan_components=data[i + 2])
+            return dataclasses.replace(header, scan_blocks=_jpeg_scan_blocks(data, i - 2, frame[1]))
         if marker in _JPEG_SOF:
             if i + 8 > n:
                 break
@@ -353,6 +378,29 @@ def _jpeg_frame_header(frame: tuple[int, bytes], *, scan_components: int | None)
             blocks_h = -(-height * max(v_factor, 1) // (8 * v_max))
             whole += blocks_w * blocks_h * 64 * 2
     return _Header("JPEG", width, height, 3, whole)
+
+
+def _jpeg_scan_blocks(data: bytes, first_scan: int, sof: bytes) -> int:
+    """8x8 blocks visited by all the scans from ``first_scan`` on, read from each scan header
+    (component count, then their ids). A scan's coded data never holds the SOS marker (an FF byte
+    there is always followed by 00 or a restart marker), so finding the markers finds the scans.
+    Raises :class:`ImageTooSlow` past :data:`MAX_JPEG_SCANS` scans."""
+    height, width, count = _uint(sof, 1, 2, "big"), _uint(sof, 3, 2, "big"), sof[5] if len(sof) > 5 else 0
+    components = [(sof[i], sof[i + 1] >> 4 or 1, sof[i + 1] & 0x0F or 1)  # id, H and V sampling
+                  for i in range(6, min(len(sof) - 1, 6 + 3 * count), 3)]
+    h_max, v_max = max((c[1] for c in components), default=1), max((c[2] for c in components), default=1)
+    blocks = {ident: -(-width * h // (8 * h_max)) * -(-height * v // (8 * v_max)) for ident, h, v in components}
+    scans = total = 0
+    i = first_scan
+    while i != -1:
+        scans += 1
+        if scans > MAX_JPEG_SCANS:
+            raise ImageTooSlow(f"image too slow to decode: more than {MAX_JPEG_SCANS} scans (a JPEG encoder writes "
+                               "about 10; repeated scans make the decoder pass over the image again each time)")
+        in_scan = data[i + 4 : i + 5 + 2 * data[i + 4]][1::2] if i + 4 < len(data) else b""
+        total += sum(blocks.get(ident, 0) for ident in in_scan)
+        i = data.find(b"\xff\xda", i + 2)
+    return total
 
 
 def _webp_header(data: bytes) -> _Header:

@@ -75,3 +75,24 @@ class StandInGui:
 
     def destroyWindow(self, name):
         self.calls.append(("destroyWindow", name))
+
+
+def scan_bomb(width: int, height: int, repeats: int) -> bytes:
+    """A progressive JPEG of a flat grey image whose last scan is repeated ``repeats`` more times.
+
+    Every repeat is a few dozen bytes (a flat image has no AC detail, so the scan is one run of
+    empty blocks), yet the decoder passes over the whole image again for each: the field probe's
+    upload, made small. The scan's Huffman table (the DHT just before it) is repeated with it."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((height, width, 3), 128, np.uint8)).save(buf, "JPEG", progressive=True, quality=80)
+    data = buf.getvalue()
+    last_scan = data.rindex(b"\xff\xda")
+    table = data.rfind(b"\xff\xc4", 0, last_scan)  # Pillow writes a DHT before each scan
+    start = table if table != -1 and b"\xff\xda" not in data[table:last_scan] else last_scan
+    end = data.rindex(b"\xff\xd9")
+    return data[:end] + data[start:end] * repeats + data[end:]

@@ -11,14 +11,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import statistics
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import requests
 
 from device.card import sha256_file
 from device.config import default_model_dir
 from tests.deploy.daemon_process import REPO, TIMEOUT, daemon_config, frames_keep_rising, wait_for
+from tests.helpers import scan_bomb
 
 DEFAULT_MODEL = REPO / default_model_dir()
 
@@ -87,4 +91,50 @@ def test_model_overwritten_in_place_keeps_the_daemon_serving_then_reloads_when_i
     assert sha256_file(target) == card["model_file"]["sha256"]
     daemon.wait_health(lambda h: h["model"] == "renamed", "the renamed model picked up without SIGHUP")
     keeps_answering(daemon, jpeg, 1.0)
+    assert daemon.running
+
+
+# --- 2. a progressive JPEG that repeats one scan ---------------------------------------------------
+
+BOMBS_AT_ONCE = 8
+# /health must answer within this while the bombs arrive (before: 13 of 16 checks timed out at 5 s)
+HEALTH_WITHIN_S = 1.0
+
+
+def test_repeated_scan_jpegs_are_refused_fast_and_health_keeps_answering(tmp_path, tiny_model_dir, images,
+                                                                          start_daemon):
+    # 900 more passes over a 2000x2000 image: about 4 s of decoding each on this machine before
+    bomb = scan_bomb(2000, 2000, 900)
+    daemon = start_daemon(daemon_config(tiny_model_dir, images, device_id=ident("scans")))
+    daemon.wait_running()
+
+    def upload(_):
+        started = time.monotonic()
+        response = requests.post(f"{daemon.base}/predict", files={"image": ("bomb.jpg", bomb, "image/jpeg")},
+                                 timeout=60)
+        return response, time.monotonic() - started
+
+    def health_latencies(until: float) -> list[float]:
+        latencies = []
+        while time.monotonic() < until:
+            started = time.monotonic()
+            assert requests.get(f"{daemon.base}/health", timeout=10).status_code == 200
+            latencies.append(time.monotonic() - started)
+            time.sleep(0.05)
+        return latencies
+
+    with ThreadPoolExecutor(BOMBS_AT_ONCE + 1) as pool:
+        watch = pool.submit(health_latencies, time.monotonic() + 3.0)
+        results = list(pool.map(upload, range(BOMBS_AT_ONCE * 2)))
+        latencies = watch.result()
+    refuse_s = [seconds for _, seconds in results]
+    scans = bomb.count(b"\xff\xda")
+    print(f"scan bomb ({len(bomb)} bytes, {scans} scans) x{len(results)}, {BOMBS_AT_ONCE} at once: "
+          f"refused in median {statistics.median(refuse_s) * 1e3:.0f} ms, max {max(refuse_s) * 1e3:.0f} ms; "
+          f"/health median {statistics.median(latencies) * 1e3:.0f} ms, max {max(latencies) * 1e3:.0f} ms "
+          f"over {len(latencies)} checks")
+    for response, _ in results:
+        assert response.status_code == 422, response.text
+        assert "image too slow to decode" in response.json()["error"]
+    assert max(latencies) < HEALTH_WITHIN_S
     assert daemon.running

@@ -14,13 +14,16 @@ import pytest
 
 from device.limits import DecodeBudget, DecoderBusy
 from device.preprocess import (
+    MAX_JPEG_SCANS,
     MIN_DECODE_SIDE,
     ImageDecodeError,
     ImageTooLarge,
+    ImageTooSlow,
     decode_image,
     decode_planned,
     plan_decode,
 )
+from tests.helpers import scan_bomb
 
 MB = 2**20
 
@@ -170,3 +173,37 @@ def test_large_decodes_beyond_the_slots_are_turned_away_at_once_small_ones_wait(
     for t in waiting:
         t.join(10)
     assert sorted(results) == [(450, 600, 3), (480, 480, 3), (480, 480, 3)] and budget.in_use == 0
+
+
+# --- time: repeated progressive scans ---------------------------------------------------------------
+
+
+def test_an_ordinary_progressive_jpeg_visits_about_five_passes_of_blocks():
+    plan = plan_decode(scan_bomb(2000, 2000, 0))  # libjpeg's 10 scans, 4:2:0
+    blocks = 2000 * 2000 * 3 // 2 // 64
+    assert plan.scan_blocks == pytest.approx(5.33 * blocks, rel=0.01)
+    assert decode_image(scan_bomb(2000, 2000, 0)).shape == (MIN_DECODE_SIDE, MIN_DECODE_SIDE, 3)
+
+
+def test_a_repeated_scan_is_refused_from_its_headers_before_decoding():
+    # 150 more passes over a 2000x2000 image: about a second to decode here, refused in milliseconds
+    bomb = scan_bomb(2000, 2000, 150)
+    budget = DecodeBudget(64 * MB)
+    started = time.perf_counter()
+    with pytest.raises(ImageTooSlow, match=r"image too slow to decode: its scans visit 9,875,000 8x8 blocks"):
+        budget.decode(bomb)
+    assert time.perf_counter() - started < 0.5
+    assert budget.in_use == 0
+    with pytest.raises(ImageTooSlow, match="limit for image files"):  # files (CLI, folder camera) too
+        decode_image(scan_bomb(2000, 2000, 600))
+
+
+def test_more_scans_than_any_encoder_writes_are_refused_even_on_a_tiny_image():
+    with pytest.raises(ImageTooSlow, match=f"more than {MAX_JPEG_SCANS} scans"):
+        plan_decode(scan_bomb(64, 64, MAX_JPEG_SCANS))
+    assert plan_decode(scan_bomb(64, 64, MAX_JPEG_SCANS - 10)).scan_blocks > 0  # 1000 scans are still fine
+
+
+def test_the_scan_allowance_grows_with_the_memory_budget():
+    bomb = scan_bomb(2000, 2000, 150)
+    assert DecodeBudget(128 * MB).decode(bomb).shape == (MIN_DECODE_SIDE, MIN_DECODE_SIDE, 3)
