@@ -67,7 +67,10 @@ train-gpu:                                ## ON the lent GPU machine: train the 
 bench: setup                              ## full benchmark run; writes benchmarks/results/
 	$(PY) -m benchmarks --data $(DATA)
 
-.PHONY: docs
+.PHONY: default-model docs
+default-model: setup                      ## rebuild the default's lineage into runs/lineage/models (resumable: run it again to continue)
+	$(PY) -m train.lineage train/configs/default/lineage.yaml --data $(DATA)
+
 docs: setup                               ## regenerate models/README.md, benchmarks/results/README.md and the figures in README.md and docs/
 	$(PY) -m quantize.table
 	$(PY) -m benchmarks.index
