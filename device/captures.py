@@ -52,20 +52,23 @@ class CaptureInfo:
 
     id: str
     timestamp: str
-    class_code: str
-    class_name: str
-    confidence: float
+    class_code: str | None  # None (and confidence None) for a result that shows no class
+    class_name: str | None
+    confidence: float | None
     state: str
     refer: bool | None
     model: str
     source: str
     size_bytes: int  # image and sidecar
+    headline: str = ""  # what the result said (docs/results.md)
+    advice: str = ""
 
     def to_dict(self) -> dict:
         return {
             "id": self.id, "timestamp": self.timestamp, "class_code": self.class_code,
             "class_name": self.class_name, "confidence": self.confidence, "state": self.state,
             "refer": self.refer, "model": self.model, "source": self.source, "size_bytes": self.size_bytes,
+            "headline": self.headline, "advice": self.advice,
             "image": f"/captures/{self.id}.jpg", "sidecar": f"/captures/{self.id}.json",
         }
 
@@ -149,10 +152,11 @@ class CaptureStore:
         result = data.get("result", {})
         size = sum((self.folder / f"{capture_id}.{kind}").stat().st_size for kind in KINDS)
         return CaptureInfo(
-            id=capture_id, timestamp=str(data.get("timestamp", "")), class_code=str(result.get("class_code", "")),
-            class_name=str(result.get("class_name", "")), confidence=float(result.get("confidence", 0.0)),
+            id=capture_id, timestamp=str(data.get("timestamp", "")), class_code=result.get("class_code"),
+            class_name=result.get("class_name"), confidence=result.get("confidence"),
             state=str(result.get("state", "")), refer=result.get("refer"), model=str(data.get("model", {}).get(
                 "name", "")), source=str(result.get("source", "")), size_bytes=size,
+            headline=str(result.get("headline") or result.get("class_name") or ""), advice=str(result.get("advice", "")),
         )
 
     def _new_id(self, timestamp: float, frame_id: int) -> str:

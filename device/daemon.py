@@ -13,6 +13,7 @@ replaced there are reloaded with the same checks as SIGHUP (device.model_watch).
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import os
@@ -54,6 +55,8 @@ MODEL_ERRORS = (ValueError, OSError, ImportError)
 # Test-only (tests/deploy): while the file this variable names exists, the inference loop blocks
 # as a hung interpreter would, so the watchdog can be tested on the real process. Unset in service.
 STALL_FILE_ENV = "DERMEDGE_TEST_STALL_FILE"
+# Frames kept for captures of the frame a page shows (about a second at the camera's rate).
+RECENT_VIEWS = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +100,8 @@ class Daemon:
         self.captures: CaptureStore | None = None
         self.button: CaptureButton | None = None
         self._view: View | None = None  # the newest frame, for captures
+        # The last few, so the page can save the very frame it shows (by frame id), a moment late.
+        self._recent: collections.deque[View] = collections.deque(maxlen=RECENT_VIEWS)
         self._frozen: View | None = None  # set by the window's f key: shown and captured instead
         self._loop: threading.Thread | None = None
         self._loop_failed = False
@@ -233,7 +238,7 @@ class Daemon:
         if not self.cfg.http.enabled:
             return
         page = Page(card=lambda: self._model.engine.card, captures=self.captures,
-                    save_capture=self.save_capture if self.captures else None)
+                    save_capture=self.save_capture if self.captures else None, view=self.state.wait_view)
         app = create_app(self.cfg.http, self.state, self.predict, page=page)
         self.http = HttpServer.from_config(app, self.cfg.http)
         try:
@@ -310,6 +315,7 @@ class Daemon:
         overlaid = render_overlay(capture.display, result)
         self.state.publish_frame(result, overlaid)
         self._view = View(capture.display, result, overlaid)
+        self._recent.append(self._view)
         shown = self._frozen or self._view
         self._on_command(self.display.show(shown.overlaid, shown.result))
         self.publisher.publish_result(result)
@@ -327,11 +333,17 @@ class Daemon:
 
     # --- captures and window commands --------------------------------------------
 
-    def save_capture(self) -> CaptureInfo:
-        """Save the shown frame (the frozen one while frozen) with its Result; raises CaptureError."""
+    def save_capture(self, frame_id: int | None = None) -> CaptureInfo:
+        """Save the shown frame (the frozen one while frozen; frame ``frame_id``, the one a page
+        shows, when given) with its Result; raises CaptureError."""
         if self.captures is None:
             raise CaptureError("captures are turned off (captures.enabled: false)")
         view = self._frozen or self._view
+        if frame_id is not None:
+            view = next((v for v in (self._frozen, *reversed(self._recent)) if v and v.result.frame_id == frame_id),
+                         None)
+            if view is None:
+                raise NothingToCaptureError(f"frame {frame_id} is no longer held; save again")
         if view is None:
             raise NothingToCaptureError("no frame classified yet")
         now = time.time()

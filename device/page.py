@@ -5,9 +5,16 @@
     POST /login            {"token": "..."} -> sets an HttpOnly, SameSite=Strict session cookie
     POST /logout           forgets the session
     GET  /model            the loaded model card's summary
-    POST /capture          saves the shown frame and its Result (201), see device.captures
+    GET  /view?after=SEQ   the next frame after SEQ and its own Result, together:
+                           {"seq", "result", "jpeg": base64}; 204 when none came within VIEW_WAIT_S
+    POST /capture          saves the shown frame and its Result (201), see device.captures;
+                           {"frame_id": N} saves that frame, the one the page shows
     GET  /captures         the stored captures, newest first
     GET  /captures/<id>.jpg | .json
+
+The page shows one object from frame to screen: its live view is the frames of ``/view``, each
+with its own Result, so the picture, the result beside it and a capture of it are always the same
+frame (an MJPEG stream beside a polled result showed different lesions at once).
 
 The device is offline, so the page is plain HTML, CSS and JavaScript shipped in
 ``device/static/``, read once when the app is built and served from memory by name (no request
@@ -17,6 +24,7 @@ path ever reaches the disk). Its Content-Security-Policy allows nothing but this
 """
 from __future__ import annotations
 
+import base64
 import hmac
 import math
 import secrets
@@ -37,6 +45,7 @@ STATIC_DIR = Path(__file__).with_name("static")
 ASSETS = {"app.js": "text/javascript", "style.css": "text/css", "icon.svg": "image/svg+xml"}
 SESSION_COOKIE = "dermedge_session"
 SESSION_TTL_S = 12 * 3600
+VIEW_WAIT_S = 5.0  # how long GET /view waits for a new frame
 MAX_SESSIONS = 64  # the oldest session is dropped beyond this
 # Endpoints that answer without a token: the page must load to ask for it.
 PUBLIC_ENDPOINTS = frozenset({"page.index", "page.asset", "page.session", "page.login", "page.logout"})
@@ -58,7 +67,10 @@ class Page:
 
     card: Callable[[], ModelCard]  # the loaded model's card (it changes on reload)
     captures: CaptureStore | None = None  # None: captures turned off
-    save_capture: Callable[[], object] | None = None  # -> CaptureInfo; raises CaptureError
+    # (frame_id or None: the shown frame) -> CaptureInfo; raises CaptureError
+    save_capture: Callable[..., object] | None = None
+    # LiveState.wait_view: (after_seq, timeout) -> (seq, Result | None, JPEG | None)
+    view: Callable[[int, float], tuple] | None = None
 
 
 class Sessions:
@@ -96,7 +108,8 @@ class Sessions:
 
 
 def card_summary(card: ModelCard) -> dict:
-    """The model card as the page shows it: name, test metrics, intended use, limitations, referral."""
+    """The model card as the page shows it: name, test metrics, intended use, limitations, referral,
+    the not-a-lesion gate."""
     test = card.split.get("counts", {}).get("test", {})
     return {
         "name": card.name,
@@ -109,6 +122,7 @@ def card_summary(card: ModelCard) -> dict:
         "intended_use": INTENDED_USE,
         "limitations": list(LIMITATIONS),
         "referral": asdict(card.referral) if card.referral else None,
+        "gate": ({k: v for k, v in asdict(card.gate).items() if k != "output"} if card.gate else None),
         "disclaimer": card.disclaimer,
     }
 
@@ -171,14 +185,34 @@ def page_blueprint(page: Page, *, sessions: Sessions, token: bytes | None, guess
     def model():
         return jsonify(card_summary(page.card()))
 
+    @bp.get("/view")
+    def view():
+        if page.view is None:
+            return json_error(404, "no live view on this device")
+        after = request.args.get("after", "-1")
+        try:
+            after_seq = int(after)
+        except ValueError:
+            return json_error(400, f"after: expected an integer, got {after!r}")
+        seq, result, jpeg = page.view(after_seq, VIEW_WAIT_S)
+        if result is None or jpeg is None:
+            return Response(status=204, headers={"Cache-Control": "no-store"})
+        response = jsonify({"seq": seq, "result": result.to_dict(), "jpeg": base64.b64encode(jpeg).decode()})
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
     if page.captures is None or page.save_capture is None:
         return bp
     store, save = page.captures, page.save_capture
 
     @bp.post("/capture")
     def capture():
+        body = request.get_json(silent=True) if request.content_length else None
+        frame_id = body.get("frame_id") if isinstance(body, dict) else None
+        if frame_id is not None and (not isinstance(frame_id, int) or isinstance(frame_id, bool)):
+            return json_error(400, f"frame_id: expected an integer, got {frame_id!r}")
         try:
-            info = save()
+            info = save(frame_id)
         except DiskFullError as err:
             return json_error(507, str(err))
         except NothingToCaptureError as err:

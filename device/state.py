@@ -151,6 +151,17 @@ class LiveState:
                 return after_seq, None
         return self._encoded()
 
+    def wait_view(self, after_seq: int, timeout: float) -> tuple[int, Result | None, bytes | None]:
+        """:meth:`wait_jpeg` with the Result of that same frame, so a page shows one frame and its
+        own result together. Returns ``(after_seq, None, None)`` on timeout."""
+        seq, jpeg = self.wait_jpeg(after_seq, timeout)
+        while jpeg is not None:
+            with self._lock:
+                if self._seq == seq:  # no newer frame came in while it was encoded
+                    return seq, self._result, jpeg
+            seq, jpeg = self._encoded()
+        return seq, None, None
+
     @property
     def fps(self) -> float:
         with self._lock:

@@ -1,11 +1,12 @@
-// DermEdge device page: live view, latest result, upload, captures, health, model card.
+// DermEdge device page: live view with its result, upload, captures, health, model card.
 // Plain DOM, no libraries (the device is offline). Text from the device is always set with
-// textContent, never parsed as HTML.
+// textContent, never parsed as HTML. The live view shows one frame and its own result at a time
+// (GET /view), so the picture, the result and a capture of it are always the same frame; what a
+// result says is its headline and advice, the same words as everywhere else (docs/results.md).
 "use strict";
 
-const POLL_MS = 700;
-const STREAM_RETRY_MS = 2000;
-const DISCLAIMER = "Screening aid, not a diagnosis.";
+const HEALTH_MS = 2000;
+const RETRY_MS = 2000;
 
 const $ = (id) => document.getElementById(id);
 
@@ -33,34 +34,37 @@ async function api(path, options = {}) {
 
 const pct = (p) => `${(100 * p).toFixed(1)}%`;
 
-// One Result (the daemon's JSON) -> its panel: class, confidence, state, top-3 bars, referral.
+// device.types.Result.shows_class: only these results show a class and its confidence.
+const showsClass = (result) => result.state === "ok" || result.state === "uncertain";
+
+// One Result (the daemon's JSON) -> its panel: headline, state, top-3 bars where it shows a class,
+// and its one piece of advice (a referral is an alert).
 function renderResult(container, result, { live }) {
-  const title = result.state === "poor_quality"
-    ? `Poor image quality${result.quality && result.quality.reason ? ` (${result.quality.reason})` : ""}`
-    : result.state === "uncertain" ? `Uncertain: ${result.class_name}?` : result.class_name;
-  const meta = [`${pct(result.confidence)} confidence`];
+  const meta = showsClass(result) ? [`${pct(result.confidence)} confidence`] : [];
   if (live) meta.push(`${result.fps.toFixed(1)} FPS`);
   if (result.source) meta.push(`source ${result.source}`);
-  const bars = el("ul", { class: "bars" });
-  for (const entry of result.top3) {
-    const fill = el("span");
-    fill.style.width = `${Math.max(0, Math.min(1, entry.confidence)) * 100}%`;
-    bars.append(el("li", {}, [el("span", { text: entry.class_code }), el("span", { class: "bar" }, [fill]),
-      el("span", { class: "pct", text: pct(entry.confidence) })]));
-  }
   const parts = [
-    el("p", { class: "class", text: title }),
+    el("p", { class: "class", text: result.headline }),
     el("p", { class: "meta" }, [el("span", { class: `state state-${result.state}`, text: result.state.replace("_", " ") }),
       ` ${meta.join(" · ")}`]),
-    bars,
   ];
-  if (result.refer === true && result.referral) {
-    parts.push(el("p", { class: "referral", role: "alert", text: result.referral.advice }));
+  if (showsClass(result)) {
+    const bars = el("ul", { class: "bars" });
+    for (const entry of result.top3) {
+      const fill = el("span");
+      fill.style.width = `${Math.max(0, Math.min(1, entry.confidence)) * 100}%`;
+      bars.append(el("li", {}, [el("span", { text: entry.class_code }), el("span", { class: "bar" }, [fill]),
+        el("span", { class: "pct", text: pct(entry.confidence) })]));
+    }
+    parts.push(bars);
   }
-  parts.push(el("p", { class: "disclaimer", text: result.disclaimer || DISCLAIMER }));
+  if (result.advice) {
+    parts.push(result.refer === true ? el("p", { class: "referral", role: "alert", text: result.advice })
+      : el("p", { class: "advice", text: result.advice }));
+  }
   container.replaceChildren(...parts);
   container.dataset.frame = String(result.frame_id);
-  container.dataset.classCode = result.class_code;
+  container.dataset.state = result.state;
 }
 
 function renderHealth(health) {
@@ -80,6 +84,7 @@ function renderHealth(health) {
 }
 
 function renderModel(card) {
+  $("disclaimer").textContent = card.disclaimer;
   const m = card.metrics || {};
   const metric = (key) => (typeof m[key] === "number" ? pct(m[key]) : "n/a");
   const facts = el("dl", { class: "grid" }, [
@@ -97,9 +102,14 @@ function renderModel(card) {
     const r = card.referral;
     parts.push(el("h2", { text: "Referral rule" }), el("p", {
       text: `Advises a dermatologist when ${r.classes.join(" + ")} reach ${pct(r.threshold)}; on the test split this ` +
-        `caught ${pct(r.sensitivity)} of those lesions (sensitivity), specificity ${pct(r.specificity)}.` }));
+        `caught ${pct(r.sensitivity)} of those lesions (sensitivity), specificity ${pct(r.specificity)}. ` +
+        "A poor-quality frame never refers: retake it." }));
   }
-  parts.push(el("p", { class: "disclaimer", text: card.disclaimer }));
+  if (card.gate) {
+    parts.push(el("h2", { text: "Not-a-lesion check" }), el("p", {
+      text: `Frames scoring ${pct(card.gate.threshold)} or more as "not a lesion" get no class: "${card.gate.advice}" ` +
+        `(${card.gate.method}).` }));
+  }
   $("model").replaceChildren(...parts);
 }
 
@@ -110,26 +120,61 @@ function renderCaptures(list) {
   }
   $("captures").replaceChildren(...list.captures.map((c) => el("li", {}, [
     el("a", { href: c.image, target: "_blank" }, [el("img", { src: c.image, alt: `Capture ${c.id}`, loading: "lazy" })]),
-    el("span", {}, [el("strong", { text: c.class_name || c.class_code }), ` ${pct(c.confidence)} ${c.state}`,
+    el("span", {}, [el("strong", { text: c.headline || c.class_name || c.state }),
+      ` ${typeof c.confidence === "number" && showsClass(c) ? `${pct(c.confidence)} ` : ""}${c.state.replace("_", " ")}`,
       el("br"), el("span", { class: "muted", text: `${c.timestamp} · ` }), el("a", { href: c.sidecar, target: "_blank", text: "JSON" })]),
   ])));
 }
 
-let timer = null;
-let lastFrame = -1;
+let healthTimer = null;
+let live = 0; // the running live view's number; a new one (or sign-out) ends the old
+let shown = null; // the frame id the live view shows now: "Save capture" saves that one
 
-async function poll() {
+async function pollHealth() {
   try {
-    const health = await api("/health");
-    renderHealth(health);
-    if (health.frames > 0 && health.frames !== lastFrame) {
-      lastFrame = health.frames;
-      renderResult($("latest"), await api("/latest"), { live: true });
-    }
+    renderHealth(await api("/health"));
   } catch (err) {
     if (err instanceof Unauthorized) return showLogin();
   }
-  timer = setTimeout(poll, POLL_MS);
+  healthTimer = setTimeout(pollHealth, HEALTH_MS);
+}
+
+// A base64 JPEG from /view -> an object URL the CSP allows (img-src blob:).
+function jpegUrl(b64) {
+  const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+  return URL.createObjectURL(new Blob([bytes], { type: "image/jpeg" }));
+}
+
+// The live view: ask for the next frame, show it and its own result together, repeat.
+async function runLive() {
+  const mine = ++live;
+  const img = $("stream");
+  let seq = -1;
+  while (mine === live) {
+    let response;
+    try {
+      response = await fetch(`/view?after=${seq}`, { credentials: "same-origin", cache: "no-store" });
+    } catch (err) {
+      await new Promise((resolve) => setTimeout(resolve, RETRY_MS));
+      continue;
+    }
+    if (response.status === 401) return showLogin();
+    if (response.status !== 200) {
+      if (response.status !== 204) await new Promise((resolve) => setTimeout(resolve, RETRY_MS));
+      continue;
+    }
+    const view = await response.json();
+    if (mine !== live) return;
+    seq = view.seq;
+    const url = jpegUrl(view.jpeg);
+    const old = img.src;
+    img.src = url;
+    await img.decode().catch(() => {});
+    if (old.startsWith("blob:")) URL.revokeObjectURL(old);
+    renderResult($("latest"), view.result, { live: true });
+    img.dataset.frame = String(view.result.frame_id);
+    shown = view.result.frame_id;
+  }
 }
 
 async function refreshCaptures() {
@@ -140,18 +185,12 @@ async function refreshCaptures() {
   }
 }
 
-function startStream() {
-  const img = $("stream");
-  img.onerror = () => setTimeout(() => { img.src = `/stream.mjpg?retry=${Date.now()}`; }, STREAM_RETRY_MS);
-  img.src = "/stream.mjpg";
-}
-
 async function startApp(session) {
   $("login").hidden = true;
   $("app").hidden = false;
   $("logout-button").hidden = !session.token_required;
-  startStream();
-  poll();
+  runLive();
+  pollHealth();
   try {
     renderModel(await api("/model"));
     await refreshCaptures();
@@ -161,7 +200,9 @@ async function startApp(session) {
 }
 
 function showLogin(message = "") {
-  clearTimeout(timer);
+  clearTimeout(healthTimer);
+  live += 1;
+  shown = null;
   $("stream").removeAttribute("src");
   $("app").hidden = true;
   $("login").hidden = false;
@@ -201,7 +242,8 @@ async function init() {
   $("capture-button").addEventListener("click", async () => {
     const status = $("capture-status");
     try {
-      const info = await api("/capture", { method: "POST" });
+      const info = await api("/capture", { method: "POST", headers: { "Content-Type": "application/json" },
+        body: JSON.stringify(shown === null ? {} : { frame_id: shown }) });
       status.textContent = `Saved ${info.id}`;
       await refreshCaptures();
     } catch (err) {

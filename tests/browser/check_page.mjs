@@ -38,7 +38,10 @@ try {
   });
   page.on("pageerror", (err) => report.page_errors.push(String(err)));
   page.on("request", (req) => {
-    if (!req.url().startsWith(options.base)) report.requests_elsewhere.push(req.url());
+    // blob: URLs are the live view's frames, made in the page from /view's JPEGs
+    if (!req.url().startsWith(options.base) && !req.url().startsWith(`blob:${options.base}/`)) {
+      report.requests_elsewhere.push(req.url());
+    }
   });
 
   const response = await page.goto(options.base + "/");
@@ -69,7 +72,14 @@ try {
   report.latest_frames = [firstFrame, Number(await latest.getAttribute("data-frame"))];
   report.latest_text = await page.locator("#latest").innerText();
   report.latest_bars = await page.locator("#latest .bars li").count();
-  await waitUntil(page, () => document.querySelector("#stream").naturalWidth > 0, null, "the MJPEG stream");
+  await waitUntil(page, () => document.querySelector("#stream").naturalWidth > 0, null, "the live view");
+  // The picture and the result beside it are one frame, whenever one looks.
+  report.frame_pairs = [];
+  for (let i = 0; i < 8; i++) {
+    report.frame_pairs.push(await page.evaluate(() => [document.querySelector("#stream").dataset.frame,
+      document.querySelector("#latest").dataset.frame]));
+    await new Promise((resolve) => setTimeout(resolve, 150));
+  }
   report.stream_size = await page.evaluate(() => [document.querySelector("#stream").naturalWidth,
     document.querySelector("#stream").naturalHeight]);
   await page.locator("#health dd").first().waitFor();
@@ -83,10 +93,12 @@ try {
   await page.locator("#upload-result .class").waitFor();
   report.upload_text = await page.locator("#upload-result").innerText();
 
-  // A capture from the page appears in the list.
+  // A capture from the page appears in the list, and is the frame the page showed.
+  const shownBefore = Number(await page.getAttribute("#stream", "data-frame"));
   await page.click("#capture-button");
   await page.locator("#captures li img").first().waitFor();
   report.capture_status = await page.locator("#capture-status").innerText();
+  report.capture_frames = [shownBefore, Number(await page.getAttribute("#stream", "data-frame"))];
   report.captures_listed = await page.locator("#captures li").count();
   await waitUntil(page, () => document.querySelector("#captures li img").naturalWidth > 0, null,
     "the capture's thumbnail");

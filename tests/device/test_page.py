@@ -2,6 +2,7 @@
 (``python -m device run``, waitress, the shipped model with a test referral rule, folder replay)."""
 from __future__ import annotations
 
+import base64
 import json
 import re
 from pathlib import Path
@@ -165,7 +166,7 @@ def test_every_route_but_the_public_ones_needs_the_token_or_a_session(tmp_path):
     """Walks the app's own route table, so a route added later cannot be left open by mistake."""
     card = ModelCard.load(Path(__file__).parents[2] / "experiments" / "dermnet-edge" / "card.json")
     store = CaptureStore(CapturesConfig(dir=str(tmp_path), min_free_mb=0.0))
-    page = Page(card=lambda: card, captures=store, save_capture=lambda: None)
+    page = Page(card=lambda: card, captures=store, save_capture=lambda frame_id=None: None, view=lambda a, t: (0, None, None))
     app = create_app(HttpConfig(port=0, token=TOKEN), LiveState("m"), lambda rgb: None, page=page)
     server = HttpServer(app, "127.0.0.1", 0)
     server.start()
@@ -174,7 +175,7 @@ def test_every_route_but_the_public_ones_needs_the_token_or_a_session(tmp_path):
     try:
         base = f"http://127.0.0.1:{server.port}"
         rules = [r for r in app.url_map.iter_rules() if r.endpoint != "static"]
-        assert {r.rule for r in rules} >= public | {"/capture", "/captures", "/model", "/latest"}
+        assert {r.rule for r in rules} >= public | {"/capture", "/captures", "/model", "/latest", "/view"}
         for rule in rules:
             path = (rule.rule.replace("<path:name>", "index.html").replace("<name>", "style.css")
                     .replace("<capture_id>", "20260101T000000000Z-1"))
@@ -186,3 +187,63 @@ def test_every_route_but_the_public_ones_needs_the_token_or_a_session(tmp_path):
                     assert response.status_code == 401, (method, path)
     finally:
         server.stop()
+
+
+# --- one object from frame to screen: the live view's frame, its result and a capture of it -------
+
+
+def test_the_live_view_is_a_frame_with_its_own_result_and_a_capture_saves_that_frame(daemon, tmp_path):
+    session = signed_in(daemon)
+    assert requests.get(daemon.base + "/view", timeout=10).status_code == 401
+    assert session.get(daemon.base + "/view?after=x", timeout=10).status_code == 400
+    first = session.get(daemon.base + "/view?after=-1", timeout=10).json()
+    later = session.get(daemon.base + f"/view?after={first['seq']}", timeout=10).json()  # waits for a newer one
+    assert later["seq"] > first["seq"] and later["result"]["frame_id"] > first["result"]["frame_id"]
+    # the picture is the replayed file the result names: the folder replay scales it to the frame
+    shown = cv2.imdecode(np.frombuffer(base64.b64decode(later["jpeg"]), np.uint8), cv2.IMREAD_COLOR)
+    source = cv2.imread(str(Path(daemon.config["camera"]["path"]) / later["result"]["source"]))
+    assert shown.shape[1] / shown.shape[0] == pytest.approx(source.shape[1] / source.shape[0], rel=0.02)
+    below_panel = slice(shown.shape[0] // 2, shown.shape[0] * 3 // 4)  # between the overlay's panel and notice
+    resized = cv2.resize(source, (shown.shape[1], shown.shape[0]), interpolation=cv2.INTER_AREA)
+    assert np.abs(shown[below_panel].astype(int) - resized[below_panel]).mean() < 12
+
+    saved = session.post(daemon.base + "/capture", json={"frame_id": later["result"]["frame_id"]}, timeout=10)
+    assert saved.status_code == 201, saved.text
+    sidecar = session.get(daemon.base + saved.json()["sidecar"], timeout=10).json()
+    assert sidecar["result"] == later["result"]  # the result the page showed, not a newer one
+    assert saved.json()["headline"] == later["result"]["headline"]
+    gone = session.post(daemon.base + "/capture", json={"frame_id": 0}, timeout=10)
+    assert gone.status_code == 409 and gone.json() == {"error": "frame 0 is no longer held; save again"}
+    assert session.post(daemon.base + "/capture", json={"frame_id": "7"}, timeout=10).status_code == 400
+
+
+def test_a_gated_model_says_not_a_lesion_on_the_page_routes_and_predict(tmp_path, gated_model_dir, negative_images,
+                                                                        fixture_dir):
+    images = tmp_path / "scene"
+    images.mkdir()
+    for path in negative_images:
+        (images / path.name).write_bytes(path.read_bytes())
+    config = daemon_config(gated_model_dir, images, device_id="gate-test",
+                           captures={"dir": str(tmp_path / "captures"), "min_free_mb": 0.0})
+    daemon = DaemonProcess(tmp_path, config).start()
+    try:
+        daemon.wait_running()
+        view = requests.get(daemon.base + "/view", timeout=10).json()
+        result = view["result"]
+        assert result["state"] == "not_lesion" and result["class_code"] is None and result["refer"] is None
+        assert (result["headline"], result["advice"]) == ("Not a skin lesion", "Point the camera at a skin lesion.")
+        saved = requests.post(daemon.base + "/capture", json={"frame_id": result["frame_id"]}, timeout=10).json()
+        assert (saved["state"], saved["class_code"], saved["confidence"]) == ("not_lesion", None, None)
+        listed = requests.get(daemon.base + "/captures", timeout=10).json()["captures"][0]
+        assert listed["headline"] == "Not a skin lesion" and listed["advice"] == "Point the camera at a skin lesion."
+        card = requests.get(daemon.base + "/model", timeout=10).json()
+        assert card["gate"]["threshold"] == 0.5 and card["gate"]["advice"] == "Point the camera at a skin lesion."
+        lesion = fixture_dir / "images" / "ISIC_0024475.jpg"
+        upload = requests.post(daemon.base + "/predict", files={"image": (lesion.name, lesion.read_bytes())},
+                               timeout=30).json()
+        assert upload["state"] in ("ok", "uncertain") and upload["lesion_gate"]["score"] < 0.5
+        negative = requests.post(daemon.base + "/predict", timeout=30,
+                                 files={"image": (negative_images[0].name, negative_images[0].read_bytes())}).json()
+        assert negative["state"] == "not_lesion" and negative["top3"] == [] and negative["lesion_gate"]["score"] >= 0.5
+    finally:
+        daemon.stop()

@@ -19,7 +19,7 @@ import numpy as np
 
 from device.card import ModelCard
 from device.config import PostprocessConfig
-from device.postprocess import QUALITY_SIZE, measure_quality, to_probabilities
+from device.postprocess import QUALITY_SIZE, Postprocessor, measure_quality, to_probabilities
 from device.preprocess import (
     MAX_DECODE_PIXELS,
     center_crop_to_aspect,
@@ -29,6 +29,7 @@ from device.preprocess import (
     normalize,
     quantize,
 )
+from device.types import Inference
 
 GOLDEN = Path(__file__).resolve().parents[2] / "web" / "test" / "parity.json"
 CARD = Path(__file__).resolve().parents[2] / "experiments" / "dermnet-edge" / "card.json"
@@ -58,6 +59,22 @@ QUALITY_CASES = (
     ("dark", 13, 480, 640),
     ("flat", 14, 300, 300),
     ("gradient", 15, 1000, 750),
+)
+# What a result says (device.types.Result.headline/advice) for every state: (probabilities, image
+# kind for the quality gate, not-a-lesion score or None for a card without a gate).
+REFERRAL = {"classes": ["akiec", "bcc", "mel"], "threshold": 0.3, "sensitivity": 0.9, "specificity": 0.6,
+            "advice": "See a dermatologist: this lesion has features of a skin cancer."}
+GATE = {"output": {"dtype": "int8", "scale": 0.00390625, "zero_point": -128}, "threshold": 0.5,
+        "method": "parity cases", "advice": "Point the camera at a skin lesion."}
+RESULT_CASES = (
+    ((0.02, 0.03, 0.05, 0.02, 0.8, 0.05, 0.03), "noise", None),  # ok, refers
+    ((0.02, 0.03, 0.05, 0.02, 0.03, 0.82, 0.03), "noise", None),  # ok, no referral
+    ((0.1, 0.15, 0.2, 0.05, 0.2, 0.25, 0.05), "noise", None),  # uncertain, refers
+    ((0.02, 0.03, 0.3, 0.15, 0.05, 0.4, 0.05), "noise", None),  # uncertain, no referral
+    ((0.02, 0.03, 0.05, 0.02, 0.8, 0.05, 0.03), "dark", None),  # poor: no referral though mel 0.8
+    ((0.02, 0.03, 0.05, 0.02, 0.8, 0.05, 0.03), "flat", 0.9),  # poor comes before not a lesion
+    ((0.02, 0.03, 0.05, 0.02, 0.8, 0.05, 0.03), "noise", 0.5),  # not a lesion, at the threshold
+    ((0.02, 0.03, 0.05, 0.02, 0.8, 0.05, 0.03), "noise", 0.49),  # a lesion, gate score reported
 )
 CROP_SIZES = ((450, 600), (480, 640), (1000, 750), (121, 161), (119, 159), (3, 1000), (1000, 3), (1, 1))
 SCORES = (
@@ -118,6 +135,18 @@ def build_golden() -> dict:
     for raw in SCORES:
         deq = dequantize(np.array(raw, np.int8), card.output.scale, card.output.zero_point)
         scores.append({"q": list(raw), "dequantized": deq.tolist(), "probabilities": to_probabilities(deq).tolist()})
+    results = []
+    for probs, kind, not_lesion in RESULT_CASES:
+        variant = {**json.loads(json.dumps(card.to_dict())), "referral": REFERRAL,
+                   "gate": GATE if not_lesion is not None else None}
+        post = Postprocessor(ModelCard.from_dict(variant), cfg)
+        inference = Inference(np.array(probs, np.float32), 0.0, 0.0, not_lesion=not_lesion)
+        result = post.process(inference, rgb=synthetic_image(kind, 31, 240, 320), frame_id=0, timestamp=0.0,
+                              t_start=0.0).to_dict()
+        results.append({"probabilities": list(probs), "kind": kind, "seed": 31, "height": 240, "width": 320,
+                        "not_lesion": not_lesion, "referral": REFERRAL, "gate": variant["gate"],
+                        "expected": {k: result[k] for k in ("state", "class_code", "confidence", "refer", "headline",
+                                                            "advice", "lesion_gate", "top3")}})
     logits = np.array([2.0, -1.0, 0.5, 0.0, 3.0, -2.0, 1.0], np.float32)
     return {
         "card": str(CARD.relative_to(CARD.parents[2])),
@@ -131,6 +160,7 @@ def build_golden() -> dict:
         "quality": quality,
         "scores": scores,
         "softmax": {"logits": logits.tolist(), "probabilities": to_probabilities(logits).tolist()},
+        "results": results,
     }
 
 

@@ -81,6 +81,21 @@ function referral(data, codes) {
   };
 }
 
+// The not-a-lesion gate (device/card.py's Gate): a second (1, 1) model output and its threshold.
+function gate(data) {
+  const section = data.gate;
+  if (section === undefined || section === null) return null;
+  field(data, 'gate', 'object', '');
+  const threshold = field(section, 'threshold', 'number', 'gate');
+  if (threshold < 0 || threshold > 1) throw new CardError(`field 'gate.threshold': expected a number in [0, 1], got ${threshold}`);
+  const advice = field(section, 'advice', 'string', 'gate').trim();
+  if (!advice) throw new CardError("field 'gate.advice': must not be empty");
+  return {
+    output: tensor(field(section, 'output', 'object', 'gate'), 'gate.output'), threshold, advice,
+    method: field(section, 'method', 'string', 'gate'),
+  };
+}
+
 export function parseCard(data) {
   field({card: data}, 'card', 'object', '');
   const labels = field(data, 'labels', 'array', '').map((item, i) => ({
@@ -125,6 +140,7 @@ export function parseCard(data) {
       size_bytes: field(file, 'size_bytes', 'int', 'model_file'),
     },
     referral: referral(data, codes),
+    gate: gate(data),
     metrics: field(data, 'metrics', 'object', '', {}),
     dataset: field(data, 'dataset', 'object', '', {}),
     limitations: field(data, 'limitations', 'array', '', []),

@@ -38,59 +38,86 @@ export async function loadEngine(card, modelUrl) {
   } catch (err) {
     throw new CardError(`${url}: not a loadable TFLite model (${err.message})`);
   }
-  checkAgainstCard(model, card, url);
-  return new Engine(model, card, {sha256Verified: verified});
+  return new Engine(model, card, {sha256Verified: verified, outputs: checkAgainstCard(model, card, url)});
 }
 
+// device/engine.py's model_tensors and check: one input; the class output, and the not-a-lesion
+// output (shape [1, 1]) when the card has a gate. Outputs are told apart by shape, never by order.
+// Returns the outputs' positions: {classes, gate} (gate null without one).
 function checkAgainstCard(model, card, url) {
   const inputs = model.getInputDetails();
   const outputs = model.getOutputDetails();
   const where = `${url} does not match its card`;
-  if (inputs.length !== 1 || outputs.length !== 1) {
-    throw new CardError(`expected one input and one output tensor, got ${inputs.length} and ${outputs.length}`);
+  if (inputs.length !== 1 || ![1, 2].includes(outputs.length)) {
+    throw new CardError(`expected one input and one or two output tensors, got ${inputs.length} and ${outputs.length}`);
   }
   const shape = Array.from(inputs[0].shape);
   const expected = [1, card.input.height, card.input.width, card.input.channels];
   if (shape.join() !== expected.join()) throw new CardError(`${where}: field 'input' says shape ${expected}, model has ${shape}`);
-  const outShape = Array.from(outputs[0].shape);
+  const gates = outputs.map((o, i) => (Array.from(o.shape).join() === '1,1' ? i : -1)).filter((i) => i >= 0);
+  if (outputs.length === 2 && gates.length !== 1) {
+    throw new CardError(`expected a class output and a [1, 1] not-a-lesion output, got shapes ${outputs.map((o) => `[${Array.from(o.shape)}]`)}`);
+  }
+  const gate = outputs.length === 2 ? gates[0] : null;
+  const classes = gate === 0 ? 1 : 0;
+  if (card.gate && gate === null) throw new CardError(`${where}: field 'gate' needs a [1, 1] not-a-lesion output, the model has none`);
+  if (!card.gate && gate !== null) throw new CardError(`${where}: the model has a not-a-lesion output, the card no field 'gate'`);
+  const outShape = Array.from(outputs[classes].shape);
   if (outShape.join() !== [1, card.labels.length].join()) {
     throw new CardError(`${where}: field 'labels' has ${card.labels.length} classes, model output is ${outShape}`);
   }
   // LiteRT.js reports dtypes but not quantization parameters, so scale and zero point are the card's word.
-  for (const [name, details] of [['input', inputs[0]], ['output', outputs[0]]]) {
-    if (details.dtype !== card[name].dtype) {
-      throw new CardError(`${where}: field '${name}.dtype' is ${card[name].dtype}, model has ${details.dtype}`);
+  const checks = [['input', inputs[0], card.input], ['output', outputs[classes], card.output]];
+  if (gate !== null) checks.push(['gate.output', outputs[gate], card.gate.output]);
+  for (const [name, details, spec] of checks) {
+    if (details.dtype !== spec.dtype) {
+      throw new CardError(`${where}: field '${name}.dtype' is ${spec.dtype}, model has ${details.dtype}`);
     }
   }
+  return {classes, gate};
 }
 
 export class Engine {
-  constructor(model, card, {sha256Verified}) {
+  constructor(model, card, {sha256Verified, outputs}) {
     this.model = model;
     this.card = card;
     this.sha256Verified = sha256Verified;
+    this.outputs = outputs;
   }
 
-  /** Any-size RGB image -> {scores (dequantized, averaged over the card's views), preprocessMs, inferenceMs}. */
+  /**
+   * Any-size RGB image -> {scores (dequantized, averaged over the card's views), notLesion (the
+   * gate's score averaged likewise; null without a gate), preprocessMs, inferenceMs}.
+   */
   async infer(img) {
-    const {input, normalization, output, preprocessing} = this.card;
+    const {input, normalization, output, preprocessing, gate} = this.card;
     const t0 = performance.now();
     const tensors = ttaViews(centreZoom(fitToInput(img, input.height, input.width), preprocessing.zoom), preprocessing.tta)
       .map((view) => toInputTensor(view, normalization, input));
     const t1 = performance.now();
     const views = [];
-    for (const data of tensors) views.push(dequantize(await this.run(data), output));
+    const gates = [];
+    for (const data of tensors) {
+      const raw = await this.run(data);
+      views.push(dequantize(raw[this.outputs.classes], output));
+      if (gate) gates.push(dequantize(raw[this.outputs.gate], gate.output));
+    }
     const t2 = performance.now();
-    return {scores: views.length === 1 ? views[0] : meanScores(views), preprocessMs: t1 - t0, inferenceMs: t2 - t1};
+    return {
+      scores: views.length === 1 ? views[0] : meanScores(views),
+      notLesion: gate ? (gates.length === 1 ? gates[0] : meanScores(gates))[0] : null,
+      preprocessMs: t1 - t0, inferenceMs: t2 - t1,
+    };
   }
 
+  /** One input tensor -> every output's raw values, in the model's output order. */
   async run(data) {
     const {height, width, channels} = this.card.input;
     const tensor = new Tensor(data, [1, height, width, channels]);
     let outputs;
     try {
       outputs = await this.model.run(tensor);
-      return outputs[0].toTypedArray();
+      return outputs.map((t) => t.toTypedArray());
     } finally {
       tensor.delete();
       outputs?.forEach((t) => t.delete());

@@ -4,7 +4,7 @@
 import {CardError, loadCard} from './card.js';
 import {loadEngine, startRuntime} from './engine.js';
 import {decodeFile} from './image.js';
-import {POSTPROCESS_DEFAULTS, buildResult, measureQuality} from './postprocess.js';
+import {POSTPROCESS_DEFAULTS, buildResult, measureQuality, showsClass} from './postprocess.js';
 import {fitToInput} from './preprocess.js';
 
 const $ = (id) => document.getElementById(id);
@@ -41,9 +41,10 @@ function showModel(card) {
     }
   }
   if (card.referral) {
-    rows.push(['Referral rule', `${card.referral.classes.join(' + ')} ≥ ${card.referral.threshold}`],
+    rows.push(['Referral rule', `${card.referral.classes.join(' + ')} ≥ ${pct(card.referral.threshold)}`],
       ['Referral sensitivity / specificity', `${pct(card.referral.sensitivity)} / ${pct(card.referral.specificity)}`]);
   }
+  if (card.gate) rows.push(['Not-a-lesion check', `no class at a score ≥ ${pct(card.gate.threshold)} (${card.gate.method})`]);
   $('metrics').replaceChildren(...rows.map(([k, v]) => {
     const tr = document.createElement('tr');
     tr.append(Object.assign(document.createElement('th'), {textContent: k}), Object.assign(document.createElement('td'), {textContent: v}));
@@ -60,18 +61,19 @@ function showModel(card) {
   $('limitations').replaceChildren(...limits.map((t) => Object.assign(document.createElement('li'), {textContent: t})));
 }
 
+// What a result says is its headline and advice (postprocess.js's message, device/types.py's):
+// the same words as the device's page, overlay, CLI and MQTT. A class only where it shows one.
 function showResult(card, result, img) {
-  $('class-name').textContent = `${result.class_name} (${result.class_code})`;
+  const shows = showsClass(result);
+  $('class-name').textContent = shows ? `${result.headline} (${result.class_code})` : result.headline;
   $('state').textContent = result.state.replace('_', ' ');
   $('state').className = `state ${result.state}`;
-  $('confidence').textContent = `confidence ${pct(result.confidence)}`;
-  $('quality').textContent = result.quality.reason
-    ? `Photo quality: ${result.quality.reason}; retake it before trusting any class.`
-    : result.state === 'uncertain' ? 'The model is unsure: no class is likely enough to show as an answer.' : '';
-  $('top3').replaceChildren(...result.top3.map(({class_code: code, confidence}) => Object.assign(
+  $('confidence').textContent = shows ? `confidence ${pct(result.confidence)}` : '';
+  $('top3').replaceChildren(...(shows ? result.top3 : []).map(({class_code: code, confidence}) => Object.assign(
     document.createElement('li'), {textContent: `${card.labels.find((l) => l.code === code).name}: ${pct(confidence)}`})));
-  $('advice').hidden = result.refer !== true;
-  $('advice').textContent = result.refer ? result.referral.advice : '';
+  $('advice').hidden = !result.advice;
+  $('advice').textContent = result.advice;
+  $('advice').className = result.refer ? 'advice refer' : 'advice';
   $('result-disclaimer').textContent = result.disclaimer;
   const {preprocess, inference} = result.latency_ms;
   $('timing').textContent = `preprocess ${preprocess.toFixed(1)} ms, inference ${inference.toFixed(1)} ms, in this browser`;
@@ -94,10 +96,11 @@ async function classify(engine, file) {
   try {
     const t0 = performance.now();
     const img = await decodeFile(file);
-    const {scores, preprocessMs, inferenceMs} = await engine.infer(img);
+    const {scores, notLesion, preprocessMs, inferenceMs} = await engine.infer(img);
     const quality = measureQuality(img, POSTPROCESS_DEFAULTS, [card.input.height, card.input.width]);
     const result = buildResult(card, scores, quality, POSTPROCESS_DEFAULTS, {
       latencyMs: {preprocess: preprocessMs, inference: inferenceMs, total: performance.now() - t0}, source: file.name,
+      notLesion,
     });
     showResult(card, result, img);
   } catch (err) {

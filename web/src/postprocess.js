@@ -1,5 +1,6 @@
 // The browser's copy of device/postprocess.py for single images: probabilities, the quality
-// gate, the uncertain state, top-3 and the card's referral rule, as one result object with
+// gate, the not-a-lesion gate, the uncertain state, top-3, the card's referral rule and what the
+// result says (headline, advice: device/types.py, docs/results.md), as one result object with
 // the keys of device.types.Result.to_dict().
 
 import {centerCrop, resizeArea, roundHalfEven} from './preprocess.js';
@@ -18,6 +19,25 @@ export const POSTPROCESS_DEFAULTS = Object.freeze({
 // Scores that are non-negative and sum to 1 within this are already probabilities.
 const PROB_SUM_TOLERANCE = 0.05;
 export const DISCLAIMER = 'Screening aid, not a diagnosis.';
+// device.types: what a result says where it has no class or no certain one.
+export const UNCERTAIN_REFER = 'The class is uncertain, but this lesion should be seen by a dermatologist.';
+export const UNCERTAIN = 'The class is uncertain: no class is likely enough to show as an answer.';
+export const RETAKE = 'Retake the photo: it is {reason}. A poor photo says nothing about the lesion.';
+export const NOT_LESION = 'Not a skin lesion';
+
+/** device.types.Result.shows_class: whether a person is shown the class and its confidence. */
+export const showsClass = (result) => result.state === 'ok' || result.state === 'uncertain';
+
+/** device.types.Result.headline and .advice: the result's few words and its one piece of advice. */
+export function message(result, gateAdvice = '') {
+  const reason = result.quality?.reason ?? '';
+  if (result.state === 'poor_quality') {
+    return {headline: `Poor image quality${reason ? ` (${reason})` : ''}`, advice: RETAKE.replace('{reason}', reason || 'of poor quality')};
+  }
+  if (result.state === 'not_lesion') return {headline: NOT_LESION, advice: gateAdvice};
+  if (result.state === 'uncertain') return {headline: `Uncertain: ${result.class_name}?`, advice: result.refer ? UNCERTAIN_REFER : UNCERTAIN};
+  return {headline: result.class_name, advice: result.refer ? result.referral.advice : ''};
+}
 
 /** Class probabilities (float32, sum 1) from dequantized probabilities or logits. */
 export function toProbabilities(scores) {
@@ -113,35 +133,45 @@ export function referralFor(card, probabilities) {
   };
 }
 
-/** One result for one image, keyed like device.types.Result.to_dict(). */
-export function buildResult(card, scores, quality, cfg, {latencyMs, source}) {
+/**
+ * One result for one image, keyed like device.types.Result.to_dict(). `notLesion` is the gate
+ * output (null for a card without a gate). States, first match wins: poor_quality (no referral),
+ * not_lesion (no class, confidence or referral), uncertain, ok.
+ */
+export function buildResult(card, scores, quality, cfg, {latencyMs, source, notLesion = null}) {
   const probs = toProbabilities(scores);
   if (probs.length !== card.labels.length) {
     throw new Error(`model returned ${probs.length} scores for ${card.labels.length} labels`);
   }
+  if (card.gate && notLesion === null) throw new Error('the card has a not-a-lesion gate but the model gave no gate score');
+  const gate = card.gate ? {score: notLesion, threshold: card.gate.threshold} : null;
   const order = [...probs.keys()].sort((a, b) => probs[b] - probs[a] || a - b);
   const best = order[0];
   const confidence = probs[best];
   let state = 'ok';
   if (!quality.ok) state = 'poor_quality';
+  else if (gate && gate.score >= gate.threshold) state = 'not_lesion';
   else if (confidence < cfg.min_confidence) state = 'uncertain';
   const all = {};
   card.labels.forEach((label, i) => { all[label.code] = probs[i]; });
-  return {
-    class_code: card.labels[best].code,
-    class_name: card.labels[best].name,
-    class_index: best,
-    confidence,
-    all_probabilities: all,
-    top3: order.slice(0, 3).map((i) => ({class_code: card.labels[i].code, confidence: probs[i]})),
+  const shown = state !== 'not_lesion';
+  const result = {
+    class_code: shown ? card.labels[best].code : null,
+    class_name: shown ? card.labels[best].name : null,
+    class_index: shown ? best : null,
+    confidence: shown ? confidence : null,
+    all_probabilities: shown ? all : {},
+    top3: shown ? order.slice(0, 3).map((i) => ({class_code: card.labels[i].code, confidence: probs[i]})) : [],
     state,
     model: card.name,
     latency_ms: latencyMs,
     quality: {brightness: round1(quality.brightness), sharpness: round1(quality.sharpness), reason: quality.reason},
     disclaimer: card.disclaimer || DISCLAIMER,
-    ...referralFor(card, Array.from(probs)),
+    ...(state === 'ok' || state === 'uncertain' ? referralFor(card, Array.from(probs)) : {refer: null, referral: null}),
+    lesion_gate: gate,
     source,
   };
+  return {...result, ...message(result, card.gate?.advice ?? '')};
 }
 
 function round1(x) {

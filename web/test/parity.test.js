@@ -6,7 +6,8 @@ import {test} from 'node:test';
 
 import {centerCropBox, centreZoom, dequantize, fitToInput, toInputTensor} from '../src/preprocess.js';
 import {MAX_DECODE_PIXELS} from '../src/image.js';
-import {POSTPROCESS_DEFAULTS, QUALITY_SIZE, measureQuality, toProbabilities} from '../src/postprocess.js';
+import {POSTPROCESS_DEFAULTS, QUALITY_SIZE, buildResult, measureQuality, toProbabilities} from '../src/postprocess.js';
+import {parseCard} from '../src/card.js';
 import {syntheticImage} from './synthetic.js';
 
 const golden = JSON.parse(readFileSync(new URL('./parity.json', import.meta.url)));
@@ -81,4 +82,33 @@ test('quality gate matches measure_quality', () => {
     assert.ok(Math.abs(got.sharpness - q.sharpness) <= 1e-9 * Math.max(1, q.sharpness), `${where}: sharpness ${got.sharpness} vs ${q.sharpness}`);
     assert.equal(got.reason, q.reason, where);
   }
+});
+
+test('every state says what device.types.Result says (headline, advice, referral, gate)', () => {
+  assert.ok(golden.results.length >= 8);
+  const states = new Set();
+  for (const c of golden.results) {
+    const variant = parseCard({...card, referral: c.referral, gate: c.gate});
+    const quality = measureQuality(syntheticImage(c.kind, c.seed, c.height, c.width), POSTPROCESS_DEFAULTS, aspect);
+    const got = buildResult(variant, Float32Array.from(c.probabilities), quality, POSTPROCESS_DEFAULTS,
+      {latencyMs: {}, source: 'parity', notLesion: c.not_lesion});
+    const want = c.expected;
+    const where = `${want.state} ${c.kind} gate ${c.not_lesion}`;
+    for (const key of ['state', 'class_code', 'refer', 'headline', 'advice']) assert.equal(got[key], want[key], `${where}: ${key}`);
+    assert.deepEqual(got.top3.map((t) => t.class_code), want.top3.map((t) => t.class_code), where);
+    if (want.confidence === null) assert.equal(got.confidence, null, where);
+    else assert.ok(Math.abs(got.confidence - want.confidence) < 1e-6, where);
+    assert.deepEqual(got.lesion_gate && {score: Math.round(got.lesion_gate.score * 1e6) / 1e6, threshold: got.lesion_gate.threshold},
+      want.lesion_gate, where);
+    states.add(want.state);
+  }
+  assert.deepEqual([...states].sort(), ['not_lesion', 'ok', 'poor_quality', 'uncertain']);
+});
+
+test('a card gate field out of range or missing is refused by name', () => {
+  const gate = {output: {dtype: 'int8', scale: 1 / 256, zero_point: -128}, threshold: 0.5, method: 'm', advice: 'a'};
+  assert.throws(() => parseCard({...card, gate: {...gate, threshold: 1.5}}), /field 'gate.threshold': expected a number in \[0, 1\], got 1.5/);
+  const {output, ...noOutput} = gate;
+  assert.throws(() => parseCard({...card, gate: noOutput}), /missing field 'gate.output'/);
+  assert.equal(parseCard(card).gate, null);
 });
