@@ -8,6 +8,11 @@ It assumes the runtime sustains the same MAC rate on our network as on the refer
 which is optimistic for very small models (fixed per-invoke overhead weighs more) and ignores
 layer mix. It is a planning figure, never a result: the report labels it ESTIMATE and gives the
 command that replaces it with a measurement on the board itself.
+
+The daemon's other stages (fit, quality, postprocess, MQTT...) are scaled by the same factor as
+inference: a stage's time here x (estimated invoke time on the board / measured invoke time
+here), so the daemon keeps the share of its frame that inference has here. NumPy and OpenCV work
+slows down on a Cortex-A72 by a factor of its own, not necessarily the int8 one.
 """
 from __future__ import annotations
 
@@ -60,6 +65,26 @@ def estimate_fps(macs: int, reference: Reference) -> float:
     if macs <= 0:
         raise ValueError(f"macs must be > 0, got {macs}")
     return reference.fps * reference.scale * reference.macs / macs
+
+
+def pi_frame_budget(budget: dict, macs: int) -> dict:
+    """Both boards' ESTIMATE of the daemon's frame: every stage of ``budget`` (a measured frame
+    budget, ``benchmarks.daemon.frame_budget``) scaled by the board's inference factor, and the
+    end-to-end frames/s beside the inference-only (invoke) one."""
+    infer_ms = budget["per_stage"]["infer"]["ms_per_frame"]
+    if infer_ms <= 0:
+        raise ValueError(f"the frame budget has no inference time ({infer_ms} ms)")
+    out = {}
+    for key, ref in REFERENCES.items():
+        inference_fps = estimate_fps(macs, ref)
+        factor = 1e3 / inference_fps / infer_ms
+        frame_ms = budget["frame_ms"] * factor
+        out[key] = {"kind": "ESTIMATE", "board": ref.board, "factor": factor,
+                    "ms_per_frame": {stage: row["ms_per_frame"] * factor for stage, row in budget["per_stage"].items()},
+                    "loop_ms": budget["loop_ms"] * factor, "other_ms": budget["other_ms"] * factor,
+                    "frame_ms": frame_ms,
+                    "inference_only_fps": inference_fps, "end_to_end_fps": 1e3 / frame_ms}
+    return out
 
 
 def pi_estimates(macs: int) -> dict:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from device.preprocess import fit_to_input, load_image
@@ -26,11 +25,9 @@ def camera_frames(images: list[np.ndarray]) -> list[np.ndarray]:
     return [fit_to_input(rgb, FRAME_HEIGHT, FRAME_WIDTH) for rgb in images]
 
 
-def write_replay_folder(frames: list[np.ndarray], folder: Path) -> Path:
-    """PNG files the daemon's folder camera replays; PNG keeps the frames exactly as measured."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    for i, rgb in enumerate(frames):
-        if not cv2.imwrite(str(folder / f"frame_{i:04d}.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-            raise OSError(f"could not write {folder / f'frame_{i:04d}.png'}")
-    return folder
+def write_replay_frames(frames: list[np.ndarray], path: Path) -> Path:
+    """The frames as one (N, H, W, 3) uint8 ``.npy`` that the daemon's memory camera replays."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, np.stack(frames), allow_pickle=False)
+    return path

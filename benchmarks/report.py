@@ -111,6 +111,7 @@ def markdown(results: dict, *, plot_name: str) -> str:
     lines += [f"![latency vs threads]({plot_name})", ""]
     lines += _baseline_section(results)
     lines += _daemon_section(models, targets)
+    lines += _budget_section(models)
     lines += _accuracy_section(models)
     lines += ["## Peak memory (RSS)", ""]
     lines += _table(["model", "daemon (`device run`)", "`device predict` on the sample images"], [
@@ -151,10 +152,12 @@ def _baseline_section(results: dict) -> list[str]:
 
 def _daemon_section(models: list[dict], targets: dict) -> list[str]:
     lines = ["## End to end: the daemon", "",
-             ("`python -m device run` as its own process: folder replay of 640x480 frames as fast as possible, "
-             "overlay drawn on every frame, results to a real local mosquitto, HTTP on loopback. Frames/s from "
-             "the daemon's `/health` frame counter over a window after warm-up. Inference-only is "
-             "`Engine.infer` on the same frames (crop, resize, normalize, invoke) at the same thread count."), ""]
+             ("`python -m device run` as its own process on the in-memory camera (`camera.source: memory`: "
+              "640x480 frames already decoded, handed over as fast as the daemon takes them), no screen and no "
+              "HTTP viewer (so no overlay is drawn or encoded), results to a real local mosquitto (on change, at "
+              "most `mqtt.max_rate_hz`), HTTP on loopback. Frames/s from the daemon's `/health` frame counter "
+              "over a window after warm-up. Inference-only is `Engine.infer` on the same frames (crop, resize, "
+              "normalize, invoke) at the same thread count, measured just before each daemon run."), ""]
     rows = [[m["name"], str(d["threads"]), _f(d["fps"], 1), _f(d["inference_only_fps"], 1),
              f"{_f(d['ratio'])} (target {targets['daemon_ratio']:g}: {_f(d['ratio'] >= targets['daemon_ratio'])})",
              _f(d["mqtt_messages_per_s"], 1)]
@@ -163,6 +166,42 @@ def _daemon_section(models: list[dict], targets: dict) -> list[str]:
         return lines + ["Not measured in this run (see notes).", ""]
     return lines + _table(["model", "threads", "daemon frames/s", "inference-only frames/s", "ratio",
                            "MQTT messages/s"], rows)
+
+
+def _budget_section(models: list[dict]) -> list[str]:
+    """The daemon's frame, stage by stage (device.stages via /metrics), and the Pi ESTIMATE of it."""
+    models = [m for m in models if (m.get("daemon") or {}).get("stages")]
+    if not models:
+        return []
+    lines = ["## The frame budget: where a daemon frame goes", "",
+             ("Each stage's time per classified frame over the daemon's measured window, from its own "
+              "`/metrics` (`dermedge_stage_seconds`): capture is the wait for the newest frame, fit and infer "
+              "are `Engine.infer`'s two halves, overlay, display and jpeg run only for a screen or an HTTP "
+              "viewer. *Other* is the wall time per frame that no stage accounts for (the loop's own "
+              "bookkeeping, and the other threads' share of the CPU). Raspberry Pi columns are ESTIMATES: "
+              "every stage scaled by the factor that scales inference to that board (see the Raspberry Pi "
+              "section)."), ""]
+    for m in models:
+        d = m["daemon"]
+        budget, pi = d["stages"], d.get("pi") or {}
+        boards = list(pi.values())
+        lines += [f"**{m['name']}** ({d['threads']} threads):", ""]
+        rows = [[stage, _f(row["ms_per_frame"], 3), _f(row["runs_per_frame"]), _f(row["ms_per_run"], 3)]
+                + [_f(b["ms_per_frame"][stage], 2) for b in boards] for stage, row in budget["per_stage"].items()]
+        rows.append(["**loop, all stages**", _f(budget["loop_ms"], 3), "", ""]
+                    + [_f(b["loop_ms"], 2) for b in boards])
+        rows.append(["other", _f(budget["other_ms"], 3), "", ""] + [_f(b["other_ms"], 2) for b in boards])
+        rows.append(["**frame (wall)**", _f(budget["frame_ms"], 3), "", ""] + [_f(b["frame_ms"], 2) for b in boards])
+        lines += _table(["stage", "ms/frame", "runs/frame", "ms/run"]
+                        + [f"{b['board'].split(' (')[0]} ESTIMATE ms/frame" for b in boards], rows)
+        for b in boards:
+            lines.append(f"- **{b['board']}** ESTIMATE: end to end {_f(b['end_to_end_fps'], 0)} frames/s beside "
+                         f"{_f(b['inference_only_fps'], 0)} inference-only (invoke) frames/s "
+                         f"(x{b['factor']:.3g} on every stage).")
+        lines.append("")
+    lines += [("The camera caps the Pi figures: picamera2 delivers `camera.fps` frames/s (10 by default), so "
+               "frames/s above it are headroom for other work, not frames classified."), ""]
+    return lines
 
 
 def _accuracy_section(models: list[dict]) -> list[str]:

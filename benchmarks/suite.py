@@ -23,8 +23,8 @@ from benchmarks.baseline import SEED_DESIGN, Architecture, keras_predict_latency
 from benchmarks.broker import Mosquitto
 from benchmarks.daemon import DaemonOptions, daemon_fps
 from benchmarks.env import environment, load_average
-from benchmarks.estimate import MEASURE_ON_PI, pi_estimates
-from benchmarks.frames import camera_frames, load_images, write_replay_folder
+from benchmarks.estimate import MEASURE_ON_PI, pi_estimates, pi_frame_budget
+from benchmarks.frames import camera_frames, load_images, write_replay_frames
 from benchmarks.latency import TimingOptions, frame_throughput, model_latency
 from benchmarks.memory import REPO_ROOT, predict_memory
 from device.card import ModelCard
@@ -151,8 +151,8 @@ def run_suite(options: BenchOptions) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="dermedge-bench-") as tmp:
         if "daemon" not in options.skip:
-            replay = write_replay_folder(frames, Path(tmp) / "replay")
-            rec.section("daemon", lambda: _daemon_section(entries, models, replay, Path(tmp), plan, rec))
+            replay = write_replay_frames(frames, Path(tmp) / "frames.npy")
+            rec.section("daemon", lambda: _daemon_section(entries, models, frames, replay, Path(tmp), plan, rec))
         if "memory" not in options.skip:
             for entry, (model_dir, _) in zip(entries, models):
                 entry["memory"]["predict"] = rec.section(
@@ -170,6 +170,8 @@ def run_suite(options: BenchOptions) -> dict:
         entry["speedup"] = _speedup(entry, card, models, baselines, max(options.threads))
         if entry["macs"]:
             entry["estimates"] = pi_estimates(entry["macs"])
+            if entry.get("daemon"):
+                entry["daemon"]["pi"] = pi_frame_budget(entry["daemon"]["stages"], entry["macs"])
 
     env["load_average_end"] = load_average()
     return {
@@ -212,15 +214,16 @@ def _describe(model_dir: Path, card: ModelCard) -> dict:
     }
 
 
-def _daemon_section(entries, models, replay: Path, workdir: Path, plan: Plan, rec: _Recorder) -> None:
+def _daemon_section(entries, models, frames, replay: Path, workdir: Path, plan: Plan, rec: _Recorder) -> None:
     with Mosquitto() as broker:
         for entry, (model_dir, _) in zip(entries, models):
-            result = rec.section(f"daemon {entry['name']}", lambda d=model_dir: daemon_fps(
-                d, replay, mqtt_port=broker.port, workdir=workdir, options=plan.daemon))
+            def inference_only(d=model_dir) -> float:  # measured beside each daemon run
+                return frame_throughput(d, frames, threads=plan.daemon.threads, timing=plan.tflite).fps
+
+            result = rec.section(f"daemon {entry['name']}", lambda d=model_dir, f=inference_only: daemon_fps(
+                d, replay, mqtt_port=broker.port, workdir=workdir, options=plan.daemon, inference_only=f))
             if result is None:
                 continue
-            result["inference_only_fps"] = entry["frame_throughput"]["fps"]
-            result["ratio"] = result["fps"] / result["inference_only_fps"]
             entry["daemon"] = result
             entry["memory"]["daemon"] = {"peak_rss_mb": result["peak_rss_mb"]}
 

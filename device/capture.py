@@ -3,10 +3,15 @@
 Backends (picked by ``camera.source``):
 
 - ``picamera2``: the Pi camera. A large ``main`` stream goes to the screen and a small ``lores``
-  stream to the model, as picamera2 intends. picamera2 only exists on a Pi, so it is imported when
-  the camera opens and tested here against a stand-in module with the same API.
+  stream to the model, as picamera2 intends; where the ISP can crop the two streams apart (Pi 5),
+  ``lores`` comes at the model's aspect ratio and in RGB, so the daemon neither crops nor converts.
+  picamera2 only exists on a Pi, so it is imported when the camera opens and tested here against
+  a stand-in module with the same API.
 - ``opencv``: ``cv2.VideoCapture`` on a USB camera index or a video file (optionally looped).
 - ``folder``: replays the images of a folder in name order (optionally looped).
+- ``memory``: replays frames already decoded (an ``.npy`` of N x H x W x 3 uint8 RGB, loaded at
+  open), so a replay hands over raw frames as a camera does and costs no decoding: the
+  benchmark's camera, which measures the daemon and not the stand-in.
 
 Every backend returns RGB: colour order is fixed here and nowhere else. :class:`FrameGrabber`
 runs the camera in a thread. It numbers and timestamps frames, keeps only the latest one (a
@@ -161,6 +166,54 @@ class FolderCamera(Camera):
         return rgb
 
 
+class MemoryCamera(Camera):
+    """Replays frames already decoded: an (N, H, W, 3) uint8 RGB array, or an ``.npy`` file of one
+    loaded at open. Nothing is decoded, copied or scaled per frame; frames are read-only."""
+
+    live = False
+
+    def __init__(self, frames: np.ndarray | str | Path, *, loop: bool = True):
+        self._given = frames
+        self.loop = loop
+        self._frames: np.ndarray | None = None
+        self._index = 0
+
+    def describe(self) -> str:
+        given = self._given
+        return f"memory {given}" if isinstance(given, (str, Path)) else f"memory ({len(given)} frames)"
+
+    def source(self) -> str:
+        return f"frame {self._index - 1}"
+
+    def open(self) -> None:
+        frames = self._given
+        if isinstance(frames, (str, Path)):
+            try:
+                frames = np.load(frames, allow_pickle=False)
+            except (OSError, ValueError) as err:
+                raise CaptureError(f"cannot read frames from {frames}: {err}") from err
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or not len(frames):
+            raise CaptureError(f"{self.describe()}: expected (N, H, W, 3) uint8 RGB frames, "
+                               f"got {frames.shape} {frames.dtype}")
+        frames = frames.view()
+        frames.setflags(write=False)  # shared with the consumer, never edited
+        self._frames, self._index = frames, 0
+
+    def read(self) -> tuple[np.ndarray, np.ndarray] | None:
+        if self._frames is None:
+            raise CaptureError(f"{self.describe()} is not open")
+        if self._index >= len(self._frames):
+            if not self.loop:
+                return None
+            self._index = 0
+        rgb = self._frames[self._index]
+        self._index += 1
+        return rgb, rgb
+
+    def close(self) -> None:
+        self._frames = None
+
+
 class OpenCvCamera(Camera):
     """``cv2.VideoCapture`` on a USB camera (``device`` index) or a video file (``path``)."""
 
@@ -221,18 +274,23 @@ class Picamera2Camera(Camera):
     """
 
     # XBGR8888 is [R, G, B, A] in memory and is what the DRM preview shows natively;
-    # YUV420 is the only lores format a Pi 4 offers.
+    # YUV420 is the only lores format a Pi 4 offers. A Pi 5 (picamera2's PiSP platform) also gives
+    # lores in BGR888, which is [R, G, B] in memory, and crops it to its own aspect ratio.
     MAIN_FORMAT = "XBGR8888"
     LORES_FORMAT = "YUV420"
+    LORES_RGB_FORMAT = "BGR888"
 
     def __init__(self, *, camera_num: int = 0, width: int = 640, height: int = 480,
                  lores_width: int = 320, lores_height: int = 240, fps: float = 0.0,
-                 preview: bool = False):
+                 preview: bool = False, model_aspect: tuple[int, int] | None = None):
         self.camera_num = camera_num
         self.main_size = (width, height)
-        self.lores_size = (lores_width, lores_height)
+        self.lores_box = (lores_width, lores_height)  # as configured; lores_size is what was granted
+        self.lores_size = self.lores_box
         self.fps = fps
         self.preview = preview  # start picamera2's DRM preview (HDMI without a desktop)
+        self.model_aspect = model_aspect  # the model input's (height, width)
+        self.lores_format = self.LORES_FORMAT
         self._cam = None
 
     def describe(self) -> str:
@@ -248,13 +306,7 @@ class Picamera2Camera(Camera):
         except Exception as err:  # picamera2 raises bare errors when no camera is attached
             raise CaptureError(f"cannot open {self.describe()}: {err}") from err
         try:
-            controls = {"FrameRate": self.fps} if self.fps > 0 else {}
-            config = cam.create_preview_configuration(
-                main={"size": self.main_size, "format": self.MAIN_FORMAT},
-                lores={"size": self.lores_size, "format": self.LORES_FORMAT},
-                controls=controls,
-            )
-            cam.configure(config)
+            self._configure(cam, getattr(getattr(Picamera2, "platform", None), "name", "") == "PISP")
             if self.preview:
                 cam.start_preview(Preview.DRM)
             cam.start()
@@ -273,9 +325,32 @@ class Picamera2Camera(Camera):
         except Exception as err:
             raise CaptureError(f"{self.describe()}: capture failed: {err}") from err
         lw, lh = self.lores_size
+        if self.lores_format == self.LORES_RGB_FORMAT:
+            return np.ascontiguousarray(lores[:lh, :lw, :3]), main[..., :3]
         # make_array gives YUV420 as (h * 3/2, stride): convert, then trim the stride padding.
         rgb = np.ascontiguousarray(cv2.cvtColor(lores, cv2.COLOR_YUV2RGB_I420)[:lh, :lw])
         return rgb, main[..., :3]
+
+    def _configure(self, cam, crops_apart: bool) -> None:
+        """Configure main and lores. Where the ISP crops the streams apart (``crops_apart``: Pi 5),
+        lores is asked for at the model's aspect in RGB; a picamera2 too old for that gets the
+        plain lores (the main stream's view in YUV420, cropped by the daemon) with a warning."""
+        controls = {"FrameRate": self.fps} if self.fps > 0 else {}
+        main = {"size": self.main_size, "format": self.MAIN_FORMAT}
+        plain = {"size": self.lores_box, "format": self.LORES_FORMAT}
+        if crops_apart and self.model_aspect is not None:
+            size = aspect_within(self.lores_box, self.model_aspect)
+            try:
+                cam.configure(cam.create_preview_configuration(
+                    main=main, lores={"size": size, "format": self.LORES_RGB_FORMAT, "preserve_ar": True},
+                    controls=controls))
+                self.lores_size, self.lores_format = size, self.LORES_RGB_FORMAT
+                return
+            except Exception as err:  # noqa: BLE001 - picamera2 raises bare errors for configurations
+                _log.warning("%s: lores at the model's aspect refused (%s); using %dx%d %s", self.describe(),
+                             err, *self.lores_box, self.LORES_FORMAT)
+        cam.configure(cam.create_preview_configuration(main=main, lores=plain, controls=controls))
+        self.lores_size, self.lores_format = plain["size"], self.LORES_FORMAT
 
     def set_overlay(self, rgba: np.ndarray) -> None:
         """Hand an RGBA overlay to the running preview (no-op while the camera is closed)."""
@@ -294,23 +369,35 @@ class Picamera2Camera(Camera):
             cam.close()
 
 
-def make_camera(cfg: CameraConfig, *, preview: bool = False) -> Camera:
-    """The backend ``cfg.source`` names (``preview``: picamera2's DRM preview for the overlay)."""
+def aspect_within(box: tuple[int, int], aspect: tuple[int, int]) -> tuple[int, int]:
+    """The largest ``(width, height)`` within ``box`` (width, height) at ``aspect`` (height,
+    width), both even as picamera2 requires."""
+    (bw, bh), (ah, aw) = box, aspect
+    scale = min(bw / aw, bh / ah)
+    return max(2, int(aw * scale) // 2 * 2), max(2, int(ah * scale) // 2 * 2)
+
+
+def make_camera(cfg: CameraConfig, *, preview: bool = False, model_aspect: tuple[int, int] | None = None) -> Camera:
+    """The backend ``cfg.source`` names (``preview``: picamera2's DRM preview for the overlay;
+    ``model_aspect``: the model input's (height, width), for picamera2's lores stream)."""
     if cfg.source == "folder":
         return FolderCamera(cfg.path, loop=cfg.loop, width=cfg.width, height=cfg.height)
+    if cfg.source == "memory":
+        return MemoryCamera(cfg.path, loop=cfg.loop)
     if cfg.source == "opencv":
         return OpenCvCamera(device=cfg.device, path=cfg.path, loop=cfg.loop, width=cfg.width,
                             height=cfg.height)
     return Picamera2Camera(camera_num=cfg.device, width=cfg.width, height=cfg.height,
                            lores_width=cfg.lores_width, lores_height=cfg.lores_height, fps=cfg.fps,
-                           preview=preview)
+                           preview=preview, model_aspect=model_aspect)
 
 
 class FrameGrabber:
     """Runs a camera in a thread and hands out only the newest frame.
 
     Replay sources are paced at ``fps``; with ``fps == 0`` they go as fast as the consumer
-    takes frames (nothing is dropped, nothing spins). Live cameras are paced by the hardware.
+    takes frames (nothing is dropped, nothing spins), one frame read ahead so the consumer never
+    waits for this thread to be scheduled. Live cameras are paced by the hardware.
     On a failure the camera is closed and reopened with exponential backoff; ``on_status``
     hears ``("ok" | "degraded" | "ended" | "stopped", detail)`` on every change.
     """
@@ -325,6 +412,7 @@ class FrameGrabber:
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._latest: Capture | None = None
+        self._ahead: Capture | None = None  # a full-speed replay's next frame, read ahead
         self._thread: threading.Thread | None = None
         self._next_id = 1
         self.dropped = 0  # frames replaced before the consumer took them
@@ -364,7 +452,7 @@ class FrameGrabber:
                 if remaining <= 0 or self._stop.is_set() or self.ended:
                     return None
                 self._cond.wait(remaining)
-            capture, self._latest = self._latest, None
+            capture, self._latest, self._ahead = self._latest, self._ahead, None
             self._cond.notify_all()  # wakes a replay waiting for its frame to be taken
             return capture
 
@@ -416,7 +504,7 @@ class FrameGrabber:
             # never followed by an early one (no catch-up bursts).
             return max(next_due, time.monotonic()) + 1.0 / self.fps
         with self._cond:
-            while self._latest is not None and not self._stop.is_set():
+            while self._ahead is not None and not self._stop.is_set():
                 self._cond.wait(0.5)
         return next_due
 
@@ -425,9 +513,13 @@ class FrameGrabber:
                       source=self.camera.source())
         self._next_id += 1
         with self._cond:
-            if self._latest is not None:
+            if self._latest is None:
+                self._latest = Capture(frame, display)
+            elif not self.camera.live and self.fps <= 0:  # _pace let it through: there is room ahead
+                self._ahead = Capture(frame, display)
+            else:
                 self.dropped += 1
-            self._latest = Capture(frame, display)
+                self._latest = Capture(frame, display)
             self._cond.notify_all()
 
     def _failed(self, err: Exception, backoff: float) -> float:

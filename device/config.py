@@ -62,15 +62,15 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class CameraConfig:
-    source: Literal["picamera2", "opencv", "folder"] = "picamera2"
+    source: Literal["picamera2", "opencv", "folder", "memory"] = "picamera2"
     device: int = 0  # opencv: USB camera index, used when path is empty
-    path: str = ""  # opencv: video file; folder: image folder
+    path: str = ""  # opencv: video file; folder: image folder; memory: .npy of decoded frames
     loop: bool = True  # replay a video file or folder forever
     fps: float = 10.0  # folder/video replay rate; 0 = as fast as possible
     width: int = 640  # main (display) stream
     height: int = 480
-    lores_width: int = 320  # picamera2 lores stream fed to the model
-    lores_height: int = 240
+    lores_width: int = 320  # picamera2 lores stream fed to the model (cropped to the model's
+    lores_height: int = 240  # aspect within this size where the camera can: Pi 5)
     retry_initial_s: float = 0.5  # reopen backoff after a capture failure
     retry_max_s: float = 10.0
 
@@ -104,7 +104,8 @@ class MqttConfig:
     certfile: str | None = None
     keyfile: str | None = None
     keepalive: int = 30
-    max_rate_hz: float = 2.0  # results per second at most, besides class/state changes
+    max_rate_hz: float = 2.0  # result messages per second at most, changes included
+    heartbeat_s: float = 10.0  # an unchanged result is repeated this often
     home_assistant: bool = False
     discovery_prefix: str = "homeassistant"
 
@@ -175,6 +176,7 @@ _RULES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "mqtt.qos": (lambda v: v in (0, 1, 2), "0, 1 or 2"),
     "mqtt.keepalive": (lambda v: v >= 5, ">= 5"),
     "mqtt.max_rate_hz": (lambda v: v > 0, "> 0"),
+    "mqtt.heartbeat_s": (lambda v: v > 0, "> 0"),
     "http.port": (lambda v: 0 <= v <= 65535, "between 0 and 65535"),
     "http.token_file": (bool, "non-empty"),
     "http.max_upload_mb": (lambda v: v > 0, "> 0"),
@@ -273,6 +275,8 @@ def check_camera_path(camera: CameraConfig) -> None:
         raise ConfigError(f"camera.path: image folder not found: {camera.path}")
     if camera.source == "opencv" and camera.path and not Path(camera.path).is_file():
         raise ConfigError(f"camera.path: video file not found: {camera.path}")
+    if camera.source == "memory" and not Path(camera.path).is_file():
+        raise ConfigError(f"camera.path: frames file not found: {camera.path}")
 
 
 # --- validation -------------------------------------------------------------------
@@ -338,5 +342,5 @@ def _check_cross_fields(cfg: Config) -> None:
         raise ConfigError("postprocess.max_brightness: must be > postprocess.min_brightness")
     if cfg.overlay.mode == "drm" and cfg.camera.source != "picamera2":
         raise ConfigError("overlay.mode: drm needs camera.source picamera2 (its DRM preview)")
-    if cfg.camera.source == "folder" and not cfg.camera.path:
-        raise ConfigError("camera.path: required when camera.source is folder")
+    if cfg.camera.source in ("folder", "memory") and not cfg.camera.path:
+        raise ConfigError(f"camera.path: required when camera.source is {cfg.camera.source}")

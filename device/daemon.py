@@ -5,8 +5,10 @@ loop) and ``stop()`` undoes it in reverse. SIGINT/SIGTERM set one stop event; SI
 the config and the model, keeping the running model when the new one does not check out.
 
 Threads: the capture thread (``capture.FrameGrabber``) keeps only the newest frame; the
-inference thread classifies it, draws the overlay, hands both to ``LiveState`` (which HTTP
-reads) and to MQTT (rate-limited, never blocking), and feeds the systemd watchdog; the main
+inference thread classifies it, draws the overlay (only for a screen that shows frames; HTTP
+draws its own when someone watches), hands the Result and frame to ``LiveState`` (which HTTP
+reads) and to MQTT (on change, rate-limited, never blocking), times every stage of the frame
+(``LiveState.stages``, device.stages) and feeds the systemd watchdog; the main
 thread handles signals and watches for a stalled loop. A broker that is down or a camera that
 fails never stops the HTTP endpoint. The main thread also watches the model folder: files
 replaced there are reloaded with the same checks as SIGHUP (device.model_watch).
@@ -21,6 +23,7 @@ import signal
 import threading
 import time
 from pathlib import Path
+from time import perf_counter
 from typing import Any
 
 import numpy as np
@@ -61,11 +64,12 @@ RECENT_VIEWS = 10
 
 @dataclasses.dataclass(frozen=True)
 class View:
-    """What the screen shows: the display frame, its Result and the overlaid image."""
+    """What the screen shows: the display frame, its Result and the overlaid image (None when no
+    screen shows frames: nothing draws it then)."""
 
     display: np.ndarray
     result: Result
-    overlaid: np.ndarray
+    overlaid: np.ndarray | None
 
 
 class Daemon:
@@ -248,7 +252,9 @@ class Daemon:
 
     def _start_camera(self) -> None:
         cam_cfg = self.cfg.camera
-        camera = make_camera(cam_cfg, preview=self.cfg.overlay.mode == "drm")
+        card = self._model.engine.card
+        camera = make_camera(cam_cfg, preview=self.cfg.overlay.mode == "drm",
+                             model_aspect=(card.input.height, card.input.width))
         self.grabber = FrameGrabber(camera, fps=cam_cfg.fps, retry_initial_s=cam_cfg.retry_initial_s,
                                     retry_max_s=cam_cfg.retry_max_s, on_status=self._on_camera_status)
         self.grabber.start()
@@ -281,7 +287,10 @@ class Daemon:
     def _inference_loop(self) -> None:
         try:
             while not self._stop.is_set():
+                t0 = perf_counter()
                 capture = self.grabber.get(timeout=0.5)
+                if capture is not None:
+                    self.state.stages.add("capture", perf_counter() - t0)
                 if capture is None:
                     if self.grabber.ended:
                         _log.info("replay finished after %d frames", self.frames)
@@ -302,23 +311,43 @@ class Daemon:
     def _process(self, capture: Capture) -> None:
         while self._stall_file and os.path.exists(self._stall_file) and not self._stop.is_set():
             time.sleep(0.1)
-        frame, model = capture.frame, self._model
+        frame, model, clock = capture.frame, self._model, self.state.stages
         try:
             inference = model.engine.infer(frame.rgb)
+            t0 = perf_counter()
+            quality = model.stream.quality(frame.rgb)
+            t1 = perf_counter()
             result = model.stream.process(inference, rgb=frame.rgb, frame_id=frame.frame_id,
                                           timestamp=frame.timestamp, t_start=frame.t_capture,
-                                          fps=self.state.fps, source=frame.source)
+                                          fps=self.state.fps, source=frame.source, quality=quality)
+            t2 = perf_counter()
         except (ValueError, RuntimeError) as err:  # a bad frame must not end the loop
             self.state.count_error("inference")
             _log.warning("frame %d not classified: %s", frame.frame_id, err)
             return
-        overlaid = render_overlay(capture.display, result)
-        self.state.publish_frame(result, overlaid)
+        clock.add("fit", inference.preprocess_ms / 1e3)
+        clock.add("infer", inference.inference_ms / 1e3)
+        clock.add("quality", t1 - t0)
+        clock.add("postprocess", t2 - t1)
+        # Drawn here only for a screen that shows frames; HTTP draws its own copy when asked.
+        overlaid = render_overlay(capture.display, result) if self.display.shows_frames else None
+        t3 = perf_counter()
+        if overlaid is not None:
+            clock.add("overlay", t3 - t2)
         self._view = View(capture.display, result, overlaid)
         self._recent.append(self._view)
         shown = self._frozen or self._view
         self._on_command(self.display.show(shown.overlaid, shown.result))
+        t4 = perf_counter()
+        clock.add("display", t4 - t3)
+        if overlaid is None:
+            self.state.publish_frame(result, capture.display, overlaid=False)
+        else:
+            self.state.publish_frame(result, overlaid)
+        t5 = perf_counter()
+        clock.add("state", t5 - t4)
         self.publisher.publish_result(result)
+        clock.add("mqtt", perf_counter() - t5)
         self.frames += 1
         self._last_frame_at = time.monotonic()
         dropped = self.grabber.dropped
@@ -394,6 +423,8 @@ class Daemon:
         camera_ok = self.grabber is not None and self.grabber.status == "ok"
         if camera_ok and idle > limit:
             self._set_inference("stalled", f"no frame classified for {idle:.1f} s")
+        if self.publisher is not None:
+            self.publisher.flush()  # a change the rate limit held back, even when frames stop coming
 
     def _set_inference(self, status: str, detail: str = "") -> None:
         if status != self._inference_status:

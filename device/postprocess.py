@@ -94,18 +94,25 @@ class Postprocessor:
         """Forget the smoothing window (after a camera gap or a model reload)."""
         self._history.clear()
 
+    def quality(self, rgb: np.ndarray) -> Quality:
+        """:func:`measure_quality` of the part of ``rgb`` this model sees, on this config's thresholds."""
+        return measure_quality(rgb, self.cfg, aspect=(self.card.input.height, self.card.input.width))
+
     def process(self, inference: Inference, *, rgb: np.ndarray, frame_id: int, timestamp: float,
-                t_start: float, fps: float = 0.0, source: str = "") -> Result:
+                t_start: float, fps: float = 0.0, source: str = "", quality: Quality | None = None) -> Result:
         """One Result for ``inference`` on ``rgb``.
 
         ``timestamp`` is the wall-clock capture time; ``t_start`` the monotonic time the frame
         was captured or the upload arrived, so ``latency_ms.total`` covers the whole path.
+        ``quality``: :meth:`quality` of ``rgb`` when the caller measured it already (the daemon
+        times it as a stage of its own).
         """
         labels, card = self.card.labels, self.card
         probs = to_probabilities(inference.probabilities)
         if probs.shape[0] != len(labels):
             raise ValueError(f"engine returned {probs.shape[0]} scores for {len(labels)} labels")
-        quality = measure_quality(rgb, self.cfg, aspect=(card.input.height, card.input.width))
+        if quality is None:
+            quality = self.quality(rgb)
         gate = None
         if card.gate is not None:
             if inference.not_lesion is None:

@@ -2,8 +2,11 @@
 
 Topics, under ``<prefix>/<device_id>/``:
 
-- ``result``: :meth:`Result.to_dict` as JSON, not retained. Rate-limited: sent at once when the
-  class or the state changes, otherwise at most ``max_rate_hz`` times a second.
+- ``result``: :meth:`Result.to_dict` as JSON, not retained. Sent when what a subscriber acts on
+  changes (class, state or referral), at most ``max_rate_hz`` messages a second: a change that
+  comes sooner waits out the interval and goes out then, as the newest Result, unless it has
+  reverted meanwhile. An unchanged Result is repeated every ``heartbeat_s`` as a sign of life
+  (:class:`ResultThrottle`; docs/mqtt.md).
 - ``capture``: a saved case capture (its id, links, class and time), not retained.
 - ``status``: ``online`` (retained) on every connect; the broker publishes the retained last
   will ``offline`` if the connection dies, and :meth:`MqttPublisher.stop` publishes it on a
@@ -45,6 +48,48 @@ MAX_QUEUED = 100
 STOP_TIMEOUT_S = 2.0
 
 
+class ResultThrottle:
+    """Decides which Results go out: on change, at most one per ``min_interval_s``, and an
+    unchanged one every ``heartbeat_s``. Pure logic on the caller's clock (``now`` in seconds)."""
+
+    def __init__(self, min_interval_s: float, heartbeat_s: float):
+        self.min_interval_s = min_interval_s
+        self.heartbeat_s = heartbeat_s
+        self._sent_key: tuple | None = None  # change_key of the last Result sent
+        self._sent_at = -math.inf
+        self._waiting: Result | None = None  # a change held back by the rate limit
+
+    @staticmethod
+    def change_key(result: Result) -> tuple:
+        """What a subscriber acts on: the class, the state and whether to refer."""
+        return result.class_code, result.state, result.refer
+
+    def offer(self, result: Result, now: float) -> Result | None:
+        """The Result to send now (``result``), or None: held back (a change, until :meth:`due`)
+        or not worth sending (unchanged, no heartbeat due)."""
+        if now - self._sent_at < self.min_interval_s:
+            changed = self.change_key(result) != self._sent_key
+            self._waiting = result if changed else None  # a change that reverted needs no message
+            return None
+        if self.change_key(result) != self._sent_key or now - self._sent_at >= self.heartbeat_s:
+            return result
+        self._waiting = None
+        return None
+
+    def due(self, now: float) -> Result | None:
+        """The held-back change, once the interval since the last message has passed."""
+        if self._waiting is not None and now - self._sent_at >= self.min_interval_s:
+            return self._waiting
+        return None
+
+    def sent(self, result: Result, now: float) -> None:
+        self._sent_key, self._sent_at, self._waiting = self.change_key(result), now, None
+
+    def reset(self) -> None:
+        """After a (re)connect: the next Result goes out at once, changed or not."""
+        self._sent_key, self._sent_at, self._waiting = None, -math.inf, None
+
+
 class MqttPublisher:
     """Publishes results and status for one device.
 
@@ -64,13 +109,11 @@ class MqttPublisher:
         self.result_topic = f"{base}/result"
         self.status_topic = f"{base}/status"
         self.capture_topic = f"{base}/capture"
-        self._min_interval = 1.0 / cfg.max_rate_hz
+        self._throttle = ResultThrottle(1.0 / cfg.max_rate_hz, cfg.heartbeat_s)
         self._client: mqtt.Client | None = None
         self._connected = False
         self._stopping = False
         self._lock = threading.Lock()
-        self._last_key: tuple[str, str] | None = None  # (class_code, state) last sent
-        self._last_sent = -math.inf  # time.monotonic() of the last result sent
         self._warned_unreachable = False  # one WARNING per outage, retries at DEBUG
 
     @property
@@ -167,23 +210,33 @@ class MqttPublisher:
         )
 
     def publish_result(self, result: Result) -> bool:
-        """Queue ``result`` on the result topic if the rate limit allows; whether it was queued."""
-        client = self._client
-        if client is None or not self._connected:
+        """Offer ``result`` to the result topic (:class:`ResultThrottle`); whether one was queued."""
+        if self._client is None or not self._connected:
             return False
-        key = (result.class_code, result.state)
+        with self._lock:
+            return self._send(self._throttle.offer(result, time.monotonic()))
+
+    def flush(self) -> bool:
+        """Send a change the rate limit held back, once its interval has passed; for a caller that
+        runs even when no new frames come (the daemon's supervisor). Whether one was queued."""
+        if self._client is None or not self._connected:
+            return False
+        with self._lock:
+            return self._send(self._throttle.due(time.monotonic()))
+
+    def _send(self, result: Result | None) -> bool:
+        """Queue ``result`` (None: nothing to send); call with the lock held. Never raises."""
+        client = self._client
+        if result is None or client is None:
+            return False
         try:
-            with self._lock:
-                now = time.monotonic()
-                if key == self._last_key and now - self._last_sent < self._min_interval:
-                    return False
-                info = client.publish(self.result_topic, json.dumps(result.to_dict()), qos=self._cfg.qos)
-                if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                    self._count_error()
-                    _log.debug("MQTT: result not queued (%s)", mqtt.error_string(info.rc))
-                    return False
-                self._last_key, self._last_sent = key, now
-                return True
+            info = client.publish(self.result_topic, json.dumps(result.to_dict()), qos=self._cfg.qos)
+            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                self._count_error()
+                _log.debug("MQTT: result not queued (%s)", mqtt.error_string(info.rc))
+                return False
+            self._throttle.sent(result, time.monotonic())
+            return True
         except Exception:  # noqa: BLE001 - the pipeline must never see a publishing failure
             self._count_error()
             _log.warning("MQTT: publishing a result failed", exc_info=True)
@@ -235,7 +288,7 @@ class MqttPublisher:
             for topic, payload in self.discovery_configs().items():
                 client.publish(topic, json.dumps(payload), qos=self._cfg.qos, retain=True)
         with self._lock:
-            self._last_sent = -math.inf  # the first result after a (re)connect goes out at once
+            self._throttle.reset()  # the first result after a (re)connect goes out at once
         self._connected = True
         self._warned_unreachable = False
         self._set_status("connected")

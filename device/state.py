@@ -2,9 +2,10 @@
 
 The daemon calls :meth:`LiveState.publish_frame` once per classified frame; API handlers
 read the latest result, the latest overlaid frame as JPEG, health and metrics. The API
-never drives the camera. The overlay is JPEG-encoded lazily, on the first request for a
-new frame, so a daemon nobody watches pays nothing for encoding, and any number of MJPEG
-clients share one encoding per frame.
+never drives the camera. The overlay is drawn (when the daemon has not drawn it for a screen)
+and JPEG-encoded lazily, on the first request for a new frame, so a daemon nobody watches pays
+nothing for either, and any number of MJPEG clients share one encoding per frame. ``stages``
+is the frame budget (:mod:`device.stages`) that ``/metrics`` exports.
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ import collections
 import threading
 import time
 from dataclasses import dataclass
+from time import perf_counter
 
 import cv2
 import numpy as np
 
+from device.overlay import render_overlay
+from device.stages import STAGES, StageClock
 from device.types import Result
 
 # Upper bounds (seconds) of the latency histogram buckets; +Inf is implied.
@@ -38,6 +42,8 @@ _METRICS = {
     "dermedge_errors_total": ("counter", "Errors by kind."),
     "dermedge_http_requests_total": ("counter", "HTTP requests by route and status code."),
     "dermedge_latency_seconds": ("histogram", "Per-frame latency by pipeline stage."),
+    "dermedge_stage_seconds": ("summary", "The frame budget: time spent in each stage of the daemon (device.stages)."),
+    "dermedge_stage_max_seconds": ("gauge", "The longest single run of each stage since start."),
 }
 
 
@@ -84,7 +90,9 @@ class LiveState:
         self._lock = threading.Lock()
         self._new_frame = threading.Condition(self._lock)
         self._result: Result | None = None
-        self._overlay: np.ndarray | None = None
+        self._frame: np.ndarray | None = None
+        self._overlaid = True  # whether _frame already carries the overlay
+        self.stages = StageClock()
         # (seq, JPEG) of the newest encoded overlay; encoding holds only _encode_lock, so a
         # slow encode never delays the daemon's publish_frame
         self._jpeg: tuple[int, bytes] | None = None
@@ -99,15 +107,18 @@ class LiveState:
 
     # --- written by the daemon and the publisher ---------------------------------
 
-    def publish_frame(self, result: Result, overlay_rgb: np.ndarray) -> None:
+    def publish_frame(self, result: Result, frame: np.ndarray, *, overlaid: bool = True) -> None:
         """Store the newest result and its overlaid frame (HxWx3 uint8 RGB).
 
-        The frame is kept by reference: the caller must not modify it afterwards.
+        ``overlaid=False``: ``frame`` is the bare camera frame (RGB or RGBA), and the overlay is
+        drawn on a copy only when someone asks for the JPEG. The frame is kept by reference: the caller must
+        not modify it afterwards.
         """
         now = time.monotonic()
         with self._lock:
             self._result = result
-            self._overlay = overlay_rgb
+            self._frame = frame
+            self._overlaid = overlaid
             self._seq += 1
             self._frame_times.append(now)
             for stage, ms in result.latency_ms.items():
@@ -211,6 +222,11 @@ class LiveState:
                     row for stage, hist in sorted(self._latency.items()) for row in hist.samples(stage)
                 ],
             }
+        budget = self.stages.snapshot()
+        samples["dermedge_stage_seconds"] = [
+            row for stage in STAGES for row in ((f"_sum{_labels(stage=stage)}", budget[stage][1]),
+                                                (f"_count{_labels(stage=stage)}", budget[stage][0]))]
+        samples["dermedge_stage_max_seconds"] = [(_labels(stage=stage), budget[stage][2]) for stage in STAGES]
         lines = []
         for name, (kind, help_text) in _METRICS.items():
             lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
@@ -223,13 +239,20 @@ class LiveState:
         """``(seq, JPEG)`` of the newest overlay, encoding it if no one has yet."""
         with self._encode_lock:
             with self._lock:
-                seq, overlay, cached = self._seq, self._overlay, self._jpeg
+                seq, frame, overlaid, result, cached = (self._seq, self._frame, self._overlaid, self._result,
+                                                        self._jpeg)
             if cached is not None and cached[0] == seq:
                 return cached
-            if overlay is None:
+            if frame is None:
                 return seq, None
-            bgr = cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR)
+            if not overlaid:
+                t0 = perf_counter()
+                frame = render_overlay(frame, result)
+                self.stages.add("overlay", perf_counter() - t0)
+            t0 = perf_counter()
+            bgr = cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)
             ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+            self.stages.add("jpeg", perf_counter() - t0)
             if not ok:
                 return seq, None
             with self._lock:

@@ -14,9 +14,11 @@ import pytest
 
 from benchmarks.__main__ import main
 from benchmarks.accuracy import reframe
-from benchmarks.estimate import PI4, PI5, estimate_fps, pi_estimates
+from benchmarks.daemon import frame_budget, stage_sums
+from benchmarks.estimate import PI4, PI5, estimate_fps, pi_estimates, pi_frame_budget
 from benchmarks.stats import RunStats, combine, median, percentile, run_stats
 from benchmarks.suite import BenchOptions
+from device.state import LiveState
 
 # --- arithmetic -------------------------------------------------------------------
 
@@ -56,6 +58,44 @@ def test_pi_estimates_scale_the_published_figure_by_macs():
     assert estimates["pi4"]["kind"] == "ESTIMATE"
     assert estimates["pi4"]["latency_ms"] == pytest.approx(1000 / 210.0)
     assert "Q-engineering" in estimates["pi5"]["reference"]["source"]
+
+
+def _metrics(sums: dict[str, tuple[int, float]]) -> str:
+    """/metrics text as device.state writes the frame budget."""
+    state = LiveState("m")
+    for stage, (count, seconds) in sums.items():
+        for _ in range(count):
+            state.stages.add(stage, seconds / count)
+    return state.metrics_text()
+
+
+def test_frame_budget_per_classified_frame_from_two_metrics_readings():
+    before = stage_sums(_metrics({"infer": (10, 0.040), "fit": (10, 0.010)}))
+    assert before["infer"] == (10, pytest.approx(0.040)) and before["jpeg"] == (0, 0.0)
+    after = stage_sums(_metrics({"infer": (30, 0.120), "fit": (30, 0.030), "quality": (20, 0.004),
+                                 "jpeg": (2, 0.002)}))
+    budget = frame_budget(before, after, frames=20, frame_ms=5.5)
+    infer = budget["per_stage"]["infer"]
+    assert infer["ms_per_frame"] == pytest.approx(4.0) and infer["runs_per_frame"] == 1.0
+    assert budget["per_stage"]["jpeg"]["runs_per_frame"] == pytest.approx(0.1)
+    assert budget["per_stage"]["jpeg"]["ms_per_run"] == pytest.approx(1.0)
+    assert budget["per_stage"]["overlay"]["ms_per_run"] is None  # never ran
+    assert budget["loop_ms"] == pytest.approx(4.0 + 1.0 + 0.2)  # jpeg runs in HTTP's threads, not the loop
+    assert budget["other_ms"] == pytest.approx(5.5 - 5.2)
+    with pytest.raises(RuntimeError, match="no dermedge_stage_seconds"):
+        stage_sums("dermedge_up 1\n")
+
+
+def test_pi_frame_budget_scales_every_stage_like_inference():
+    budget = frame_budget(stage_sums(_metrics({})), stage_sums(_metrics({"infer": (10, 0.020), "quality": (10, 0.005)})),
+                          frames=10, frame_ms=2.6)
+    pi = pi_frame_budget(budget, 60_000_000)  # 210 inferences/s on a Pi 4: 4.76 ms, 2.38x this 2 ms
+    factor = (1000 / 210.0) / 2.0
+    assert pi["pi4"]["kind"] == "ESTIMATE" and pi["pi4"]["factor"] == pytest.approx(factor)
+    assert pi["pi4"]["ms_per_frame"]["quality"] == pytest.approx(0.5 * factor)
+    assert pi["pi4"]["inference_only_fps"] == pytest.approx(210.0)
+    assert pi["pi4"]["end_to_end_fps"] == pytest.approx(210.0 * 2.0 / 2.6)  # inference keeps its share
+    assert pi["pi5"]["end_to_end_fps"] == pytest.approx(2 * pi["pi4"]["end_to_end_fps"])
 
 
 def test_estimate_refuses_a_model_without_macs():
@@ -134,7 +174,28 @@ def test_daemon_end_to_end_with_mqtt(quick_run):
     assert daemon["mqtt_messages_per_s"] > 0  # a real subscriber counted the daemon's results
     (run,) = daemon["runs"]
     assert run["health"]["mqtt"] == "connected" and run["frames"] > 0
+    assert run["health"]["camera"] == "ok"
     assert daemon["peak_rss_mb"] > 10
+
+
+def test_daemon_frame_budget_and_its_pi_estimate(quick_run):
+    (model,) = quick_run[1]["models"]
+    daemon = model["daemon"]
+    stages = daemon["stages"]["per_stage"]
+    for stage in ("capture", "fit", "infer", "quality", "postprocess", "state", "mqtt"):
+        assert stages[stage]["runs_per_frame"] == pytest.approx(1.0, abs=0.05), stage
+    assert stages["infer"]["ms_per_frame"] > 0
+    assert stages["overlay"]["runs_per_frame"] == 0 and stages["jpeg"]["runs_per_frame"] == 0  # nobody watched
+    assert 0 < daemon["stages"]["loop_ms"] <= daemon["stages"]["frame_ms"] * 1.05
+    assert daemon["stages"]["frame_ms"] == pytest.approx(1000 / daemon["runs"][0]["fps"], rel=0.05)
+    for board in ("pi4", "pi5"):
+        pi = daemon["pi"][board]
+        assert pi["kind"] == "ESTIMATE"
+        assert 0 < pi["end_to_end_fps"] < pi["inference_only_fps"] == pytest.approx(model["estimates"][board]["fps"])
+    text = quick_run[2].with_suffix(".md").read_text()
+    assert "## The frame budget" in text
+    assert f"| infer | {stages['infer']['ms_per_frame']:,.3f} |" in text
+    assert f"end to end {daemon['pi']['pi4']['end_to_end_fps']:,.0f} frames/s" in text
 
 
 def test_memory_of_predict_is_measured(quick_run):

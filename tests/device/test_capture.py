@@ -5,6 +5,7 @@ The picamera2 stand-in below is the only fake here: picamera2 needs a Raspberry 
 """
 import itertools
 import sys
+import threading
 import time
 import types
 from pathlib import Path
@@ -18,8 +19,10 @@ from device.capture import (
     CaptureError,
     FolderCamera,
     FrameGrabber,
+    MemoryCamera,
     OpenCvCamera,
     Picamera2Camera,
+    aspect_within,
     fit_within,
     make_camera,
 )
@@ -252,6 +255,8 @@ class StandInPicamera2:
 
     instances: ClassVar[list] = []
     fail_open = False
+    platform = types.SimpleNamespace(name="VC4")  # picamera2.Picamera2.platform: VC4 (Pi 4) or PISP (Pi 5)
+    knows_preserve_ar = True  # False: a picamera2 too old for the stream flag
 
     def __init__(self, camera_num=0):
         if StandInPicamera2.fail_open:
@@ -268,6 +273,8 @@ class StandInPicamera2:
         return {"main": main, "lores": lores, "controls": controls}
 
     def configure(self, config):
+        if "preserve_ar" in config["lores"] and not StandInPicamera2.knows_preserve_ar:
+            raise RuntimeError("Invalid field 'preserve_ar'")
         self.config = config
         (mw, mh), (lw, lh) = config["main"]["size"], config["lores"]["size"]
         main_rgb = np.zeros((mh, mw, 3), np.uint8)
@@ -281,7 +288,9 @@ class StandInPicamera2:
         lores_rgb[:, : lw // 2] = COLOURS["b_green.png"]
         lores_rgb[:, lw // 2 : lw] = COLOURS["a_red.png"]
         lores_rgb[:, lw:] = 255  # padding the backend must cut off
-        self.arrays["lores"] = cv2.cvtColor(lores_rgb, cv2.COLOR_RGB2YUV_I420)
+        # BGR888 is [R, G, B] in memory; YUV420 needs converting.
+        rgb_lores = config["lores"]["format"] == "BGR888"
+        self.arrays["lores"] = lores_rgb if rgb_lores else cv2.cvtColor(lores_rgb, cv2.COLOR_RGB2YUV_I420)
         self.calls.append("configure")
 
     def start_preview(self, preview):
@@ -313,6 +322,8 @@ def picamera2_standin(monkeypatch):
     module.Preview = types.SimpleNamespace(DRM="Preview.DRM", NULL="Preview.NULL")
     StandInPicamera2.instances = []
     StandInPicamera2.fail_open = False
+    monkeypatch.setattr(StandInPicamera2, "platform", types.SimpleNamespace(name="VC4"))
+    monkeypatch.setattr(StandInPicamera2, "knows_preserve_ar", True)
     monkeypatch.setitem(sys.modules, "picamera2", module)
     return module
 
@@ -364,3 +375,100 @@ def test_picamera2_not_installed_is_a_capture_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "picamera2", None)  # import fails, as off a Pi
     with pytest.raises(CaptureError, match="picamera2 is not installed"):
         Picamera2Camera().open()
+
+
+def test_picamera2_on_a_pi_5_gives_lores_at_the_model_aspect_in_rgb(picamera2_standin, monkeypatch, caplog):
+    monkeypatch.setattr(StandInPicamera2, "platform", types.SimpleNamespace(name="PISP"))
+    cam = Picamera2Camera(width=640, height=480, lores_width=320, lores_height=240, model_aspect=(224, 224))
+    with cam:
+        rgb, _ = cam.read()
+    config = StandInPicamera2.instances[-1].config
+    assert config["lores"] == {"size": (240, 240), "format": "BGR888", "preserve_ar": True}
+    assert rgb.shape == (240, 240, 3) and rgb.flags.c_contiguous  # square, as the model: no crop left to do
+    assert np.abs(rgb[:, :100].reshape(-1, 3).mean(0) - COLOURS["b_green.png"]).max() < 2  # no conversion
+    # A picamera2 that does not know the flag: the main stream's view in YUV420, as on a Pi 4.
+    monkeypatch.setattr(StandInPicamera2, "knows_preserve_ar", False)
+    with cam:
+        rgb, _ = cam.read()
+    assert StandInPicamera2.instances[-1].config["lores"] == {"size": (320, 240), "format": "YUV420"}
+    assert rgb.shape == (240, 320, 3)
+    assert "refused" in caplog.text
+
+
+def test_picamera2_on_a_pi_4_keeps_lores_at_the_main_view(picamera2_standin):
+    with Picamera2Camera(width=640, height=480, lores_width=320, lores_height=240, model_aspect=(224, 224)) as cam:
+        assert cam.read()[0].shape == (240, 320, 3)  # VC4 crops both streams alike; the daemon crops
+    assert StandInPicamera2.instances[-1].config["lores"] == {"size": (320, 240), "format": "YUV420"}
+
+
+def test_aspect_within_keeps_even_sizes():
+    assert aspect_within((320, 240), (224, 224)) == (240, 240)
+    assert aspect_within((320, 240), (150, 200)) == (320, 240)
+    assert aspect_within((320, 240), (300, 200)) == (160, 240)
+    assert aspect_within((321, 241), (1, 3)) == (320, 106)
+
+
+# --- in-memory replay ----------------------------------------------------------------
+
+
+def test_memory_camera_replays_decoded_frames_without_copies(tmp_path):
+    frames = np.stack([np.full((6, 8, 3), v, np.uint8) for v in (10, 20, 30)])
+    cam = MemoryCamera(frames, loop=False)
+    with cam:
+        seen = []
+        while (shot := cam.read()) is not None:
+            rgb, display = shot
+            assert display is rgb and np.shares_memory(rgb, frames) and not rgb.flags.writeable
+            seen.append(int(rgb[0, 0, 0]))
+    assert seen == [10, 20, 30]
+    assert frames.flags.writeable  # the caller's array is left as it was
+    path = tmp_path / "frames.npy"
+    np.save(path, frames)
+    with make_camera(CameraConfig(source="memory", path=str(path))) as looped:
+        assert [int(looped.read()[0][0, 0, 0]) for _ in range(5)] == [10, 20, 30, 10, 20]
+
+
+def test_memory_camera_refuses_what_is_not_frames(tmp_path):
+    with pytest.raises(CaptureError, match=r"expected \(N, H, W, 3\) uint8"):
+        MemoryCamera(np.zeros((6, 8, 3), np.uint8)).open()
+    with pytest.raises(CaptureError, match="cannot read frames"):
+        MemoryCamera(tmp_path / "none.npy").open()
+    with pytest.raises(CaptureError, match="not open"):
+        MemoryCamera(np.zeros((1, 2, 2, 3), np.uint8)).read()
+
+
+class GatedMemoryCamera(MemoryCamera):
+    """Reads the first ``free`` frames at once, then each read waits for the gate (a slow source)."""
+
+    def __init__(self, frames, free: int):
+        super().__init__(frames, loop=False)
+        self.free, self.reads = free, 0
+        self.gate = threading.Event()
+
+    def read(self):
+        self.reads += 1
+        if self.reads > self.free:
+            self.gate.wait(5.0)
+        return super().read()
+
+
+def test_full_speed_replay_reads_one_frame_ahead_and_drops_nothing():
+    frames = np.stack([np.full((4, 4, 3), v, np.uint8) for v in range(6)])
+    camera = GatedMemoryCamera(frames, free=2)
+    grabber = FrameGrabber(camera, fps=0.0)
+    grabber.start()
+    try:
+        first = grabber.get(timeout=5.0)
+        # The third read (blocked at the gate) starts while frame 2 is still untaken: it was read ahead...
+        assert wait_for(lambda: camera.reads >= 3, what="a read with frame 2 waiting")
+        second = grabber.get(timeout=0)  # ...so it is there at once, with the capture thread stuck
+        assert (first.frame.frame_id, second.frame.frame_id) == (1, 2)
+        camera.gate.set()
+        rest = [grabber.get(timeout=5.0) for _ in range(4)]
+        assert [c.frame.frame_id for c in rest] == [3, 4, 5, 6]
+        assert [int(c.frame.rgb[0, 0, 0]) for c in (first, second, *rest)] == list(range(6))
+        assert grabber.dropped == 0
+        assert grabber.get(timeout=0.5) is None and grabber.ended
+    finally:
+        camera.gate.set()
+        grabber.stop()

@@ -8,6 +8,7 @@ from device.config import (
     Config,
     ConfigError,
     ModelConfig,
+    check_camera_path,
     check_model_dir,
     config_from_dict,
     default_model_dir,
@@ -56,7 +57,7 @@ def test_int_is_accepted_for_float():
 
 
 def test_bad_enum_is_named():
-    with pytest.raises(ConfigError, match=r"^camera\.source: expected one of picamera2, opencv, folder, got 'usb'"):
+    with pytest.raises(ConfigError, match=r"^camera\.source: expected one of picamera2, opencv, folder, memory, got 'usb'"):
         config_from_dict({"camera": {"source": "usb"}})
     with pytest.raises(ConfigError, match=r"^overlay\.mode"):
         config_from_dict({"overlay": {"mode": "hdmi"}})
@@ -79,6 +80,20 @@ def test_password_without_username_is_an_error():
 def test_folder_source_needs_a_path():
     with pytest.raises(ConfigError, match=r"^camera\.path: required"):
         config_from_dict({"camera": {"source": "folder"}})
+
+
+def test_memory_source_needs_a_frames_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"^camera\.path: required when camera\.source is memory"):
+        config_from_dict({"camera": {"source": "memory"}})
+    cfg = config_from_dict({"camera": {"source": "memory", "path": str(tmp_path / "none.npy")}})
+    with pytest.raises(ConfigError, match=r"^camera\.path: frames file not found"):
+        check_camera_path(cfg.camera)
+
+
+def test_mqtt_heartbeat_must_be_positive():
+    assert config_from_dict({}).mqtt.heartbeat_s == 10.0
+    with pytest.raises(ConfigError, match=r"^mqtt\.heartbeat_s: must be > 0, got 0.0"):
+        config_from_dict({"mqtt": {"heartbeat_s": 0}})
 
 
 def test_drm_overlay_needs_picamera2():

@@ -81,7 +81,7 @@ def test_daemon_on_an_image_folder_end_to_end(tmp_path, tiny_model_dir, fixture_
     config = write_config(
         tmp_path / "device.yaml", device_id=device_id, model={"dir": str(tiny_model_dir), "threads": 1},
         camera={"source": "folder", "path": str(fixture_dir / "images"), "fps": 20.0},
-        mqtt={"host": mqtt_broker.host, "port": mqtt_broker.port, "max_rate_hz": 20.0},
+        mqtt={"host": mqtt_broker.host, "port": mqtt_broker.port, "max_rate_hz": 20.0, "heartbeat_s": 0.2},
         http={"port": port},
     )
     notify = NotifySocket(tmp_path / "notify.sock")
@@ -258,3 +258,58 @@ def test_stalled_inference_stops_the_watchdog_and_shows_in_health(tmp_path, tiny
         runner.join(TIMEOUT)
         notify.close()
     assert not runner.is_alive()
+
+
+# --- the frame budget ------------------------------------------------------------------
+
+
+def test_memory_camera_daemon_times_every_stage_draws_nothing_unwatched_and_keeps_results(
+        tmp_path, tiny_model_dir, fixture_dir):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from device.engine import Engine
+    from device.predict import model_for
+
+    images = sorted((fixture_dir / "images").glob("*.jpg"))[:6]
+    frames = np.stack([cv2.resize(load_image(p), (160, 120)) for p in images])
+    np.save(tmp_path / "frames.npy", frames)
+    cfg = config_from_dict({
+        "device_id": f"budget-{os.getpid()}", "model": {"dir": str(tiny_model_dir), "threads": 1},
+        "camera": {"source": "memory", "path": str(tmp_path / "frames.npy"), "fps": 0},
+        "mqtt": {"enabled": False}, "http": {"port": 0},
+    })
+    daemon = Daemon(cfg, max_frames=len(frames))
+    daemon.start()
+    try:
+        wait_for(lambda: daemon.frames >= len(frames), what="every frame classified")
+        base = f"http://127.0.0.1:{daemon.http.port}"
+
+        def budget() -> dict[str, tuple[float, float]]:
+            text = requests.get(f"{base}/metrics", timeout=5).text
+            family = next(f for f in text_string_to_metric_families(text) if f.name == "dermedge_stage_seconds")
+            assert family.type == "summary"
+            out: dict[str, list[float]] = {}
+            for s in family.samples:
+                out.setdefault(s.labels["stage"], [0, 0.0])[0 if s.name.endswith("_count") else 1] = s.value
+            return {stage: tuple(v) for stage, v in out.items()}
+
+        counted = budget()
+        for stage in ("capture", "fit", "infer", "quality", "postprocess", "display", "state", "mqtt"):
+            assert counted[stage][0] == len(frames), stage
+        assert counted["infer"][1] > 0 and counted["quality"][1] > 0
+        assert counted["overlay"] == (0, 0.0) and counted["jpeg"] == (0, 0.0)  # no screen, nobody watching
+        snapshot = requests.get(f"{base}/snapshot.jpg", timeout=5)
+        assert snapshot.status_code == 200
+        watched = budget()
+        assert watched["overlay"][0] == 1 and watched["jpeg"][0] == 1  # drawn and encoded once, when asked
+
+        # The same Result as the engine and postprocessing give that frame on their own.
+        last = daemon.state.latest()
+        assert last.frame_id == len(frames) and last.source == f"frame {len(frames) - 1}"
+        engine = Engine.from_model_dir(tiny_model_dir, num_threads=1)
+        alone = model_for(engine, cfg).stream.process(engine.infer(frames[-1]), rgb=frames[-1], frame_id=last.frame_id,
+                                                      timestamp=0.0, t_start=0.0)
+        for field in ("class_code", "state", "confidence", "all_probabilities", "top3", "quality", "referral"):
+            assert getattr(last, field) == getattr(alone, field), field
+    finally:
+        daemon.stop()

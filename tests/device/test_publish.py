@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import types
 import uuid
 from datetime import datetime
@@ -148,40 +149,80 @@ class FakeTime:
         return self.now
 
 
-def test_rate_limit_sends_changes_at_once_and_repeats_at_most_max_rate(
+def test_results_go_out_on_change_at_most_max_rate_with_a_heartbeat(
     mqtt_broker, mqtt_subscriber, publishers, make_result, monkeypatch
 ):
     clock = FakeTime()
     monkeypatch.setattr(publish_module, "time", types.SimpleNamespace(monotonic=clock.monotonic))
-    pub = publishers(mqtt_broker, max_rate_hz=1.0)
+    pub = publishers(mqtt_broker, max_rate_hz=2.0, heartbeat_s=3.0)
     wait_for(lambda: pub.connected, what="publisher to connect")
     sub = mqtt_subscriber(mqtt_broker, [pub.result_topic])
 
-    # (time, class, state) -> expected to be sent
+    # (time, class, state or None for a flush without a new frame) -> whether a message goes out then
     steps = [
-        (0.0, "nv", "ok", True),
-        (0.1, "nv", "ok", False),  # same class and state within 1 s
-        (0.5, "nv", "ok", False),
-        (0.6, "mel", "ok", True),  # class change: at once
-        (0.7, "mel", "uncertain", True),  # state change: at once
-        (0.8, "mel", "uncertain", False),
-        (1.8, "mel", "uncertain", True),  # 1 s since the last one sent
-        (1.9, "bcc", "poor_quality", True),
+        (0.0, "nv", "ok", True),  # the first result after connecting
+        (0.1, "nv", "ok", False),  # unchanged
+        (0.3, "mel", "ok", False),  # a change 0.3 s after the last message: held back...
+        (0.4, None, None, False),
+        (0.5, None, None, True),  # ...and sent once 1 / max_rate_hz has passed, with no new frame
+        (0.6, "mel", "ok", False),
+        (0.7, "bcc", "ok", False),  # held back...
+        (0.8, "mel", "ok", False),  # ...then reverted: nothing left to send
+        (1.1, None, None, False),
+        (1.2, "mel", "uncertain", True),  # a state change after the interval: at once
+        (2.0, "mel", "uncertain", False),
+        (4.1, "mel", "uncertain", False),
+        (4.2, "mel", "uncertain", True),  # unchanged, but heartbeat_s since the last message
+        (4.3, "mel", "uncertain", False),
     ]
-    sent = []
+    sent, expected_codes = [], []
+    last = None
     for frame_id, (t, code, state, expected) in enumerate(steps):
         clock.now = 100.0 + t
-        assert pub.publish_result(make_result(code, state=state, frame_id=frame_id)) is expected, steps[
-            frame_id
-        ]
+        if code is None:
+            assert pub.flush() is expected, steps[frame_id]
+            if expected:
+                sent.append(last[0])
+                expected_codes.append(last[1])
+            continue
+        last = (frame_id, code)
+        assert pub.publish_result(make_result(code, state=state, frame_id=frame_id)) is expected, steps[frame_id]
         if expected:
             sent.append(frame_id)
+            expected_codes.append(code)
 
-    def frame_ids():
-        return [json.loads(m.payload)["frame_id"] for m in sub.on(pub.result_topic)]
+    def received():
+        return [(body["frame_id"], body["class_code"]) for body in map(json.loads, (
+            m.payload for m in sub.on(pub.result_topic)))]
 
-    wait_for(lambda: sent[-1] in frame_ids(), what="the last result")
-    assert frame_ids() == sent
+    wait_for(lambda: len(received()) >= len(sent), what="every result sent")
+    assert received() == list(zip(sent, expected_codes))
+    assert [code for _, code in received()] == ["nv", "mel", "mel", "mel"]
+
+
+def test_a_result_stream_is_capped_at_max_rate_and_ends_on_the_last_change(
+    mqtt_broker, mqtt_subscriber, publishers, make_result
+):
+    """Real clock: 30 frames a second whose class flips every frame, as a replay of mixed lesions."""
+    pub = publishers(mqtt_broker, max_rate_hz=4.0, heartbeat_s=60.0)
+    wait_for(lambda: pub.connected, what="publisher to connect")
+    sub = mqtt_subscriber(mqtt_broker, [pub.result_topic])
+    codes = ["nv", "mel", "bcc"]
+    t0 = time.monotonic()
+    frame_id = 0
+    while time.monotonic() - t0 < 1.5:
+        frame_id += 1
+        pub.publish_result(make_result(codes[frame_id % 3], frame_id=frame_id))
+        time.sleep(1 / 30)
+    elapsed = time.monotonic() - t0
+    time.sleep(0.3)
+    pub.flush()  # the last change, held back by the rate limit, goes out now
+    wait_for(lambda: sub.on(pub.result_topic) and json.loads(sub.on(pub.result_topic)[-1].payload)["frame_id"]
+             == frame_id, what="the last frame's result")
+    messages = sub.on(pub.result_topic)
+    assert len(messages) <= 4.0 * (elapsed + 0.3) + 1  # not 45 messages, one per frame
+    assert len(messages) >= 4
+    assert json.loads(messages[-1].payload)["class_code"] == codes[frame_id % 3]
 
 
 def test_qos_1_delivery(mqtt_broker, mqtt_subscriber, publishers, make_result):

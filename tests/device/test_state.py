@@ -203,3 +203,37 @@ def test_concurrent_writers_and_readers(make_result):
     assert not errors
     assert state.health()["frames"] == 400
     assert sample(metrics(state), "dermedge_dropped_frames_total") == 400
+
+
+def test_frame_budget_in_metrics_as_a_prometheus_summary(make_result):
+    state = LiveState("m")
+    state.stages.add("infer", 0.004)
+    state.stages.add("infer", 0.006)
+    state.stages.add("quality", 0.0005)
+    families = metrics(state)
+    assert families["dermedge_stage_seconds"].type == "summary"
+    assert sample(families, "dermedge_stage_seconds_count", stage="infer") == 2
+    assert sample(families, "dermedge_stage_seconds_sum", stage="infer") == pytest.approx(0.010)
+    assert sample(families, "dermedge_stage_max_seconds", stage="infer") == pytest.approx(0.006)
+    assert sample(families, "dermedge_stage_seconds_count", stage="quality") == 1
+    # every stage is exported from the start, so a scraper sees zeros rather than gaps
+    assert sample(families, "dermedge_stage_seconds_count", stage="jpeg") == 0
+    with pytest.raises(KeyError):
+        state.stages.add("no such stage", 1.0)
+
+
+def test_a_bare_frame_is_drawn_and_encoded_only_when_someone_asks(make_result):
+    state = LiveState("m")
+    bare = np.full((120, 160, 3), 40, np.uint8)
+    for i in range(5):
+        state.publish_frame(make_result(frame_id=i), bare, overlaid=False)
+    budget = state.stages.snapshot()
+    assert budget["overlay"][0] == 0 and budget["jpeg"][0] == 0  # nobody watched: no work
+    jpeg = state.latest_jpeg()
+    assert state.latest_jpeg() is jpeg  # one drawing and one encoding per frame, however many ask
+    budget = state.stages.snapshot()
+    assert budget["overlay"][0] == 1 and budget["jpeg"][0] == 1
+    shown = cv2.cvtColor(cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    assert shown.shape == bare.shape
+    assert np.abs(shown.astype(int) - 40).max() > 100  # the overlay's panel and text are on it
+    assert (bare == 40).all()  # drawn on a copy: the camera's frame is untouched
