@@ -11,14 +11,19 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Iterator
 
 _log = logging.getLogger(__name__)
 
-# Native lines that say nothing a user needs to act on.
-QUIET_PREFIXES = ("INFO: Created TensorFlow Lite XNNPACK delegate",)
+# Native lines that say nothing a user needs to act on: the XNNPACK notice, and TensorFlow's
+# start-up chatter (absl's preamble, INFO lines such as oneDNN's and the CPU feature notice).
+QUIET_PREFIXES = ("INFO: Created TensorFlow Lite XNNPACK delegate",
+                  "WARNING: All log messages before absl::InitializeLog() is called",
+                  "To enable the following instructions:")
+_ABSL_INFO = re.compile(r"I\d{4} ")
 
 
 @contextlib.contextmanager
@@ -37,5 +42,5 @@ def native_stderr_to_log() -> Iterator[None]:
             sink.seek(0)
             text = sink.read().decode(errors="replace")
     for line in text.splitlines():
-        if line.strip() and not line.startswith(QUIET_PREFIXES):
+        if line.strip() and not line.startswith(QUIET_PREFIXES) and not _ABSL_INFO.match(line):
             _log.warning("interpreter: %s", line)

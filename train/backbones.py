@@ -27,6 +27,7 @@ from keras import layers
 from device.engine import open_interpreter
 from device.preprocess import fit_to_input, load_image
 from train import efficientnet_lite
+from train.models import pooled_head
 
 _log = logging.getLogger(__name__)
 
@@ -288,12 +289,7 @@ def pretrained_classifier(name: str, input_shape, *, weights: str, num_classes: 
         features = base.get_layer(cut).output if cut else base.output
     except ValueError as err:
         raise ValueError(f"backbone_cut: no layer {cut!r} in {name}") from err
-    x = layers.GlobalAveragePooling2D(keepdims=True, name="pool")(features)
-    x = layers.Dropout(dropout, name="drop")(x)
-    x = layers.Conv2D(num_classes, 1, name="head")(x)
-    x = layers.Flatten(name="logits")(x)
-    outputs = layers.Softmax(name="probs")(x)
-    return keras.Model(base.input, outputs, name=name), imported
+    return keras.Model(base.input, pooled_head(features, num_classes, dropout=dropout), name=name), imported
 
 
 def classifier_from_int8(card, int8_path: Path) -> keras.Model:

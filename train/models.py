@@ -99,12 +99,18 @@ def edgenet(input_shape=(150, 200, 3), width: float = 1.0, num_classes: int = NU
         for i in range(n):
             x = _inverted_residual(x, t, _ch(c, width), stride if i == 0 else 1, name=f"s{s}_{i}")
     x = _conv_bn(x, _ch(640, width), 1, act="relu6", name="top")
-    x = layers.GlobalAveragePooling2D(keepdims=True, name="pool")(x)
+    return keras.Model(inputs, pooled_head(x, num_classes, dropout=dropout), name="edgenet")
+
+
+def pooled_head(features, num_classes: int, *, dropout: float):
+    """Global average pool -> dropout -> 1x1 conv ``head`` -> ``logits`` -> ``probs``: the one
+    classifier head of edgenet and every pretrained backbone. Calibration folds its temperature
+    into the ``head`` conv, and the ensemble reads ``logits``, so the names are the contract."""
+    x = layers.GlobalAveragePooling2D(keepdims=True, name="pool")(features)
     x = layers.Dropout(dropout, name="drop")(x)
     x = layers.Conv2D(num_classes, 1, name="head")(x)
     x = layers.Flatten(name="logits")(x)
-    outputs = layers.Softmax(name="probs")(x)
-    return keras.Model(inputs, outputs, name="edgenet")
+    return layers.Softmax(name="probs")(x)
 
 
 ARCHITECTURES = {"seed_cnn": seed_cnn, "concat_resnet": concat_resnet, "edgenet": edgenet}
