@@ -246,3 +246,20 @@ def test_demo_with_a_bad_model_fails_before_announcing_anything(tmp_path, capsys
     assert main(["demo", "--model", str(tmp_path / "bad"), "--no-mqtt"]) == 2
     err = capsys.readouterr().err
     assert err == f"error: model.dir: model folder not found: {tmp_path / 'bad'}\n"  # no broker, no demo lines
+
+
+def test_train_help_comes_before_any_tensorflow_logging():
+    done = subprocess.run([sys.executable, "-m", "train", "--help"], cwd=REPO, capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert done.returncode == 0 and done.stdout.startswith("usage: python -m train")
+    assert done.stderr == ""  # no absl preamble, oneDNN or CPU-feature notices
+
+
+def test_the_web_install_has_no_unreviewed_install_scripts(tmp_path, web_deps):
+    """npm 11 warned at every `make web` that esbuild's install script was not covered by allowScripts."""
+    for name in ("package.json", "package-lock.json"):
+        shutil.copy(REPO / "web" / name, tmp_path / name)
+    done = subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--prefer-offline"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "install-scripts" not in done.stderr and "allowScripts" not in done.stderr, done.stderr
