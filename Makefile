@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 DATA   ?= ../shared/data/ham10000
+EXTRA  ?= ../shared/data/isic2017
+EVERYDAY ?= ../shared/data/not-lesion/images
 # models/DEFAULT is the one place the default model is named
 MODEL  ?= models/$(shell cat models/DEFAULT)
 RUN    ?=
@@ -17,7 +19,7 @@ GPU_MINUTES ?= 6.5
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup setup-device test lint web demo screenshot predict train gpu-bundle train-gpu evaluate gradcam quantize bench bench-quick install-pi check-arm64 clean
+.PHONY: gate setup setup-device test lint web demo screenshot predict train gpu-bundle train-gpu evaluate gradcam quantize bench bench-quick install-pi check-arm64 clean
 
 $(VENV)/.installed-%: requirements/%.txt requirements/device.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -57,6 +59,9 @@ gradcam: setup                            ## make gradcam RUN=runs/<run>
 
 quantize: setup                           ## make quantize RUN=runs/<run> NAME=<model name>
 	$(PY) -m quantize $(RUN) --name $(NAME) --data $(DATA)
+
+gate: setup                               ## refit the not-a-lesion gate into MODEL (default: the default); docs/not-a-lesion.md
+	$(PY) -m train.lesion_gate $(MODEL) --data $(DATA) --extra $(EXTRA) --everyday $(EVERYDAY)
 
 gpu-bundle: setup                         ## pack Keras wheels + the data (re-encoded to fit 64 MiB with the tree) for a lent GPU machine: .gpu-bundle/
 	$(PY) -m train.gpu_bundle pack --config $(GPU_CONFIG) --data $(DATA) --out $(GPU_BUNDLE)

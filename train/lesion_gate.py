@@ -1,10 +1,14 @@
 """Not a lesion: a small head on a model's own features that says when a frame shows no skin lesion.
 
-    python -m train.lesion_gate runs/<run> --checkpoint calibrated --data ../shared/data/ham10000 \
+    python -m train.lesion_gate models/<name> --data ../shared/data/ham10000 \
         --extra ../shared/data/isic2017 --everyday ../shared/data/not-lesion/images
+    python -m train.lesion_gate runs/<run> --checkpoint calibrated --data ... --extra ... --everyday ...
     python -m quantize runs/<run> --checkpoint gated --name <name> ...
 
-Any run works, a trained network or an ensemble (``train.ensemble``): the features are the input of
+A shipped ensemble's folder (the default) is rebuilt as a run from its members' int8 files with the
+bias and temperature its card records (``train.ensemble``), gated and quantized back into the folder
+with the card's own zoom and referral threshold: one command refits the gate on whatever the default is.
+Any run works, a trained network or an ensemble: the features are the input of
 each member's ``head`` conv (pooled where it is not already), concatenated. They are read from the int8
 graph the device runs, built with the run's representative set, so the head learns what the device
 will compute. Two heads are tried (``CANDIDATES``) and one is kept by the rule in
@@ -29,7 +33,7 @@ import numpy as np
 from keras import layers
 from tqdm import tqdm
 
-from device.card import zoom_argument
+from device.card import ModelCard, zoom_argument
 from device.engine import open_interpreter
 from device.preprocess import centre_zoom, dequantize, fit_to_input, normalize, quantize
 from quantize.convert import convert_int8, representative_set
@@ -316,9 +320,35 @@ def fit_gate(run_dir: Path, *, checkpoint: str, data: Path, extra: Path | None, 
     return path
 
 
+def run_from_model_dir(model_dir: Path, *, data: Path, cache_dir: Path) -> Path:
+    """A shipped ensemble's run rebuilt from its members (found beside it by name) with its card's bias
+    and temperature; a single network's folder has no such recipe (give its training run instead)."""
+    from train.ensemble import build
+
+    card = ModelCard.load(Path(model_dir) / "card.json")
+    ensemble = card.training.get("ensemble")
+    if not ensemble:
+        raise ValueError(f"{model_dir}: not an ensemble; fit the gate on its training run (runs/<run>) instead")
+    members = [Path(model_dir).parent / member["name"] for member in ensemble["members"]]
+    return build(members, data=data, name=f"{card.name}-gate", given_bias=ensemble["favour"]["bias"],
+                 given_temperature=ensemble["temperature"], cache_dir=cache_dir)
+
+
+def requantize(model_dir: Path, run_dir: Path, *, data: Path, cache_dir: Path) -> Path:
+    """The gated run quantized back into ``model_dir`` with its card's view and referral threshold."""
+    from quantize.pipeline import QuantizeOptions, quantize_run
+
+    card = ModelCard.load(Path(model_dir) / "card.json")
+    rule = card.referral
+    return quantize_run(run_dir, QuantizeOptions(
+        name=Path(model_dir).name, out=Path(model_dir).parent, data=data, checkpoint="gated", cache_dir=cache_dir,
+        preprocessing=card.preprocessing, referral_sensitivity=(rule.target_sensitivity or 0.9) if rule else 0,
+        referral_threshold=rule.threshold if rule else None, referral_picked_on=rule.picked_on if rule else ""))
+
+
 def main(argv=None) -> Path:
     parser = argparse.ArgumentParser(prog="python -m train.lesion_gate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("run_dir", type=Path, help="a training or ensemble run directory")
+    parser.add_argument("path", type=Path, help="a shipped ensemble's model folder, or a training or ensemble run")
     parser.add_argument("--checkpoint", default="calibrated", help="the run's checkpoint to extend")
     parser.add_argument("--data", type=Path, required=True, help="HAM10000 root (with masks/ for bare skin)")
     parser.add_argument("--extra", type=Path, default=None, help="ISIC 2017 root: more lesions, from other clinics")
@@ -329,15 +359,20 @@ def main(argv=None) -> Path:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    summary = args.run_dir / "calibration.json"
-    zoom = args.zoom if args.zoom is not None else (
-        json.loads(summary.read_text()).get("zoom", 1.0) if summary.is_file() else 1.0)
+    shipped = (args.path / "card.json").is_file()
     try:
-        path = fit_gate(args.run_dir, checkpoint=args.checkpoint, data=args.data, extra=args.extra,
+        run_dir = run_from_model_dir(args.path, data=args.data, cache_dir=args.cache_dir) if shipped else args.path
+        summary = run_dir / "calibration.json"
+        zoom = args.zoom if args.zoom is not None else (
+            json.loads(summary.read_text()).get("zoom", 1.0) if summary.is_file() else 1.0)
+        path = fit_gate(run_dir, checkpoint=args.checkpoint, data=args.data, extra=args.extra,
                         everyday=args.everyday, zoom=zoom, cache_dir=args.cache_dir, seed=args.seed)
+        if shipped:
+            print(f"wrote {requantize(args.path, run_dir, data=args.data, cache_dir=args.cache_dir)}")
+            return args.path
     except (ValueError, FileNotFoundError) as err:
         parser.error(str(err))
-    print(f"wrote {path}; next: python -m quantize {args.run_dir} --checkpoint gated --zoom {zoom} --name <name>")
+    print(f"wrote {path}; next: python -m quantize {run_dir} --checkpoint gated --zoom {zoom} --name <name>")
     return path
 
 
