@@ -117,6 +117,29 @@ def uploads_summary() -> str:
             f"(p99 {good['p99_ms']:.0f} ms); {idle_text}.\n")
 
 
+def gate_rates() -> str:
+    """docs/not-a-lesion.md: the default's not-a-lesion gate, from its card (threshold and report-part rates)."""
+    default = default_model_name(MODELS)
+    gate = _card(default).gate
+    if gate is None:
+        return f"The default `{default}` has no not-a-lesion gate: its results never say \"not a lesion\".\n"
+    report = gate.rates["report"]
+    per_class = ", ".join(f"{group.rsplit(':', 1)[1]} {_pct(row['rejected'])}" for group, row in report.items()
+                          if group.startswith("lesion:ham10000:"))
+    lines = [f"The default `{default}`: {gate.method}; threshold {gate.threshold:.4f}.", "",
+             "| held out from fitting and threshold (report part) | images | rejected as not a lesion |",
+             "|---|---|---|"]
+    for key, label in (("lesion:ham10000", "HAM10000 test lesions"), ("lesion:ham10000:mel", "HAM10000 test melanomas"),
+                       ("lesion:isic2017", "ISIC 2017 test lesions (other clinics)"),
+                       ("lesion:isic2017:mel", "ISIC 2017 test melanomas"), ("everyday", "everyday photos"),
+                       ("bare_skin", "bare skin around HAM10000 test lesions"),
+                       ("made", "made frames (blank, paper, blurred, exposure, hair, ink)")):
+        if key in report:
+            lines.append(f"| {label} | {report[key]['n']:,} | {_pct(report[key]['rejected'])} |")
+    lines += ["", f"HAM10000 test lesions by class: {per_class}."]
+    return "\n".join(lines) + "\n"
+
+
 # what each of train.models' families is; the figures come from the card of a model trained with it
 _FAMILIES = {"seed_cnn": "the design's compact fully-convolutional CNN",
              "concat_resnet": "the design's ResNet with concatenation skips and 1x1 transitions, L2, global pooling",
@@ -162,6 +185,7 @@ REGIONS: dict[str, Callable[[], str]] = {
     "uploads-summary": uploads_summary,
     "layout": layout,
     "families": families,
+    "gate-rates": gate_rates,
 }
 
 
