@@ -3,7 +3,8 @@
 # (debootstrap) run under qemu-user, where install.sh installs the device requirements from
 # the arm64 wheels, then `python -m device predict` classifies images and the result is
 # compared with the same command on this machine (class codes equal, probabilities within
-# --tolerance).
+# --tolerance). The browser app is built here (node build.mjs, as `make web` does on a
+# workstation), shipped with the sources, and must be served at /app/ from the install.
 #
 #   sudo nice -n 15 device/systemd/check_arm64.sh [--model models/<name>]
 #
@@ -133,7 +134,11 @@ copy_sources() {
   cp -R "$SRC/device/." "$dst/device/"
   cp -R "$SRC/requirements" "$dst/requirements"
   cp -R "$MODEL" "$dst/models/$name"
+  printf '%s\n' "$name" >"$dst/models/DEFAULT"
   cp -R "$IMAGES" "$ROOT/tmp/images"
+  say "building the browser app on this machine (static files: the same on arm64)"
+  (cd "$SRC/web" && { [[ -d node_modules ]] || npm ci --no-audit --no-fund --loglevel=error; } &&
+    node build.mjs --model "$MODEL" --out "$dst/web/dist") || die "the browser app did not build (node, npm)"
 }
 
 compare() {
@@ -180,6 +185,13 @@ main() {
   copy_sources
   say "install.sh --no-start inside the arm64 root"
   in_root bash /tmp/dermedge-src/device/systemd/install.sh --no-start --models /tmp/dermedge-src/models
+  say "the browser app at /app/ on arm64"
+  in_root env -C /opt/dermedge /opt/dermedge/venv/bin/python -c 'from flask import Flask
+from device.webapp import WEB_APP_DIR, register_web_app
+app = Flask("check"); register_web_app(app)
+page = app.test_client().get("/app/")
+assert page.status_code == 200 and b"DermEdge" in page.data, (page.status_code, WEB_APP_DIR)
+print("check_arm64: /app/ served from", WEB_APP_DIR)'
   say "predict on arm64"
   in_root env -C /opt/dermedge /opt/dermedge/venv/bin/python -c 'import platform, cv2, numpy
 from device.engine import interpreter_class

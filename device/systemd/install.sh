@@ -2,11 +2,12 @@
 # Install the DermEdge daemon as a systemd service on a Raspberry Pi
 # (Raspberry Pi OS Bookworm, Python 3.11, or later). Idempotent: run it again to update.
 #
-#   sudo device/systemd/install.sh [--models DIR] [--mqtt-clients] [--no-start] [--tls [--tls-port N]]
+#   sudo device/systemd/install.sh [--models DIR] [--mqtt-clients] [--no-start] [--no-web] [--tls [--tls-port N]]
 #
 #   --models DIR     model folders to install (default: the repository's models/)
 #   --mqtt-clients   also install mosquitto-clients (mosquitto_sub, for watching results)
 #   --no-start       install and enable nothing in systemd, only the files (chroots, images)
+#   --no-web         install no browser app (the page's /app/ then answers 404 saying how to add it)
 #   --tls            also put nginx in front: HTTPS on port 443 (--tls-port) with a self-signed
 #                    certificate made here (its SHA-256 fingerprint is printed), per-client
 #                    connection and request limits; the daemon stays on 127.0.0.1:5000
@@ -16,7 +17,10 @@
 # /opt/dermedge, a venv there with --system-site-packages (apt's numpy, OpenCV and picamera2)
 # and requirements/pi.txt, the config /etc/dermedge/device.yaml (only if it does not exist:
 # a reinstall never overwrites it; the new example goes beside it as device.yaml.example),
-# and the service dermedge.service, enabled and (re)started. With --tls: nginx from apt, the
+# and the service dermedge.service, enabled and (re)started. The browser app (web/, served at /app/)
+# is installed built: web/dist as `make web` left it (on the workstation, copied here, or on this
+# machine), else it is built here in a scratch folder with Node.js and npm (from apt when missing),
+# against the default model. It is static files, the same on every architecture. With --tls: nginx from apt, the
 # certificate in /etc/dermedge/tls (kept on reinstall) and the site nginx-dermedge.conf.
 #
 # DESTDIR=DIR stages the files under DIR and prints the system commands instead of running them.
@@ -34,6 +38,7 @@ TFLITE_FALLBACK="tflite-runtime==2.14.0"
 MODELS_SRC=$SRC/models
 MQTT_CLIENTS=false
 START=true
+WEB=true
 TLS=false
 TLS_PORT=443
 # The daemon's own port (http.port in device.yaml; keep http.host 127.0.0.1 behind the proxy).
@@ -49,6 +54,7 @@ parse_args() {
       --models) MODELS_SRC=${2:?--models needs a folder}; shift 2 ;;
       --mqtt-clients) MQTT_CLIENTS=true; shift ;;
       --no-start) START=false; shift ;;
+      --no-web) WEB=false; shift ;;
       --tls) TLS=true; shift ;;
       --tls-port) TLS_PORT=${2:?--tls-port needs a port}; shift 2 ;;
       -h | --help) usage; exit 0 ;;
@@ -118,6 +124,37 @@ install_code_and_models() {
   [[ $found -gt 0 ]] || warn "no model folder (with card.json) in $MODELS_SRC: copy one to" \
     "$APP_DIR/models/ and point model.dir in $CONF_DIR/device.yaml at it"
   chmod -R u=rwX,go=rX "$app/device" "$app/models" "$app/requirements"
+}
+
+# The browser app, built: web/dist when `make web` made it, else a build here (npm ci needs the
+# network, as pip does). The build never writes into the source tree, which may belong to a user.
+install_web_app() {
+  local dist=$SRC/web/dist scratch default
+  if [[ ! -f $dist/index.html && ! -f $MODELS_SRC/DEFAULT ]]; then
+    warn "no browser app: web/dist is not built and $MODELS_SRC has no DEFAULT to build it for ('make web', then run this again)"
+    return
+  fi
+  if [[ ! -f $dist/index.html ]]; then
+    if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+      say "apt packages: nodejs npm (to build the browser app once; --no-web skips it)"
+      sys env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm
+    fi
+    default=$MODELS_SRC/$(<"$MODELS_SRC/DEFAULT")
+    scratch=$(mktemp -d)
+    mkdir -p "$scratch/web" "$scratch/models"
+    cp "$SRC/web/package.json" "$SRC/web/package-lock.json" "$SRC/web/build.mjs" "$scratch/web/"
+    cp -R "$SRC/web/src" "$scratch/web/src"
+    cp "$MODELS_SRC/DEFAULT" "$scratch/models/DEFAULT"
+    say "building the browser app for $(basename "$default") (npm ci, node build.mjs)"
+    (cd "$scratch/web" && npm ci --no-audit --no-fund --loglevel=error && node build.mjs --model "$default" --out dist) ||
+      die "the browser app did not build; build it with 'make web' on a machine with Node.js >= 18, copy web/dist here and run this again (or pass --no-web)"
+    dist=$scratch/web/dist
+  fi
+  mkdir -p "$DESTDIR$APP_DIR/web"
+  replace_dir "$dist" "$DESTDIR$APP_DIR/web/dist"
+  chmod -R u=rwX,go=rX "$DESTDIR$APP_DIR/web"
+  [[ -z ${scratch:-} ]] || rm -rf "$scratch"
+  say "browser app installed: $APP_DIR/web/dist (the page links it at /app/)"
 }
 
 install_venv() {
@@ -236,6 +273,7 @@ main() {
   check_python
   create_user
   install_code_and_models
+  if "$WEB"; then install_web_app; fi
   install_venv
   install_config
   install_unit
