@@ -60,27 +60,28 @@ class Layout:
 
 
 def layout(width: int, height: int) -> Layout:
+    # A corner panel of about 40% x 25% of the frame: it stays out of the central half, where the
+    # model looks and the lesion is.
     s = max(0.5, width / _BASE_WIDTH)
-    pad, line = round(8 * s), round(26 * s)
-    panel_w = min(width - 2 * pad, round(340 * s))
+    pad, line, row = round(8 * s), round(22 * s), round(20 * s)
+    panel_w = min(width - 2 * pad, round(250 * s))
     x0, y0 = pad, pad
-    bar_x0 = x0 + round(70 * s)
-    bar_x1 = x0 + panel_w - round(60 * s)
-    bar_h = round(14 * s)
+    bar_x0 = x0 + round(56 * s)
+    bar_x1 = x0 + panel_w - round(46 * s)
+    bar_h = round(11 * s)
     bars = tuple(
-        (bar_x0, y0 + 2 * line + round(10 * s) + i * line, bar_x1,
-         y0 + 2 * line + round(10 * s) + i * line + bar_h)
+        (bar_x0, y0 + 2 * line + round(6 * s) + i * row, bar_x1, y0 + 2 * line + round(6 * s) + i * row + bar_h)
         for i in range(3)
     )
     panel = (x0, y0, x0 + panel_w, bars[-1][3] + pad)
     notice_h = round(24 * s)
     advice_h = _ADVICE_LINES * round(22 * s) + round(6 * s)
-    swatch_y1 = y0 + line - round(4 * s)
+    swatch_y1 = y0 + line - round(3 * s)
     return Layout(
         scale=s,
         panel=panel,
-        swatch=(x0 + pad, swatch_y1 - round(14 * s), x0 + pad + round(14 * s), swatch_y1),
-        title_origin=(x0 + pad + round(22 * s), swatch_y1),
+        swatch=(x0 + pad, swatch_y1 - round(12 * s), x0 + pad + round(12 * s), swatch_y1),
+        title_origin=(x0 + pad + round(18 * s), swatch_y1),
         status_origin=(x0 + pad, y0 + 2 * line - round(4 * s)),
         label_x=x0 + pad,
         bars=bars,  # type: ignore[arg-type]
@@ -116,29 +117,36 @@ def _draw(canvas: np.ndarray, result: Result | None) -> None:
     def color(rgb: tuple[int, int, int]) -> tuple[int, ...]:
         return (*rgb, 255) if rgba else rgb
 
-    def text(value: str, origin: tuple[int, int], size: float, rgb, max_x: int, weight: float = 1.5) -> None:
+    def text(value: str, origin: tuple[int, int], size: float, rgb, max_x: int, weight: float = 1.5,
+             shrink: float = 1.0) -> None:
+        """``shrink`` < 1: a smaller font, down to that share of ``size``, before the text is cut."""
         font_scale, thick = size * s, max(1, round(weight * s))
+        while (font_scale > size * s * shrink
+               and cv2.getTextSize(value, _FONT, font_scale, thick)[0][0] > max_x - origin[0]):
+            font_scale -= 0.025 * s
         value = _fit_text(value, font_scale, thick, max_x - origin[0])
         cv2.putText(canvas, value, origin, _FONT, font_scale, color(rgb), thick, cv2.LINE_AA)
 
-    _shade(canvas, lay.panel, rgba)
+    # without bars (no class shown) the panel ends below the status line
+    short = result is not None and not result.shows_class
+    _shade(canvas, (*lay.panel[:3], lay.status_origin[1] + round(8 * s)) if short else lay.panel, rgba)
     _shade(canvas, lay.notice, rgba)
     px1 = lay.panel[2] - round(8 * s)
     if result is not None:
         sx0, sy0, sx1, sy1 = lay.swatch
         cv2.rectangle(canvas, (sx0, sy0), (sx1 - 1, sy1 - 1), color(STATE_COLORS.get(result.state, TEXT_COLOR)), -1)
-    text(title_text(result), lay.title_origin, 0.6, TEXT_COLOR, px1, weight=2.2)
+    text(title_text(result), lay.title_origin, 0.55, TEXT_COLOR, px1, weight=2.0, shrink=0.7)
     if result is not None:
         confidence = f"{result.confidence:.0%}  " if result.shows_class else ""
-        status = f"{confidence}{result.state.replace('_', ' ')}  {result.fps:.1f} FPS"
-        text(status, lay.status_origin, 0.5, TEXT_COLOR, px1)
+        fps = f"  {result.fps:.1f} FPS" if result.fps > 0 else ""  # a slow replay has no rate yet
+        text(f"{confidence}{result.state.replace('_', ' ')}{fps}", lay.status_origin, 0.45, TEXT_COLOR, px1)
         for (code, prob), (x0, y0, x1, y1) in zip(result.top3 if result.shows_class else (), lay.bars):
-            text(code, (lay.label_x, y1), 0.45, TEXT_COLOR, x0)
+            text(code, (lay.label_x, y1), 0.4, TEXT_COLOR, x0)
             cv2.rectangle(canvas, (x0, y0), (x1 - 1, y1 - 1), color(BAR_TRACK), -1)
             fill = x0 + round((x1 - x0) * min(max(prob, 0.0), 1.0))
             if fill > x0:
                 cv2.rectangle(canvas, (x0, y0), (fill - 1, y1 - 1), color(BAR_FILL), -1)
-            text(f"{prob:.0%}", (x1 + round(6 * s), y1), 0.45, TEXT_COLOR, lay.panel[2])
+            text(f"{prob:.0%}", (x1 + round(6 * s), y1), 0.4, TEXT_COLOR, lay.panel[2])
     if result is not None and result.advice:
         _shade(canvas, lay.advice, rgba)
         ax0, ay0, ax1, _ = lay.advice

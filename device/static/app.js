@@ -41,7 +41,7 @@ const showsClass = (result) => result.state === "ok" || result.state === "uncert
 // and its one piece of advice (a referral is an alert).
 function renderResult(container, result, { live }) {
   const meta = showsClass(result) ? [`${pct(result.confidence)} confidence`] : [];
-  if (live) meta.push(`${result.fps.toFixed(1)} FPS`);
+  if (live && result.fps > 0) meta.push(`${result.fps.toFixed(1)} FPS`);
   if (result.source) meta.push(`source ${result.source}`);
   const parts = [
     el("p", { class: "class", text: result.headline }),
@@ -114,6 +114,11 @@ function renderModel(card) {
 }
 
 function renderCaptures(list) {
+  // A read-only or failing disk: the earlier captures still show, no new one can be saved.
+  const status = $("capture-status");
+  $("capture-button").disabled = Boolean(list.unavailable);
+  if (list.unavailable) status.textContent = `Captures unavailable: ${list.unavailable}`;
+  else if (status.textContent.startsWith("Captures unavailable")) status.textContent = "";
   if (!list.captures.length) {
     $("captures").replaceChildren(el("li", { class: "muted", text: "None yet." }));
     return;
