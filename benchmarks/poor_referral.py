@@ -1,4 +1,5 @@
-"""What the rule "a poor-quality frame gives no referral" (docs/results.md) costs in sensitivity.
+"""What the rule "a poor-quality frame gives no referral" (docs/results.md) costs in sensitivity,
+and, for a card with the not-a-lesion gate, what the gate costs the same way.
 
 Every image of the model's lesion-grouped test split goes through the device's own path for a
 single photo (``Engine.infer``, then ``Postprocessor`` with the default config, as ``python -m device
@@ -35,7 +36,8 @@ def count(model_dir: Path, data_root: Path, *, threads: int = 2) -> dict:
     records = evaluation_records(card, data_root, "test")
     rule = card.referral
     tally = {"positives": 0, "negatives": 0, "referred_before": 0, "referred_now": 0, "false_before": 0,
-             "false_now": 0, "poor": 0, "poor_positives": 0, "poor_positives_referred_before": 0, "by_reason": {}}
+             "false_now": 0, "poor": 0, "poor_positives": 0, "poor_positives_referred_before": 0, "by_reason": {},
+             "not_lesion": 0, "not_lesion_positives": 0, "not_lesion_positives_referred_before": 0}
     for record in tqdm(records, desc="test split", unit="img"):
         rgb = load_image(record.path)
         inference = engine.infer(rgb)
@@ -56,9 +58,13 @@ def count(model_dir: Path, data_root: Path, *, threads: int = 2) -> dict:
             tally["by_reason"][reason] = tally["by_reason"].get(reason, 0) + 1
             tally["poor_positives"] += positive
             tally["poor_positives_referred_before"] += positive and referred_before
+        elif result.state == "not_lesion":
+            tally["not_lesion"] += 1
+            tally["not_lesion_positives"] += positive
+            tally["not_lesion_positives_referred_before"] += positive and referred_before
     pos, neg = tally["positives"], tally["negatives"]
     return {
-        "model": card.name, "images": len(records), "referral_classes": list(rule.classes),
+        "model": card.name, "gate": card.gate is not None, "images": len(records), "referral_classes": list(rule.classes),
         "threshold": rule.threshold, "card_sensitivity": rule.sensitivity, **tally,
         "sensitivity_before": tally["referred_before"] / pos, "sensitivity_now": tally["referred_now"] / pos,
         "specificity_before": 1 - tally["false_before"] / neg, "specificity_now": 1 - tally["false_now"] / neg,
