@@ -18,7 +18,7 @@ Handlers read :class:`LiveState` or classify an upload through the ``predict`` c
 never drive the camera. Every error is JSON ``{"error": reason}``: 400 for a bad image or
 body, 401 for a missing or wrong token (or session cookie), 404, 405, 413 when the request body
 exceeds ``http.max_upload_mb`` or has too many form parts (the reason says which), 415 for the wrong
-content type, 422 for an image that would need more than the decode budget
+content type, 421 for a ``Host`` that does not name this device (device.hosts), 422 for an image that would need more than the decode budget
 (``http.decode_memory_mb``, see device/limits.py: its memory, or a JPEG whose repeated scans
 would keep the decoder busy), 429 when too many streams are open or a client
 sent too many wrong tokens (device.auth.GuessLimiter; with Retry-After), 503 when
@@ -46,6 +46,7 @@ from werkzeug.exceptions import HTTPException
 
 from device.auth import GuessLimiter, bearer_matches, load_token
 from device.config import HttpConfig
+from device.hosts import host_allowed, own_names
 from device.limits import DecodeBudget, DecoderBusy
 from device.page import (
     PUBLIC_ENDPOINTS,
@@ -114,6 +115,15 @@ def create_app(cfg: HttpConfig, state: LiveState, predict: Callable[[np.ndarray]
     guesses = GuessLimiter(limit=cfg.wrong_tokens_per_minute, window_s=60.0)
     if page is not None:
         app.register_blueprint(page_blueprint(page, sessions=sessions, token=token, guesses=guesses))
+    hosts = own_names(cfg.allowed_hosts)
+
+    @app.before_request
+    def _check_host():  # first: a page that rebound its own name to this device learns nothing
+        header = request.environ.get("HTTP_HOST")
+        if host_allowed(header, hosts):
+            return None
+        return _error(421, f"this device does not answer to the host name {header[:100]!r}: use its address, "
+                           "localhost or its own name, or add the name to http.allowed_hosts")
 
     @app.before_request
     def _check_token():

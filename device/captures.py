@@ -8,6 +8,9 @@ names ever joined to the folder (:data:`ID_PATTERN`), so a request cannot reach 
 Every file is written to a temporary name in the same folder, flushed to disk and renamed, so
 a full disk or a power cut leaves either the whole capture or none of it, and never touches an
 earlier one. Retention deletes the oldest captures beyond ``max_count`` or ``max_total_mb``.
+A disk that refuses writes (an SD card remounted read-only, the usual Pi failure, or one failing
+with I/O errors) is :class:`StorageUnavailable`: the earlier captures can still be listed and read,
+:meth:`CaptureStore.unavailable` says why no new one can be saved, and no clean-up step raises.
 """
 from __future__ import annotations
 
@@ -40,6 +43,10 @@ class CaptureError(RuntimeError):
 
 class DiskFullError(CaptureError):
     """Not enough free space (or the disk filled up while writing); earlier captures are kept."""
+
+
+class StorageUnavailable(CaptureError):
+    """The capture folder cannot be written: a read-only or failing disk."""
 
 
 class NothingToCaptureError(CaptureError):
@@ -92,6 +99,7 @@ class CaptureStore:
         self.min_free_bytes = int(cfg.min_free_mb * 1024 * 1024)
         self.jpeg_quality = cfg.jpeg_quality
         self._lock = threading.Lock()
+        self._failure: str | None = None  # why the last save found no working disk; None after a success
 
     def save(self, display_rgb: np.ndarray, sidecar: dict, *, timestamp: float, frame_id: int) -> CaptureInfo:
         """Store one capture; ``sidecar`` gains ``id`` and ``image``. Raises CaptureError."""
@@ -102,29 +110,54 @@ class CaptureStore:
         jpeg = buf.tobytes()
         with self._lock:
             try:
-                self.folder.mkdir(parents=True, exist_ok=True)
-            except OSError as err:
-                raise CaptureError(f"cannot create the capture folder {self.folder}: {err.strerror}") from err
-            capture_id = self._new_id(timestamp, frame_id)
-            h, w = display_rgb.shape[:2]
-            body = json.dumps({"id": capture_id, **sidecar,
-                               "image": {"file": f"{capture_id}.jpg", "width": w, "height": h}}, indent=2)
-            self._check_space(len(jpeg) + len(body))
-            image = self.folder / f"{capture_id}.jpg"
-            self._write_atomic(image, jpeg)
-            try:
-                self._write_atomic(self.folder / f"{capture_id}.json", body.encode())
-            except CaptureError:
-                image.unlink(missing_ok=True)  # an image without its sidecar is not a capture
+                info = self._save(jpeg, display_rgb.shape, sidecar, timestamp, frame_id)
+            except StorageUnavailable as err:
+                self._failure = str(err)
                 raise
-            self._prune(keep=capture_id)
-        _log.info("capture %s saved in %s", capture_id, self.folder)
-        return self._info(capture_id)
+            self._failure = None
+        _log.info("capture %s saved in %s", info.id, self.folder)
+        return info
+
+    def unavailable(self) -> str | None:
+        """Why no capture can be saved now, or None: the folder's file system is mounted read-only,
+        or the last save failed for want of a working disk (until a save succeeds)."""
+        if _read_only(self.folder):
+            return f"the capture folder {self.folder} is on a read-only file system"
+        return self._failure
+
+    def _save(self, jpeg: bytes, shape: tuple[int, ...], sidecar: dict, timestamp: float,
+              frame_id: int) -> CaptureInfo:
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise StorageUnavailable(f"cannot create the capture folder {self.folder}: {err.strerror}") from err
+        capture_id = self._new_id(timestamp, frame_id)
+        h, w = shape[:2]
+        body = json.dumps({"id": capture_id, **sidecar,
+                           "image": {"file": f"{capture_id}.jpg", "width": w, "height": h}}, indent=2)
+        self._check_space(len(jpeg) + len(body))
+        image = self.folder / f"{capture_id}.jpg"
+        self._write_atomic(image, jpeg)
+        try:
+            self._write_atomic(self.folder / f"{capture_id}.json", body.encode())
+        except CaptureError:
+            _remove_quietly(image)  # an image without its sidecar is not a capture
+            raise
+        self._prune(keep=capture_id)
+        try:
+            return self._info(capture_id)
+        except OSError as err:  # written, then unreadable: the disk is failing
+            raise StorageUnavailable(f"capture {capture_id} written but unreadable: {err.strerror}") from err
 
     def list(self) -> list[CaptureInfo]:
-        """Complete captures (image and sidecar), newest first."""
+        """Complete captures (image and sidecar), newest first; none when the folder cannot be read."""
         infos = []
-        for capture_id in sorted(self._ids(), reverse=True):
+        try:
+            ids = self._ids()
+        except OSError as err:
+            _log.warning("captures in %s cannot be listed: %s", self.folder, err)
+            return []
+        for capture_id in sorted(ids, reverse=True):
             try:
                 infos.append(self._info(capture_id))
             except (OSError, ValueError) as err:  # a sidecar edited or damaged by hand
@@ -169,12 +202,14 @@ class CaptureStore:
         return capture_id
 
     def _check_space(self, needed: int) -> None:
-        free = shutil.disk_usage(self.folder).free
+        try:
+            free = shutil.disk_usage(self.folder).free
+        except OSError as err:
+            raise StorageUnavailable(f"cannot read the free space of {self.folder}: {err.strerror}") from err
         if free - needed < self.min_free_bytes:
             raise DiskFullError(
-                f"disk full: {free / 1e6:.1f} MB free in {self.folder}, a capture needs {needed / 1e6:.1f} MB "
-                f"and captures.min_free_mb keeps {self.min_free_bytes / 1e6:.0f} MB free; earlier captures "
-                "are kept"
+                f"disk full: {_size(free)} free in {self.folder}, a capture needs {_size(needed)} "
+                f"and captures.min_free_mb keeps {_size(self.min_free_bytes)} free; earlier captures are kept"
             )
 
     def _write_atomic(self, path: Path, data: bytes) -> None:
@@ -186,14 +221,21 @@ class CaptureStore:
                 os.fsync(fh.fileno())
             os.replace(tmp, path)
         except OSError as err:
-            tmp.unlink(missing_ok=True)
+            _remove_quietly(tmp)
             if err.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise DiskFullError(f"disk full: cannot write {path.name} in {self.folder}; earlier captures "
                                    "are kept") from err
-            raise CaptureError(f"cannot write {path}: {err.strerror or err}") from err
+            raise StorageUnavailable(f"cannot write {path}: {err.strerror or err}") from err
 
     def _prune(self, *, keep: str) -> None:
-        """Delete the oldest captures beyond the count and size limits (never ``keep``)."""
+        """Delete the oldest captures beyond the count and size limits (never ``keep``); a disk that
+        fails here leaves them for the next save, the new capture is kept either way."""
+        try:
+            self._prune_oldest(keep)
+        except OSError as err:
+            _log.warning("captures in %s not pruned: %s", self.folder, err)
+
+    def _prune_oldest(self, keep: str) -> None:
         ids = sorted(self._ids())
         sizes = {i: sum((self.folder / f"{i}.{k}").stat().st_size for k in KINDS) for i in ids}
         total = sum(sizes.values())
@@ -203,8 +245,34 @@ class CaptureStore:
             if capture_id == keep:
                 continue
             for kind in KINDS:
-                (self.folder / f"{capture_id}.{kind}").unlink(missing_ok=True)
+                _remove_quietly(self.folder / f"{capture_id}.{kind}")
             ids = [i for i in ids if i != capture_id]
             total -= sizes[capture_id]
             _log.info("capture %s deleted (retention: %d captures, %.0f MB at most)", capture_id,
                       self.max_count, self.max_bytes / 1024 / 1024)
+
+
+def _remove_quietly(path: Path) -> None:
+    """Delete ``path`` if it is there; a disk that refuses (read-only: even a missing file gives
+    EROFS) is logged, never raised, so clean-up cannot hide the error that called for it."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as err:
+        _log.warning("could not remove %s: %s", path, err.strerror or err)
+
+
+def _read_only(folder: Path) -> bool:
+    """Whether the file system holding ``folder`` (or its nearest existing parent) is mounted read-only."""
+    for path in (folder, *folder.parents):
+        try:
+            return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+        except FileNotFoundError:
+            continue
+        except OSError:  # a parent that is a file, a failing disk: the save itself will say
+            return False
+    return False
+
+
+def _size(nbytes: int) -> str:
+    """Bytes in the units the settings use (MB = 2**20 bytes); KB below one MB, so it never reads 0.0 MB."""
+    return f"{nbytes / 2**20:.1f} MB" if nbytes >= 2**20 else f"{max(1, round(nbytes / 1024))} KB"

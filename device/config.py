@@ -9,6 +9,8 @@ file runs as is. Whether the model folder exists is checked separately
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import re
 import socket
 import types
 import typing
@@ -126,6 +128,12 @@ class HttpConfig:
     connection_limit: int = 512  # open connections before waitress stops accepting
     idle_timeout_s: int = 10  # a connection with no request in progress is closed after this
     wrong_tokens_per_minute: int = 10  # per client; beyond this its token checks get 429 until a minute has passed
+    # Reverse proxies (IP addresses) whose X-Forwarded-For and -Proto are believed; from any other
+    # peer they are dropped. install.sh --tls's nginx on this machine: ["127.0.0.1"].
+    trusted_proxies: tuple[str, ...] = ()
+    # Host header names answered besides localhost, this device's own names and any IP address
+    # (device.hosts); "*" answers any name (turns off the DNS-rebinding guard).
+    allowed_hosts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -152,6 +160,8 @@ class Config:
     captures: CapturesConfig = field(default_factory=CapturesConfig)
 
 
+# A host name as a Host header names it: letters, digits, hyphens and dots.
+_HOST_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?\.?")
 # Value rules beyond the type: dotted key -> (check, what it must be).
 _RULES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "device_id": (lambda v: bool(v) and not any(c in v for c in "/#+"), "non-empty, without / # +"),
@@ -256,6 +266,14 @@ def to_dict(cfg: Config) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def check_model_dir(model: ModelConfig) -> Path:
     """The model folder as a Path after checking it and its card exist (errors name the path)."""
     folder = Path(model.dir)
@@ -328,6 +346,12 @@ def _check_value(value: Any, kind: Any, dotted: str) -> Any:
 
 
 def _check_cross_fields(cfg: Config) -> None:
+    for proxy in cfg.http.trusted_proxies:
+        if not _is_ip(proxy):
+            raise ConfigError(f"http.trusted_proxies: {proxy!r} is not an IP address")
+    for name in cfg.http.allowed_hosts:
+        if name != "*" and not _HOST_NAME.fullmatch(name) and not _is_ip(name):
+            raise ConfigError(f"http.allowed_hosts: {name!r} is not a host name or address (no scheme, port or path)")
     if cfg.http.token is not None and (problem := token_problem(cfg.http.token)):
         raise ConfigError(f"http.token: {problem}")
     if cfg.http.token is not None and cfg.http.token_file is not None:

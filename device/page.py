@@ -9,7 +9,7 @@
                            {"seq", "result", "jpeg": base64}; 204 when none came within VIEW_WAIT_S
     POST /capture          saves the shown frame and its Result (201), see device.captures;
                            {"frame_id": N} saves that frame, the one the page shows
-    GET  /captures         the stored captures, newest first
+    GET  /captures         the stored captures, newest first, and why none can be saved now
     GET  /captures/<id>.jpg | .json
 
 The page shows one object from frame to screen: its live view is the frames of ``/view``, each
@@ -38,7 +38,13 @@ from pathlib import Path
 from flask import Blueprint, Response, jsonify, request, send_file
 
 from device.auth import GuessLimiter
-from device.captures import CaptureError, CaptureStore, DiskFullError, NothingToCaptureError
+from device.captures import (
+    CaptureError,
+    CaptureStore,
+    DiskFullError,
+    NothingToCaptureError,
+    StorageUnavailable,
+)
 from device.card import ModelCard
 
 STATIC_DIR = Path(__file__).with_name("static")
@@ -215,6 +221,8 @@ def page_blueprint(page: Page, *, sessions: Sessions, token: bytes | None, guess
             info = save(frame_id)
         except DiskFullError as err:
             return json_error(507, str(err))
+        except StorageUnavailable as err:  # a read-only or failing disk
+            return json_error(503, f"captures unavailable: {err}")
         except NothingToCaptureError as err:
             return json_error(409, str(err))
         except CaptureError as err:
@@ -224,7 +232,8 @@ def page_blueprint(page: Page, *, sessions: Sessions, token: bytes | None, guess
     @bp.get("/captures")
     def captures():
         items = [info.to_dict() for info in store.list()]
-        return jsonify({"captures": items, "count": len(items), "max_count": store.max_count})
+        return jsonify({"captures": items, "count": len(items), "max_count": store.max_count,
+                        "unavailable": store.unavailable()})  # why none can be saved now, or null
 
     def stored(capture_id: str, kind: str, mimetype: str):
         path = store.path(capture_id, kind)

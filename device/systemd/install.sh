@@ -247,8 +247,21 @@ print(load_config(sys.argv[1]).http.host)' "$CONF_DIR/device.yaml" 2>/dev/null) 
   esac
 }
 
+# nginx names the client in X-Forwarded-For; the daemon believes it from http.trusted_proxies only.
+trust_the_proxy() {
+  local conf=$DESTDIR$CONF_DIR/device.yaml
+  if grep -qx '  trusted_proxies: \[\]' "$conf"; then # the example's default, untouched: set it
+    sed -i 's|^  trusted_proxies: \[\]$|  trusted_proxies: ["127.0.0.1"]  # install.sh --tls: nginx on this machine|' "$conf"
+    say "set http.trusted_proxies to [\"127.0.0.1\"] in $CONF_DIR/device.yaml (nginx names the clients)"
+  elif ! grep -q '^  trusted_proxies:.*127\.0\.0\.1' "$conf"; then
+    warn "add 127.0.0.1 to http.trusted_proxies in $CONF_DIR/device.yaml, or every client behind" \
+      "nginx counts as one for the wrong-token limit and the page's cookie is not marked Secure"
+  fi
+}
+
 install_tls() {
   make_certificate
+  trust_the_proxy
   local site=$DESTDIR$NGINX_SITE enabled
   enabled=$DESTDIR/etc/nginx/sites-enabled/$(basename "$NGINX_SITE")
   mkdir -p "$(dirname "$site")" "$(dirname "$enabled")"

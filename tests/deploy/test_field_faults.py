@@ -12,16 +12,27 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 import requests
 
+from device.captures import CaptureStore
 from device.card import sha256_file
-from device.config import default_model_dir
-from tests.deploy.daemon_process import REPO, TIMEOUT, daemon_config, frames_keep_rising, wait_for
+from device.config import CapturesConfig, default_model_dir
+from tests.deploy.daemon_process import (
+    REPO,
+    TIMEOUT,
+    DaemonProcess,
+    daemon_config,
+    frames_keep_rising,
+    wait_for,
+)
 from tests.helpers import scan_bomb
 
 DEFAULT_MODEL = REPO / default_model_dir()
@@ -138,3 +149,62 @@ def test_repeated_scan_jpegs_are_refused_fast_and_health_keeps_answering(tmp_pat
         assert "image too slow to decode" in response.json()["error"]
     assert max(latencies) < HEALTH_WITHIN_S
     assert daemon.running
+
+
+# --- 4. captures on a disk remounted read-only --------------------------------------------------
+
+# Run the daemon in its own mount namespace (unshare; a user namespace, so no root is needed) where
+# the captures folder is bind-mounted read-only: the kernel refuses every write, for root as well.
+READ_ONLY_CAPTURES = 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && shift && exec "$@"'
+
+
+class ReadOnlyCapturesDaemon(DaemonProcess):
+    def __init__(self, workdir: Path, config: dict, folder: Path):
+        super().__init__(workdir, config)
+        self.folder = folder
+
+    def start(self) -> ReadOnlyCapturesDaemon:
+        self.write_config()
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                ["unshare", "-rm", "sh", "-c", READ_ONLY_CAPTURES, "sh", str(self.folder),
+                 sys.executable, "-m", "device", "run", "--config", str(self.config_path)],
+                cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        return self
+
+
+def read_only_mounts_work(folder: Path) -> bool:
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", READ_ONLY_CAPTURES, "sh", str(folder),
+                            "sh", "-c", f"! touch {folder}/probe 2>/dev/null"],
+                           check=False, capture_output=True, timeout=30)
+    return probe.returncode == 0 and not (folder / "probe").exists()
+
+
+def test_captures_on_a_read_only_disk_give_503_with_the_reason_and_the_earlier_ones_stay(
+    tmp_path, tiny_model_dir, images
+):
+    folder = tmp_path / "captures"
+    folder.mkdir()
+    if shutil.which("unshare") is None or not read_only_mounts_work(folder):
+        pytest.skip("no mount namespaces here (unshare -rm) to make a read-only folder")
+    earlier = CaptureStore(CapturesConfig(dir=str(folder), min_free_mb=0.0)).save(
+        np.zeros((48, 64, 3), np.uint8), {"result": {"state": "ok"}}, timestamp=1_700_000_000.0, frame_id=1)
+    workdir = tmp_path / "daemon"
+    workdir.mkdir()
+    daemon = ReadOnlyCapturesDaemon(workdir, daemon_config(tiny_model_dir, images, device_id=ident("ro"),
+                                                           captures={"dir": str(folder)}), folder).start()
+    try:
+        daemon.wait_running()
+        for _ in range(3):  # before: 500 "internal error", the temp file's clean-up raising EROFS again
+            refused = daemon.post("/capture")
+            assert refused.status_code == 503, refused.text
+            assert "captures unavailable" in refused.json()["error"] and "Read-only" in refused.json()["error"]
+        listed = daemon.get("/captures").json()
+        assert [c["id"] for c in listed["captures"]] == [earlier.id]  # still listed and readable
+        assert "read-only" in listed["unavailable"]  # what the page shows, its button disabled
+        assert daemon.get(f"/captures/{earlier.id}.jpg").status_code == 200
+        assert daemon.health()["status"] == "ok" and daemon.running
+        assert "Traceback" not in daemon.log() and "internal error" not in daemon.log()
+        assert sorted(p.name for p in folder.iterdir()) == [f"{earlier.id}.jpg", f"{earlier.id}.json"]
+    finally:
+        daemon.kill()

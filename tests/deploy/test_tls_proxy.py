@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
@@ -75,6 +76,8 @@ def test_the_site_proxies_to_loopback_with_per_client_limits(staged):
     enabled = root / "dest" / "etc" / "nginx" / "sites-enabled" / "dermedge.conf"
     assert os.readlink(enabled) == "/etc/nginx/sites-available/dermedge.conf"
     assert "would run: nginx -t" in out
+    config = yaml.safe_load((root / "dest" / "etc" / "dermedge" / "device.yaml").read_text())
+    assert config["http"]["trusted_proxies"] == ["127.0.0.1"]  # the daemon believes nginx's X-Forwarded-For
     assert any(line.startswith("would run: env DEBIAN_FRONTEND=noninteractive apt-get install") and " nginx " in line
                for line in out.splitlines())
 
@@ -110,7 +113,7 @@ def test_nginx_accepts_the_staged_configuration(staged):
 def test_https_through_nginx_to_the_daemon_on_loopback(staged, tiny_model_dir, fixture_dir, start_daemon):
     root, _ = staged
     daemon = start_daemon(daemon_config(tiny_model_dir, fixture_dir / "images", device_id=f"tls-{os.getpid()}",
-                                        http={"token": TOKEN}))
+                                        http={"token": TOKEN, "trusted_proxies": ["127.0.0.1"]}))
     daemon.wait_running()
     tls_port = find_free_port()
     conf = nginx_conf(root, tls_port=tls_port, http_port=daemon.port)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import io
 import logging
+import socket
 import threading
 import time
 import types
@@ -66,7 +67,8 @@ def serve(engine_predict):
     def start(*, token: str | None = None, predict=None, stream_fps: float = 50.0, **http):
         state = LiveState(engine_predict.card.name)
         cfg = HttpConfig(port=0, token=token, max_upload_mb=UPLOAD_MB, stream_fps=stream_fps, **http)
-        server = HttpServer(create_app(cfg, state, predict or engine_predict), cfg.host, cfg.port)
+        server = HttpServer(create_app(cfg, state, predict or engine_predict), cfg.host, cfg.port,
+                            trusted_proxies=cfg.trusted_proxies)
         server.start()
         servers.append(server)
         return types.SimpleNamespace(url=f"http://127.0.0.1:{server.port}", state=state, server=server)
@@ -553,7 +555,7 @@ def test_token_guards_every_route_but_health(serve, engine_predict, lesion, jpeg
 
 
 def test_a_client_sending_wrong_tokens_is_turned_away_and_others_are_not(serve):
-    api = serve(token=TOKEN, wrong_tokens_per_minute=3)
+    api = serve(token=TOKEN, wrong_tokens_per_minute=3, trusted_proxies=("127.0.0.1",))
     right, wrong = {"Authorization": f"Bearer {TOKEN}"}, {"Authorization": "Bearer guess"}
     assert requests.get(f"{api.url}/health", headers=wrong, timeout=TIMEOUT).status_code == 200  # counted, still public
     for _ in range(2):
@@ -568,6 +570,39 @@ def test_a_client_sending_wrong_tokens_is_turned_away_and_others_are_not(serve):
     assert response.status_code == 200 and "fps" in response.json(), response.text
     # a request that presents no token has nothing to count: the usual 401, not 429
     assert_json_error(requests.get(f"{api.url}/latest", timeout=TIMEOUT), 401)
+
+
+def test_forwarded_for_from_an_untrusted_peer_is_ignored_so_rotating_it_never_escapes_the_limit(serve):
+    api = serve(token=TOKEN, wrong_tokens_per_minute=10)  # no http.trusted_proxies: the default
+    codes = [requests.get(f"{api.url}/latest", timeout=TIMEOUT, headers={
+        "Authorization": "Bearer guess", "X-Forwarded-For": f"198.51.100.{n}"}).status_code for n in range(200)]
+    assert codes[:10] == [401] * 10 and set(codes[10:]) == {429}, codes  # counted for the real peer
+    # nor can it aim the limit at someone else: the named address is not the one that waits
+    behind = serve(token=TOKEN, wrong_tokens_per_minute=2, trusted_proxies=("127.0.0.1",))
+    direct = serve(token=TOKEN, wrong_tokens_per_minute=2)
+    for server, spoofer_waits in ((behind, False), (direct, True)):
+        for _ in range(3):
+            requests.get(f"{server.url}/latest", headers={"Authorization": "Bearer guess",
+                                                           "X-Forwarded-For": "192.0.2.7"}, timeout=TIMEOUT)
+        mine = requests.get(f"{server.url}/latest", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=TIMEOUT)
+        assert (mine.status_code == 429) == spoofer_waits, mine.text
+
+
+def test_a_host_the_device_does_not_answer_to_gets_421(serve):
+    api = serve()
+    port = api.server.port
+    for host in ("evil.example", f"evil.example:{port}", "localhost.evil.example", "127.0.0.1.nip.io"):
+        response = requests.get(f"{api.url}/health", headers={"Host": host}, timeout=TIMEOUT)
+        assert "http.allowed_hosts" in assert_json_error(response, 421), host
+    own = socket.gethostname().split(".")[0]
+    for host in (f"127.0.0.1:{port}", "localhost", f"LOCALHOST:{port}", f"[::1]:{port}", "192.168.1.20",
+                 f"{own}.local", own, f"{own}.local.:{port}"):
+        assert requests.get(f"{api.url}/health", headers={"Host": host}, timeout=TIMEOUT).status_code == 200, host
+    extra = serve(allowed_hosts=("dermedge.clinic.example",))
+    ok = requests.get(f"{extra.url}/health", headers={"Host": "Dermedge.Clinic.Example"}, timeout=TIMEOUT)
+    assert ok.status_code == 200
+    anything = serve(allowed_hosts=("*",))
+    assert requests.get(f"{anything.url}/health", headers={"Host": "evil.example"}, timeout=TIMEOUT).status_code == 200
 
 
 def test_warning_when_listening_beyond_loopback_without_a_token(engine_predict, caplog):

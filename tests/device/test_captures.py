@@ -6,6 +6,8 @@ import errno
 import json
 import logging
 import os
+import re
+import shutil
 import threading
 from typing import ClassVar
 
@@ -16,7 +18,7 @@ import pytest
 import device.captures as captures_module
 import device.daemon as daemon_module
 from device.button import CaptureButton
-from device.captures import CaptureError, CaptureStore, DiskFullError, default_dir
+from device.captures import CaptureError, CaptureStore, DiskFullError, StorageUnavailable, default_dir
 from device.config import CapturesConfig, config_from_dict
 from device.daemon import Daemon
 from device.overlay import OpenCvDisplay
@@ -107,6 +109,30 @@ def test_an_unwritable_folder_is_a_clear_error(tmp_path):
     s = CaptureStore(CapturesConfig(dir=str(blocker / "captures"), min_free_mb=0.0))
     with pytest.raises(CaptureError, match=f"cannot create the capture folder {blocker / 'captures'}"):
         save(s, 1)
+
+
+def test_a_failing_disk_is_storage_unavailable_and_says_so_until_a_save_succeeds(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")  # a real failure, for root too: ENOTDIR from the kernel
+    s = CaptureStore(CapturesConfig(dir=str(blocker / "captures"), min_free_mb=0.0))
+    assert s.unavailable() is None and s.list() == []
+    with pytest.raises(StorageUnavailable, match="cannot create the capture folder"):
+        save(s, 1)
+    assert "cannot create the capture folder" in s.unavailable()
+    blocker.unlink()
+    save(s, 2)
+    assert s.unavailable() is None
+
+
+def test_the_disk_full_message_gives_sizes_in_the_settings_units(tmp_path):
+    setting = float(shutil.disk_usage(tmp_path).free // 2**20 + 50)  # more than is free: always refused
+    s = store(tmp_path, min_free_mb=setting)
+    with pytest.raises(DiskFullError) as refused:
+        save(s, 50)
+    message = str(refused.value)
+    assert f"captures.min_free_mb keeps {setting:.1f} MB free" in message, message  # not 1.048576 times it
+    needs = re.search(r"a capture needs (\d+) KB", message)
+    assert needs and int(needs.group(1)) >= 1, message  # a few KB, not "0.0 MB"
 
 
 def test_default_folder_is_the_service_state_directory():

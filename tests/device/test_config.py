@@ -70,6 +70,17 @@ def test_out_of_range_value_is_named():
         config_from_dict({"postprocess": {"min_confidence": 1.5}})
 
 
+def test_trusted_proxies_and_allowed_hosts_are_checked_and_named():
+    cfg = config_from_dict({"http": {"trusted_proxies": ["127.0.0.1", "::1"], "allowed_hosts": ["pi.example.org"]}})
+    assert cfg.http.trusted_proxies == ("127.0.0.1", "::1") and cfg.http.allowed_hosts == ("pi.example.org",)
+    assert load_config(None).http.trusted_proxies == ()  # no proxy is believed unless configured
+    with pytest.raises(ConfigError, match=r"^http\.trusted_proxies: 'nginx' is not an IP address"):
+        config_from_dict({"http": {"trusted_proxies": ["nginx"]}})
+    for bad in ("https://pi.example.org", "pi.example.org:5000", "pi example"):
+        with pytest.raises(ConfigError, match=r"^http\.allowed_hosts: .* is not a host name or address"):
+            config_from_dict({"http": {"allowed_hosts": [bad]}})
+
+
 def test_password_without_username_is_an_error():
     with pytest.raises(ConfigError, match=r"^mqtt\.password: set without mqtt\.username"):
         config_from_dict({"mqtt": {"password": "secret"}})

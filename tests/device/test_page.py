@@ -27,7 +27,8 @@ TOKEN = "page-test-token-0123456789"
 @pytest.fixture
 def daemon(tmp_path, default_model_dir, fixture_dir):
     """A running daemon with a token, captures in tmp_path/captures (at most 3)."""
-    config = daemon_config(default_model_dir, fixture_dir / "images", device_id="page-test", http={"token": TOKEN},
+    config = daemon_config(default_model_dir, fixture_dir / "images", device_id="page-test",
+                           http={"token": TOKEN, "trusted_proxies": ["127.0.0.1"]},  # as behind install.sh --tls
                            captures={"dir": str(tmp_path / "captures"), "max_count": 3, "min_free_mb": 0.0})
     process = DaemonProcess(tmp_path, config).start()
     process.wait_running()
@@ -76,7 +77,7 @@ def test_token_login_sets_an_httponly_strict_cookie_that_works_like_the_bearer_h
     assert "Secure" not in cookie  # plain HTTP: a Secure cookie would never come back
     behind_tls = requests.post(daemon.base + "/login", json={"token": TOKEN}, timeout=10,
                                headers={"X-Forwarded-Proto": "https"})  # as install.sh --tls's nginx
-    assert "; Secure" in behind_tls.headers["Set-Cookie"]  # waitress trusts the header from 127.0.0.1 only
+    assert "; Secure" in behind_tls.headers["Set-Cookie"]  # believed from http.trusted_proxies only
     assert anonymous.get(daemon.base + "/session", timeout=10).json()["signed_in"] is True
     latest = anonymous.get(daemon.base + "/latest", timeout=10)
     assert latest.status_code == 200 and latest.json()["source"].endswith(".jpg")
