@@ -57,7 +57,8 @@ def test_paths_outside_the_folder_and_missing_files_are_404(served):
 
 
 def test_unbuilt_app_says_how_to_build_it(served):
-    base, _ = served
+    base, dist = served
     response = requests.get(f"{base}/app/", timeout=TIMEOUT)
     assert response.status_code == 404
     assert "make web" in response.json()["error"]
+    assert str(dist.parent) not in response.text and "/" not in response.json()["error"]  # a public route: no paths
