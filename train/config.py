@@ -77,6 +77,8 @@ class TrainConfig:
     runs_dir: str = "runs"
     cache_dir: str = "cache"
     workers: int = 2
+    devices: int = 1  # data-parallel over this many of keras.distribution.list_devices() (JAX backend): 1 = one device, 0 = all; batch_size is the global batch, split across them
+    time_budget: float = 0.0  # minutes: end the run after the last epoch that fits in them (0 = no limit); --resume continues it
 
     def __post_init__(self):
         # Every mode but "frozen" trains BN, so a misspelt one would silently train it.
@@ -92,6 +94,10 @@ class TrainConfig:
         if self.extra_data and self.imbalance == "sampling":
             raise ValueError("imbalance: sampling would draw the extra data set's classes by their combined count; "
                              "use weights or none with extra_data (train.data.prior_preserving_weights)")
+        if self.devices < 0:
+            raise ValueError(f"devices: {self.devices} is negative; 1 trains on one device, 0 on all of them")
+        if self.time_budget < 0:
+            raise ValueError(f"time_budget: {self.time_budget} minutes is negative; 0 means no limit")
         if not 0.0 <= self.ema_momentum < 1.0:
             raise ValueError(f"ema_momentum: {self.ema_momentum} is outside [0, 1); 0 turns the average off")
 

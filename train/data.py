@@ -34,7 +34,7 @@ CLASSES: tuple[tuple[str, str], ...] = (
 )
 CLASS_CODES = tuple(code for code, _ in CLASSES)
 METADATA_NAME = "HAM10000_metadata.csv"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")  # .webp: the GPU bundle's re-encoded copy (train.gpu_bundle)
 MASKS_DIR = "masks"  # lesion segmentations (white = lesion), named like their images
 SPLITS = ("train", "val", "test")
 REFIT_SPLITS = ("train", "val")  # what a refit learns from (train --refit)

@@ -8,6 +8,7 @@ import numpy as np
 from tqdm import tqdm
 
 from device.preprocess import normalize, tta_views
+from train import distribute
 from train.augment import AugmentConfig, MixConfig, augment_batch, mix_batch
 
 SAMPLING = ("shuffle", "balanced")
@@ -22,6 +23,10 @@ class Batches(keras.utils.PyDataset):
     go by the argmax of a soft target instead. ``mix`` then mixes images, targets and weights
     across the batch (train.augment.mix_batch). ``sampling="balanced"`` draws each epoch's indices
     with probability proportional to ``count(class) ** -power`` instead of a plain shuffle.
+
+    Data-parallel training (train.distribute) splits every batch evenly across devices: there
+    ``full_batches`` fills the last batch from the start of the epoch's order, and ``shard``
+    ``(index, count)`` makes this process feed only its share of each global batch (several hosts).
     """
 
     def __init__(self, pixels: np.ndarray, labels: np.ndarray, *, batch_size: int, mean, std,
@@ -29,7 +34,8 @@ class Batches(keras.utils.PyDataset):
                  shuffle: bool = True,
                  sampling: str = "shuffle", balance_power: float = 0.5, seed: int = 0, start_epoch: int = 0,
                  class_weight: dict[int, float] | None = None, soft_targets: np.ndarray | None = None,
-                 soft_weight: float = 0.0, **kwargs):
+                 soft_weight: float = 0.0, full_batches: bool = False, shard: tuple[int, int] = (0, 1),
+                 **kwargs):
         super().__init__(**kwargs)
         if sampling not in SAMPLING:
             raise ValueError(f"unknown sampling {sampling!r}; choose from {SAMPLING}")
@@ -44,6 +50,7 @@ class Batches(keras.utils.PyDataset):
         self.weights = (None if class_weight is None else
                         np.array([class_weight.get(c, 0.0) for c in range(num_classes)], np.float32))
         self.soft_targets, self.soft_weight = soft_targets, soft_weight
+        self.full_batches, self.shard = full_batches, shard
         self.epoch = start_epoch  # a resumed run sees the same epoch order as an uninterrupted one
         self.order = self._order()
 
@@ -62,9 +69,15 @@ class Batches(keras.utils.PyDataset):
         return math.ceil(len(self.labels) / self.batch_size)
 
     def __getitem__(self, i: int):
-        idx = np.sort(self.order[i * self.batch_size : (i + 1) * self.batch_size])
+        idx = self.order[i * self.batch_size : (i + 1) * self.batch_size]
+        if self.full_batches and len(idx) < self.batch_size:
+            idx = np.concatenate([idx, np.resize(self.order, self.batch_size - len(idx))])
+        idx = np.sort(idx)
+        index, count = self.shard
+        if count > 1:
+            idx = idx[index::count]
         x = np.asarray(self.pixels[idx])
-        rng = np.random.default_rng([self.seed, self.epoch, i])
+        rng = np.random.default_rng([self.seed, self.epoch, i] + ([index] if count > 1 else []))
         if self.augment is not None:
             x = augment_batch(x, self.augment, rng)
         labels = self.labels[idx]
@@ -87,12 +100,17 @@ def predict_probs(model: keras.Model, pixels: np.ndarray, mean, std, *, batch_si
     """Softmax outputs for uint8 images; ``tta`` averages over the four flips.
 
     ``model.predict`` runs the compiled graph; calling the model eagerly is several times
-    slower on the TensorFlow backend (minutes per validation pass for MobileNetV2)."""
+    slower on the TensorFlow backend (minutes per validation pass for MobileNetV2). Under data-parallel
+    training every batch must split evenly over the devices, so a short chunk is padded and trimmed."""
     out = []
+    batch_size = distribute.round_up(batch_size)
     for start in range(0, len(pixels), 4 * batch_size):
         x = normalize(np.asarray(pixels[start : start + 4 * batch_size]), mean, std)
+        n = len(x)
+        if distribute.round_up(n) > n:
+            x = np.concatenate([x, np.repeat(x[-1:], distribute.round_up(n) - n, axis=0)])
         views = tta_views(x, "flips" if tta else "none")
-        out.append(np.mean([model.predict(v, batch_size=batch_size, verbose=0) for v in views], axis=0))
+        out.append(np.mean([model.predict(v, batch_size=batch_size, verbose=0)[:n] for v in views], axis=0))
     return np.concatenate(out) if out else np.zeros((0, model.output_shape[-1]), np.float32)
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import yaml
 
 from device.preprocess import normalize
-from train import backbones, distill, qat
+from train import backbones, distill, distribute, qat
 from train import data as ds
 from train.augment import AugmentConfig, MixConfig
 from train.config import LR_POLICIES, TrainConfig, field_help, load_config, write_config
@@ -38,6 +38,7 @@ from train.schedules import CYCLIC_MODES, LRPolicy, cosine_lr, cyclic_lr
 _log = logging.getLogger("train")
 
 _RUN_HANDLER = "train-run"  # name of the log handlers main() installs
+RESUMABLE_OVERRIDES = ("epochs", "data", "workers", "devices", "time_budget")  # flags --resume accepts
 
 
 # --- building blocks --------------------------------------------------------------
@@ -151,11 +152,35 @@ def prepare_split(cfg: TrainConfig, run_dir: Path) -> list[ds.Record]:
     return records
 
 
+class TimeBudget(keras.callbacks.Callback):
+    """Ends training after the epoch past which one more would overrun ``minutes`` from the run's start
+    (decoding and compiling included); the checkpoints stay resumable. 0 minutes: no limit."""
+
+    def __init__(self, minutes: float):
+        super().__init__()
+        self.deadline = time.monotonic() + 60.0 * minutes if minutes else float("inf")
+        self.spent, self._epoch_start = False, time.monotonic()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = time.monotonic()
+
+    def on_epoch_end(self, epoch, logs=None):
+        now = time.monotonic()
+        if now + (now - self._epoch_start) > self.deadline:
+            self.spent = self.model.stop_training = True
+
+
 def fit(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> Path:
     """Train into ``run_dir`` (continuing from last.keras when ``resume``); returns run_dir.
+    Data-parallel over ``cfg.devices`` when that is not 1 (train.distribute)."""
+    with distribute.data_parallel(cfg.devices, cfg.batch_size):
+        return _fit(cfg, run_dir, resume=resume)
 
-    A pretrained backbone trains in two phases: ``freeze_epochs`` of the head alone at ``head_lr``,
+
+def _fit(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> Path:
+    """A pretrained backbone trains in two phases: ``freeze_epochs`` of the head alone at ``head_lr``,
     then the whole network under the LR policy (a fresh optimizer, its schedule counted from there)."""
+    budget = TimeBudget(cfg.time_budget)
     keras.utils.set_random_seed(cfg.seed)
     h, w = cfg.input_hw()
     if resume:
@@ -196,6 +221,7 @@ def fit(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> Path:
             "dataset": {"name": "HAM10000", "citation": ds.CITATION, "license": ds.LICENSE,
                         **({"extra": ds.extra_summary(extra, cfg.extra_unsquash)} if extra else {})},
             "backend": keras.backend.backend(),
+            "devices": distribute.replicas(),
             "init_from": cfg.init_from or None,
             "backbone": provenance,
             "quantization_aware_training": cfg.qat,
@@ -223,6 +249,7 @@ def fit(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> Path:
         balance_power=cfg.balance_power, seed=cfg.seed, start_epoch=initial_epoch, workers=cfg.workers,
         class_weight=class_weight(cfg, labels["train"], n_ham),
         soft_targets=soft, soft_weight=cfg.distill_weight if cfg.teacher else 0.0,
+        full_batches=distribute.replicas() > 1, shard=distribute.process_shard(),
     )
     checkpointer = Checkpointer(run_dir, pixels["val"] if len(labels["val"]) else None, labels["val"], mean, std,
                                 ds.CLASS_CODES, best)
@@ -233,11 +260,11 @@ def fit(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> Path:
     def run_phase(lr_fn, until: int) -> None:
         nonlocal initial_epoch
         until = min(until, stop)
-        if initial_epoch >= until:
+        if initial_epoch >= until or budget.spent:
             return
-        model.fit(train_batches, epochs=until, initial_epoch=initial_epoch,
-                  callbacks=[LRPolicy(lr_fn), checkpointer, csv_log], verbose=1)
-        initial_epoch = until
+        history = model.fit(train_batches, epochs=until, initial_epoch=initial_epoch,
+                            callbacks=[LRPolicy(lr_fn), checkpointer, csv_log, budget], verbose=1)
+        initial_epoch = history.epoch[-1] + 1 if history.epoch else initial_epoch
         csv_log.append = True  # the next phase's fit() must not overwrite this one's rows
 
     head_epochs = cfg.freeze_epochs if cfg.pretrained else 0
@@ -255,6 +282,9 @@ def fit(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> Path:
     _log.info("%s: epochs %d-%d of a %d-epoch %s schedule, lr %g -> %g", "fine-tuning" if cfg.pretrained else "training",
               initial_epoch + 1, stop, cfg.epochs, cfg.lr_policy, cfg.max_lr, cfg.base_lr)
     run_phase(make_lr_fn(cfg, len(train_batches), cfg.epochs - head_epochs), cfg.epochs)
+    if budget.spent:
+        _log.info("time budget of %g min spent after epoch %d; continue with python -m train --resume %s",
+                  cfg.time_budget, initial_epoch, run_dir)
     return run_dir
 
 
@@ -400,8 +430,8 @@ def main(argv=None) -> Path:
     if args.resume:
         run_dir = args.resume
         cfg = load_config(run_dir)
-        # Only the epoch budget and data location may change on resume.
-        cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if k in ("epochs", "data", "workers")})
+        # Only the epoch and time budgets, data location and the hardware may change on resume.
+        cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if k in RESUMABLE_OVERRIDES})
         write_config(cfg, run_dir)
     else:
         base = yaml.safe_load(args.config.read_text()) if args.config else {}
