@@ -74,7 +74,7 @@ bench: setup                              ## full benchmark run; writes benchmar
 
 .PHONY: default-model docs
 default-model: setup                      ## rebuild the default's lineage into runs/lineage/models (resumable: run it again to continue)
-	$(PY) -m train.lineage train/configs/default/lineage.yaml --data $(DATA)
+	$(PY) -m train.lineage train/configs/default/lineage.yaml --data $(DATA) --extra $(EXTRA) --everyday $(EVERYDAY)
 
 docs: setup                               ## regenerate models/README.md, benchmarks/results/README.md and the figures in README.md and docs/
 	$(PY) -m quantize.table
