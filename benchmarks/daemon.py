@@ -10,15 +10,16 @@ loopback. The rate is read from the daemon's own ``/health`` frame counter over 
 after warm-up, so start-up and model loading do not count, and the frame budget from its
 ``/metrics`` stage sums over the same window.
 
-Inference-only (``Engine.infer`` on the same frames, one after another) is measured in this
-process just before each daemon run, so a machine that other work slows down slows both sides
-of the ratio alike.
+Inference-only (``Engine.infer`` on the same frames, one after another, ``FrameLoop``) runs in
+this process in slices between slices of the daemon, which is paused meanwhile (SIGSTOP and
+SIGCONT): on a machine whose load comes and goes, both sides of the ratio see the same machine.
 """
 from __future__ import annotations
 
 import json
 import logging
 import re
+import signal
 import time
 import urllib.error
 import urllib.request
@@ -38,6 +39,10 @@ _log = logging.getLogger(__name__)
 DEVICE_ID = "bench"
 MQTT_PREFIX = "dermedge"
 _POLL_S = 0.1
+SLICE_S = 1.0  # measured seconds per slice of each side
+# After the daemon resumes, the frame it was paused in finishes (its stages carry the pause)
+# before the next slice starts counting.
+_SETTLE_S = 0.1
 # dermedge_stage_seconds_sum{stage="infer"} 1.25 (and _count): device.state's exposition.
 _STAGE_LINE = re.compile(r'^dermedge_stage_seconds_(sum|count)\{stage="([a-z_]+)"\} (\S+)$', re.MULTILINE)
 
@@ -64,14 +69,12 @@ def daemon_config(model_dir: Path, frames: Path, *, threads: int, mqtt_port: int
 
 
 def daemon_fps(model_dir: Path, frames: Path, *, mqtt_port: int, workdir: Path, options: DaemonOptions,
-               inference_only: Callable[[], float]) -> dict:
-    """Medians over ``options.repeats`` daemon runs, each after an ``inference_only()`` measurement
-    (frames/s), the frame budget of the median run, and every run's figures."""
-    runs = []
-    for i in range(options.repeats):
-        reference = inference_only()
-        run = _one_run(model_dir, frames, mqtt_port=mqtt_port, workdir=workdir, options=options, index=i)
-        runs.append({**run, "inference_only_fps": reference, "ratio": run["fps"] / reference})
+               inference_only: Callable[[float], tuple[int, float]]) -> dict:
+    """Medians over ``options.repeats`` daemon runs, the frame budget of the median run, and every
+    run's figures. ``inference_only(seconds)`` runs inference-only calls for about that long and
+    returns ``(calls, seconds)`` (``benchmarks.latency.FrameLoop.run_for``)."""
+    runs = [_one_run(model_dir, frames, mqtt_port=mqtt_port, workdir=workdir, options=options, index=i,
+                     inference_only=inference_only) for i in range(options.repeats)]
     peaks = [r["peak_rss_mb"] for r in runs if r["peak_rss_mb"] is not None]  # None without /proc
     fps, reference = median([r["fps"] for r in runs]), median([r["inference_only_fps"] for r in runs])
     middle = sorted(runs, key=lambda r: r["ratio"])[len(runs) // 2]
@@ -116,25 +119,38 @@ def frame_budget(before: dict, after: dict, frames: int, frame_ms: float) -> dic
 
 
 def _one_run(model_dir: Path, frames: Path, *, mqtt_port: int, workdir: Path, options: DaemonOptions,
-             index: int) -> dict:
+             index: int, inference_only: Callable[[float], tuple[int, float]]) -> dict:
     http_port = free_port()
     config = Path(workdir) / f"daemon-{index}.yaml"
     config.write_text(yaml.safe_dump(daemon_config(model_dir, frames, threads=options.threads,
                                                    mqtt_port=mqtt_port, http_port=http_port)))
     base = f"http://127.0.0.1:{http_port}"
+    slices = max(2, round(options.window_s / SLICE_S))
+    slice_s = options.window_s / slices
+    window = frames = messages = calls = 0
+    calls_s = 0.0
+    totals = {stage: (0, 0.0) for stage in STAGES}  # stage sums over the daemon's slices only
     with MessageCounter(mqtt_port, f"{MQTT_PREFIX}/{DEVICE_ID}/result") as counter, \
             DeviceProcess(["run", "--config", str(config)]) as process:
         try:
             _wait_for_frames(process, f"{base}/health", options.warmup_frames, options.startup_timeout_s)
-            budget0 = stage_sums(_get(f"{base}/metrics"))
-            t0, frames0 = _sample(f"{base}/health")
-            messages0 = counter.count
-            time.sleep(options.window_s)
-            t1, frames1 = _sample(f"{base}/health")
-            budget1 = stage_sums(_get(f"{base}/metrics"))
-            messages = counter.count - messages0
+            for _ in range(slices):
+                process.proc.send_signal(signal.SIGSTOP)
+                try:
+                    n, seconds = inference_only(slice_s)
+                finally:
+                    process.proc.send_signal(signal.SIGCONT)
+                calls, calls_s = calls + n, calls_s + seconds
+                time.sleep(_SETTLE_S)
+                budget0, (t0, frames0), messages0 = stage_sums(_get(f"{base}/metrics")), _sample(base), counter.count
+                time.sleep(slice_s)
+                (t1, frames1), budget1 = _sample(base), stage_sums(_get(f"{base}/metrics"))
+                window, frames, messages = window + t1 - t0, frames + frames1 - frames0, messages + counter.count - messages0
+                totals = {s: (totals[s][0] + budget1[s][0] - budget0[s][0], totals[s][1] + budget1[s][1] - budget0[s][1])
+                          for s in STAGES}
             health = json.loads(_get(f"{base}/health"))
         except (RuntimeError, OSError) as err:
+            process.proc.send_signal(signal.SIGCONT)
             tail = process.stop().stderr_tail
             raise RuntimeError(f"daemon run failed: {err}; its stderr ends: {tail}") from err
     finished = process.finished
@@ -142,13 +158,14 @@ def _one_run(model_dir: Path, frames: Path, *, mqtt_port: int, workdir: Path, op
         raise RuntimeError(f"daemon exited with {finished.returncode} after SIGTERM: {finished.stderr_tail}")
     if health.get("mqtt") != "connected":
         raise RuntimeError(f"daemon was not connected to the broker: /health says mqtt {health.get('mqtt')!r}")
-    window, frames = t1 - t0, frames1 - frames0
-    if frames <= 0:
-        raise RuntimeError(f"daemon classified no frames in {window:.1f} s")
+    if frames <= 0 or calls <= 0:
+        raise RuntimeError(f"no frames classified ({frames} by the daemon in {window:.1f} s, {calls} inference-only)")
     # The metrics were read just outside the health samples: the budget counts its own frames.
-    budget = frame_budget(budget0, budget1, budget1["infer"][0] - budget0["infer"][0], window * 1e3 / frames)
-    return {"fps": frames / window, "frames": frames, "window_s": window,
-            "mqtt_messages": messages, "peak_rss_mb": finished.peak_rss_mb, "health": health, "stages": budget}
+    budget = frame_budget({s: (0, 0.0) for s in STAGES}, totals, totals["infer"][0], window * 1e3 / frames)
+    fps, reference = frames / window, calls / calls_s
+    return {"fps": fps, "frames": frames, "window_s": window, "slices": slices, "inference_only_fps": reference,
+            "inference_only_calls": calls, "ratio": fps / reference, "mqtt_messages": messages,
+            "peak_rss_mb": finished.peak_rss_mb, "health": health, "stages": budget}
 
 
 def _get(url: str) -> str:
@@ -156,10 +173,10 @@ def _get(url: str) -> str:
         return response.read().decode()
 
 
-def _sample(url: str) -> tuple[float, int]:
-    """(time, frames classified) with the time taken half-way through the request."""
+def _sample(base: str) -> tuple[float, int]:
+    """(time, frames classified) from ``/health``, the time taken half-way through the request."""
     t_before = time.monotonic()
-    frames = int(json.loads(_get(url))["frames"])
+    frames = int(json.loads(_get(f"{base}/health"))["frames"])
     return (t_before + time.monotonic()) / 2, frames
 
 

@@ -5,11 +5,13 @@ Two measurements:
 - ``model_latency``: ``Engine.infer_pixels`` on images already fitted to the model input
   (normalize, quantize, invoke, dequantize), the figure the latency table and GMAC/s come from;
 - ``frame_throughput``: ``Engine.infer`` on 640x480 camera frames (crop and resize included), the
-  inference-only frame rate the daemon's end-to-end rate is compared with.
+  inference-only frame rate; :class:`FrameLoop` runs the same calls in slices between the daemon's
+  for the ratio the daemon's end-to-end rate is judged by.
 """
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +60,31 @@ def model_latency(model_dir: Path, card: ModelCard, images: list[np.ndarray], *,
             _log.info("%s %s %d threads: p50 %.2f ms, %.1f fps", card.name, variant, n, result.p50_ms, result.fps)
         out[variant] = rows
     return out
+
+
+class FrameLoop:
+    """int8 ``Engine.infer`` on full camera frames, one after another, in slices of wall time: the
+    daemon's inference-only counterpart, run between slices of the daemon so both see the same
+    machine (benchmarks.daemon)."""
+
+    def __init__(self, model_dir: Path, frames: list[np.ndarray], *, threads: int, warmup: int):
+        self.engine = Engine.from_model_dir(model_dir, num_threads=threads)
+        self.frames = frames
+        self._next = 0
+        self.run_calls(warmup)
+
+    def run_calls(self, n: int) -> None:
+        for _ in range(n):
+            self.engine.infer(self.frames[self._next % len(self.frames)])
+            self._next += 1
+
+    def run_for(self, seconds: float) -> tuple[int, float]:
+        """``(calls, seconds they took)``: calls one after another until ``seconds`` have passed."""
+        t0, calls = time.perf_counter(), 0
+        while time.perf_counter() - t0 < seconds:
+            self.run_calls(1)
+            calls += 1
+        return calls, time.perf_counter() - t0
 
 
 def frame_throughput(model_dir: Path, frames: list[np.ndarray], *, threads: int, timing: TimingOptions) -> Timing:

@@ -11,6 +11,8 @@ from pathlib import Path
 # Figure without pyplot: no GUI backend and no global state, so it runs headless (and on a Pi).
 from matplotlib.figure import Figure
 
+from device.stages import STAGE_HELP
+
 NA = "n/a"
 
 
@@ -157,7 +159,8 @@ def _daemon_section(models: list[dict], targets: dict) -> list[str]:
               "HTTP viewer (so no overlay is drawn or encoded), results to a real local mosquitto (on change, at "
               "most `mqtt.max_rate_hz`), HTTP on loopback. Frames/s from the daemon's `/health` frame counter "
               "over a window after warm-up. Inference-only is `Engine.infer` on the same frames (crop, resize, "
-              "normalize, invoke) at the same thread count, measured just before each daemon run."), ""]
+              "normalize, invoke) at the same thread count, run in this process in one-second slices between "
+              "the daemon's (paused meanwhile), so both sides see the same machine."), ""]
     rows = [[m["name"], str(d["threads"]), _f(d["fps"], 1), _f(d["inference_only_fps"], 1),
              f"{_f(d['ratio'])} (target {targets['daemon_ratio']:g}: {_f(d['ratio'] >= targets['daemon_ratio'])})",
              _f(d["mqtt_messages_per_s"], 1)]
@@ -187,13 +190,16 @@ def _budget_section(models: list[dict]) -> list[str]:
         boards = list(pi.values())
         lines += [f"**{m['name']}** ({d['threads']} threads):", ""]
         rows = [[stage, _f(row["ms_per_frame"], 3), _f(row["runs_per_frame"]), _f(row["ms_per_run"], 3)]
-                + [_f(b["ms_per_frame"][stage], 2) for b in boards] for stage, row in budget["per_stage"].items()]
+                + [_f(b["ms_per_frame"][stage], 2) for b in boards] + [STAGE_HELP.get(stage, "")]
+                for stage, row in budget["per_stage"].items()]
         rows.append(["**loop, all stages**", _f(budget["loop_ms"], 3), "", ""]
-                    + [_f(b["loop_ms"], 2) for b in boards])
-        rows.append(["other", _f(budget["other_ms"], 3), "", ""] + [_f(b["other_ms"], 2) for b in boards])
-        rows.append(["**frame (wall)**", _f(budget["frame_ms"], 3), "", ""] + [_f(b["frame_ms"], 2) for b in boards])
+                    + [_f(b["loop_ms"], 2) for b in boards] + ["every stage but jpeg (HTTP's threads)"])
+        rows.append(["other", _f(budget["other_ms"], 3), "", ""] + [_f(b["other_ms"], 2) for b in boards]
+                    + ["the wall time no stage accounts for"])
+        rows.append(["**frame (wall)**", _f(budget["frame_ms"], 3), "", ""] + [_f(b["frame_ms"], 2) for b in boards]
+                    + ["1 / daemon frames/s"])
         lines += _table(["stage", "ms/frame", "runs/frame", "ms/run"]
-                        + [f"{b['board'].split(' (')[0]} ESTIMATE ms/frame" for b in boards], rows)
+                        + [f"{b['board'].split(' (')[0]} ESTIMATE ms/frame" for b in boards] + ["what"], rows)
         for b in boards:
             lines.append(f"- **{b['board']}** ESTIMATE: end to end {_f(b['end_to_end_fps'], 0)} frames/s beside "
                          f"{_f(b['inference_only_fps'], 0)} inference-only (invoke) frames/s "

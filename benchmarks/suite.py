@@ -25,7 +25,7 @@ from benchmarks.daemon import DaemonOptions, daemon_fps
 from benchmarks.env import environment, load_average
 from benchmarks.estimate import MEASURE_ON_PI, pi_estimates, pi_frame_budget
 from benchmarks.frames import camera_frames, load_images, write_replay_frames
-from benchmarks.latency import TimingOptions, frame_throughput, model_latency
+from benchmarks.latency import FrameLoop, TimingOptions, frame_throughput, model_latency
 from benchmarks.memory import REPO_ROOT, predict_memory
 from device.card import ModelCard
 from device.config import CARD_FILE, ModelConfig
@@ -217,11 +217,9 @@ def _describe(model_dir: Path, card: ModelCard) -> dict:
 def _daemon_section(entries, models, frames, replay: Path, workdir: Path, plan: Plan, rec: _Recorder) -> None:
     with Mosquitto() as broker:
         for entry, (model_dir, _) in zip(entries, models):
-            def inference_only(d=model_dir) -> float:  # measured beside each daemon run
-                return frame_throughput(d, frames, threads=plan.daemon.threads, timing=plan.tflite).fps
-
-            result = rec.section(f"daemon {entry['name']}", lambda d=model_dir, f=inference_only: daemon_fps(
-                d, replay, mqtt_port=broker.port, workdir=workdir, options=plan.daemon, inference_only=f))
+            result = rec.section(f"daemon {entry['name']}", lambda d=model_dir: daemon_fps(
+                d, replay, mqtt_port=broker.port, workdir=workdir, options=plan.daemon,
+                inference_only=FrameLoop(d, frames, threads=plan.daemon.threads, warmup=plan.tflite.warmup).run_for))
             if result is None:
                 continue
             entry["daemon"] = result

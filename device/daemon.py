@@ -16,6 +16,7 @@ replaced there are reloaded with the same checks as SIGHUP (device.model_watch).
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
 import logging
 import os
@@ -108,6 +109,7 @@ class Daemon:
         self._recent: collections.deque[View] = collections.deque(maxlen=RECENT_VIEWS)
         self._frozen: View | None = None  # set by the window's f key: shown and captured instead
         self._loop: threading.Thread | None = None
+        self._beside: concurrent.futures.ThreadPoolExecutor | None = None  # runs quality beside the engine
         self._loop_failed = False
         self.frames = 0
         self._last_frame_at = time.monotonic()
@@ -187,6 +189,9 @@ class Daemon:
             if self._loop.is_alive():
                 _log.warning("inference loop did not stop within 3 s")
             self._loop = None
+        if self._beside is not None:
+            self._beside.shutdown(wait=False)
+            self._beside = None
         if self.button is not None:
             self.button.close()
             self.button = None
@@ -271,6 +276,7 @@ class Daemon:
 
     def _start_inference(self) -> None:
         self._last_frame_at = time.monotonic()
+        self._beside = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="quality")
         self._loop = threading.Thread(target=self._inference_loop, name="inference", daemon=True)
         self._loop.start()
 
@@ -313,9 +319,12 @@ class Daemon:
             time.sleep(0.1)
         frame, model, clock = capture.frame, self._model, self.state.stages
         try:
+            # Quality needs only the frame, so it runs beside the engine (on a core the interpreter
+            # leaves free); the frame pays only what it waits for it beyond inference.
+            beside = self._beside.submit(model.stream.quality, frame.rgb)
             inference = model.engine.infer(frame.rgb)
             t0 = perf_counter()
-            quality = model.stream.quality(frame.rgb)
+            quality = beside.result()
             t1 = perf_counter()
             result = model.stream.process(inference, rgb=frame.rgb, frame_id=frame.frame_id,
                                           timestamp=frame.timestamp, t_start=frame.t_capture,

@@ -22,7 +22,7 @@ STAGE_HELP = {
     "capture": "waiting for and taking the camera's newest frame",
     "fit": "crop, resize, normalise and quantize to the model input (engine)",
     "infer": "the interpreter's invoke (engine)",
-    "quality": "brightness and sharpness of the model's view",
+    "quality": "brightness and sharpness of the model's view: the wait for it beyond inference, beside which it runs",
     "postprocess": "probabilities, smoothing, states and the Result",
     "overlay": "drawing the overlay (for a screen, or for an HTTP viewer on request)",
     "display": "handing the frame to the screen",

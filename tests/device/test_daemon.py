@@ -31,7 +31,7 @@ from tests.helpers import TIMEOUT, NotifySocket, wait_for
 REPO = Path(__file__).parents[2]
 RESULT_KEYS = {"class_code", "class_name", "class_index", "confidence", "all_probabilities", "top3", "state",
                "model", "frame_id", "timestamp", "latency_ms", "fps", "quality", "disclaimer", "refer", "referral",
-               "source"}
+               "source", "headline", "advice", "lesion_gate"}
 
 
 def check_result(data: dict, codes: tuple[str, ...]) -> None:
