@@ -43,6 +43,9 @@ function renderResult(container, result, { live }) {
   const meta = showsClass(result) ? [`${pct(result.confidence)} confidence`] : [];
   if (live && result.fps > 0) meta.push(`${result.fps.toFixed(1)} FPS`);
   if (result.source) meta.push(`source ${result.source}`);
+  if (result.state === "not_lesion" && result.lesion_gate) {
+    meta.push(`not-a-lesion score ${pct(result.lesion_gate.score)} (at ${pct(result.lesion_gate.threshold)} or more: no class)`);
+  }
   const parts = [
     el("p", { class: "class", text: result.headline }),
     el("p", { class: "meta" }, [el("span", { class: `state state-${result.state}`, text: result.state.replace("_", " ") }),
