@@ -164,7 +164,8 @@ def families() -> str:
 
 def _first_line(path: Path) -> str:
     doc = ast.get_docstring(ast.parse(path.read_text())) or ""
-    return doc.strip().split("\n\n")[0].replace("\n", " ").split(". ")[0].rstrip(".") or "(no docstring)"
+    first = doc.strip().split("\n\n")[0].replace("\n", " ").split(". ")[0].rstrip(".") or "(no docstring)"
+    return re.sub(r":\w+:`([^`]+)`", r"`\1`", first).replace("``", "`")  # reST roles and literals as Markdown
 
 
 def layout() -> str:
