@@ -115,7 +115,7 @@ def create_app(cfg: HttpConfig, state: LiveState, predict: Callable[[np.ndarray]
     guesses = GuessLimiter(limit=cfg.wrong_tokens_per_minute, window_s=60.0)
     if page is not None:
         app.register_blueprint(page_blueprint(page, sessions=sessions, token=token, guesses=guesses))
-    hosts = own_names(cfg.allowed_hosts)
+    hosts = own_names((*cfg.allowed_hosts, cfg.host))  # a name the server was told to bind is its own too
 
     @app.before_request
     def _check_host():  # first: a page that rebound its own name to this device learns nothing

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,3 +25,13 @@ def start_daemon(tmp_path):
     yield start
     for daemon in started:
         daemon.kill()
+
+
+@pytest.fixture
+def images(tmp_path, fixture_dir) -> Path:
+    """A private copy of a few fixture images, which the tests may take away."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for image in sorted((fixture_dir / "images").glob("*.jpg"))[:8]:
+        shutil.copy(image, folder)
+    return folder

@@ -39,16 +39,6 @@ EXIT_WITHIN_S = 5.0
 
 
 @pytest.fixture
-def images(tmp_path, fixture_dir) -> Path:
-    """A private copy of a few fixture images, which the tests may take away."""
-    folder = tmp_path / "images"
-    folder.mkdir()
-    for image in sorted((fixture_dir / "images").glob("*.jpg"))[:8]:
-        shutil.copy(image, folder)
-    return folder
-
-
-@pytest.fixture
 def broker(tmp_path):
     workdir = tmp_path / "broker"
     workdir.mkdir()

@@ -38,15 +38,6 @@ from tests.helpers import scan_bomb
 DEFAULT_MODEL = REPO / default_model_dir()
 
 
-@pytest.fixture
-def images(tmp_path, fixture_dir) -> Path:
-    folder = tmp_path / "images"
-    folder.mkdir()
-    for image in sorted((fixture_dir / "images").glob("*.jpg"))[:4]:
-        shutil.copy(image, folder)
-    return folder
-
-
 def ident(name: str) -> str:
     return f"faults-{name}-{os.getpid()}"
 
