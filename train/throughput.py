@@ -1,4 +1,4 @@
-"""Does the input pipeline keep up with the model? Images/s of each stage of a training epoch:
+"""Whether the input pipeline keeps up with the model: images/s of each stage of a training epoch.
 
     decode    JPEG -> crop -> resize (train.data.load_pixels does this once per image; the result is
               cached as one .npy per split under cache/ and memory-mapped by every later epoch and run)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -66,7 +67,8 @@ def test_train_gpu_without_tensorflow_stops_at_its_budget_and_packs_the_run(bund
     blocker = tmp_path / "no-tf" / "tensorflow"
     blocker.mkdir(parents=True)
     (blocker / "__init__.py").write_text("raise ImportError('no TensorFlow on the GPU machine')\n")
-    env = {**os.environ, "PYTHONPATH": f"{blocker.parent}:{ROOT}", "TMPDIR": str(tmp_path), "OUT": ""}
+    env = {**os.environ, "PYTHONPATH": f"{blocker.parent}:{ROOT}", "TMPDIR": str(tmp_path), "OUT": "",
+           "PYTHON": sys.executable}
     out = tmp_path / "out"
     # 0.02 minutes: the first epoch (decoding and compiling included) already overruns it.
     proc = subprocess.run([str(ROOT / "train" / "gpu_train.sh"), str(bundle), "0.02", str(out),
