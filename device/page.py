@@ -14,7 +14,8 @@
 
 The page shows one object from frame to screen: its live view is the frames of ``/view``, each
 with its own Result, so the picture, the result beside it and a capture of it are always the same
-frame (an MJPEG stream beside a polled result showed different lesions at once).
+frame (an MJPEG stream beside a polled result showed different lesions at once). The picture is
+the bare frame unless a screen drew the overlay on it; the page writes the result beside it.
 
 The device is offline, so the page is plain HTML, CSS and JavaScript shipped in
 ``device/static/``, read once when the app is built and served from memory by name (no request

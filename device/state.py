@@ -96,6 +96,7 @@ class LiveState:
         # (seq, JPEG) of the newest encoded overlay; encoding holds only _encode_lock, so a
         # slow encode never delays the daemon's publish_frame
         self._jpeg: tuple[int, bytes] | None = None
+        self._view_jpeg: tuple[int, bytes] | None = None  # (seq, JPEG) of the frame as stored, for wait_view
         self._encode_lock = threading.Lock()
         self._seq = 0  # frames published; the MJPEG stream waits on it
         self._frame_times: collections.deque[float] = collections.deque(maxlen=fps_window)
@@ -163,15 +164,24 @@ class LiveState:
         return self._encoded()
 
     def wait_view(self, after_seq: int, timeout: float) -> tuple[int, Result | None, bytes | None]:
-        """:meth:`wait_jpeg` with the Result of that same frame, so a page shows one frame and its
-        own result together. Returns ``(after_seq, None, None)`` on timeout."""
-        seq, jpeg = self.wait_jpeg(after_seq, timeout)
-        while jpeg is not None:
+        """Wait up to ``timeout`` s for a frame newer than ``after_seq``; ``(seq, Result, JPEG)`` of
+        the newest, taken together so a page shows one frame and its own result. The JPEG is the
+        frame as stored: bare when no screen drew the overlay on it, so the page, which writes the
+        result beside the picture, shows the lesion unobstructed. ``(after_seq, None, None)`` on timeout.
+        """
+        with self._lock:
+            if not self._new_frame.wait_for(lambda: self._seq > after_seq, timeout=timeout):
+                return after_seq, None, None
+            seq, frame, result, cached = self._seq, self._frame, self._result, self._view_jpeg
+        if cached is None or cached[0] != seq:
+            ok, buf = cv2.imencode(".jpg", cv2.cvtColor(np.ascontiguousarray(frame[..., :3]), cv2.COLOR_RGB2BGR),
+                                   [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+            if not ok:
+                return after_seq, None, None
+            cached = (seq, buf.tobytes())
             with self._lock:
-                if self._seq == seq:  # no newer frame came in while it was encoded
-                    return seq, self._result, jpeg
-            seq, jpeg = self._encoded()
-        return seq, None, None
+                self._view_jpeg = cached
+        return seq, result, cached[1]
 
     @property
     def fps(self) -> float:
