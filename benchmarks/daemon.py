@@ -13,11 +13,15 @@ after warm-up, so start-up and model loading do not count, and the frame budget 
 Inference-only (``Engine.infer`` on the same frames, one after another, ``FrameLoop``) runs in
 this process in slices between slices of the daemon, which is paused meanwhile (SIGSTOP and
 SIGCONT): on a machine whose load comes and goes, both sides of the ratio see the same machine.
+Besides frames/s, both sides' CPU seconds per frame are compared (the daemon's from
+``/proc/<pid>/stat``, all its threads): on a machine other work keeps busy, wall time depends on
+how the scheduler shares the cores, CPU time much less.
 """
 from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import signal
 import time
@@ -43,6 +47,7 @@ SLICE_S = 1.0  # measured seconds per slice of each side
 # After the daemon resumes, the frame it was paused in finishes (its stages carry the pause)
 # before the next slice starts counting.
 _SETTLE_S = 0.1
+_PROC = Path("/proc")
 # dermedge_stage_seconds_sum{stage="infer"} 1.25 (and _count): device.state's exposition.
 _STAGE_LINE = re.compile(r'^dermedge_stage_seconds_(sum|count)\{stage="([a-z_]+)"\} (\S+)$', re.MULTILINE)
 
@@ -69,10 +74,10 @@ def daemon_config(model_dir: Path, frames: Path, *, threads: int, mqtt_port: int
 
 
 def daemon_fps(model_dir: Path, frames: Path, *, mqtt_port: int, workdir: Path, options: DaemonOptions,
-               inference_only: Callable[[float], tuple[int, float]]) -> dict:
+               inference_only: Callable[[float], tuple[int, float, float]]) -> dict:
     """Medians over ``options.repeats`` daemon runs, the frame budget of the median run, and every
     run's figures. ``inference_only(seconds)`` runs inference-only calls for about that long and
-    returns ``(calls, seconds)`` (``benchmarks.latency.FrameLoop.run_for``)."""
+    returns ``(calls, seconds, CPU seconds)`` (``benchmarks.latency.FrameLoop.run_for``)."""
     runs = [_one_run(model_dir, frames, mqtt_port=mqtt_port, workdir=workdir, options=options, index=i,
                      inference_only=inference_only) for i in range(options.repeats)]
     peaks = [r["peak_rss_mb"] for r in runs if r["peak_rss_mb"] is not None]  # None without /proc
@@ -84,6 +89,7 @@ def daemon_fps(model_dir: Path, frames: Path, *, mqtt_port: int, workdir: Path, 
         "fps": fps,
         "inference_only_fps": reference,
         "ratio": fps / reference,
+        "cpu_ratio": _median_or_none([r["cpu_ratio"] for r in runs]),
         "peak_rss_mb": median(peaks) if peaks else None,
         "mqtt_messages_per_s": median([r["mqtt_messages"] / r["window_s"] for r in runs]),
         "stages": middle["stages"],
@@ -119,7 +125,7 @@ def frame_budget(before: dict, after: dict, frames: int, frame_ms: float) -> dic
 
 
 def _one_run(model_dir: Path, frames: Path, *, mqtt_port: int, workdir: Path, options: DaemonOptions,
-             index: int, inference_only: Callable[[float], tuple[int, float]]) -> dict:
+             index: int, inference_only: Callable[[float], tuple[int, float, float]]) -> dict:
     http_port = free_port()
     config = Path(workdir) / f"daemon-{index}.yaml"
     config.write_text(yaml.safe_dump(daemon_config(model_dir, frames, threads=options.threads,
@@ -128,7 +134,7 @@ def _one_run(model_dir: Path, frames: Path, *, mqtt_port: int, workdir: Path, op
     slices = max(2, round(options.window_s / SLICE_S))
     slice_s = options.window_s / slices
     window = frames = messages = calls = 0
-    calls_s = 0.0
+    calls_s = calls_cpu = daemon_cpu = 0.0
     totals = {stage: (0, 0.0) for stage in STAGES}  # stage sums over the daemon's slices only
     with MessageCounter(mqtt_port, f"{MQTT_PREFIX}/{DEVICE_ID}/result") as counter, \
             DeviceProcess(["run", "--config", str(config)]) as process:
@@ -137,14 +143,17 @@ def _one_run(model_dir: Path, frames: Path, *, mqtt_port: int, workdir: Path, op
             for _ in range(slices):
                 process.proc.send_signal(signal.SIGSTOP)
                 try:
-                    n, seconds = inference_only(slice_s)
+                    n, seconds, cpu = inference_only(slice_s)
                 finally:
                     process.proc.send_signal(signal.SIGCONT)
-                calls, calls_s = calls + n, calls_s + seconds
+                calls, calls_s, calls_cpu = calls + n, calls_s + seconds, calls_cpu + cpu
                 time.sleep(_SETTLE_S)
                 budget0, (t0, frames0), messages0 = stage_sums(_get(f"{base}/metrics")), _sample(base), counter.count
+                cpu0 = _cpu_seconds(process.proc.pid)
                 time.sleep(slice_s)
+                cpu1 = _cpu_seconds(process.proc.pid)
                 (t1, frames1), budget1 = _sample(base), stage_sums(_get(f"{base}/metrics"))
+                daemon_cpu = None if None in (cpu0, cpu1, daemon_cpu) else daemon_cpu + cpu1 - cpu0
                 window, frames, messages = window + t1 - t0, frames + frames1 - frames0, messages + counter.count - messages0
                 totals = {s: (totals[s][0] + budget1[s][0] - budget0[s][0], totals[s][1] + budget1[s][1] - budget0[s][1])
                           for s in STAGES}
@@ -163,9 +172,26 @@ def _one_run(model_dir: Path, frames: Path, *, mqtt_port: int, workdir: Path, op
     # The metrics were read just outside the health samples: the budget counts its own frames.
     budget = frame_budget({s: (0, 0.0) for s in STAGES}, totals, totals["infer"][0], window * 1e3 / frames)
     fps, reference = frames / window, calls / calls_s
+    cpu_ms = None if daemon_cpu is None else daemon_cpu * 1e3 / frames  # per frame, all the daemon's threads
     return {"fps": fps, "frames": frames, "window_s": window, "slices": slices, "inference_only_fps": reference,
-            "inference_only_calls": calls, "ratio": fps / reference, "mqtt_messages": messages,
+            "inference_only_calls": calls, "ratio": fps / reference,
+            "cpu_ms_per_frame": cpu_ms, "inference_only_cpu_ms_per_frame": calls_cpu * 1e3 / calls,
+            "cpu_ratio": None if cpu_ms is None else calls_cpu * 1e3 / calls / cpu_ms, "mqtt_messages": messages,
             "peak_rss_mb": finished.peak_rss_mb, "health": health, "stages": budget}
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a process, all its threads (None without /proc)."""
+    try:
+        fields = (_PROC / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime: fields 14 and 15
+
+
+def _median_or_none(values: list) -> float | None:
+    known = [v for v in values if v is not None]
+    return median(known) if known else None
 
 
 def _get(url: str) -> str:

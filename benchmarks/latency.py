@@ -78,13 +78,14 @@ class FrameLoop:
             self.engine.infer(self.frames[self._next % len(self.frames)])
             self._next += 1
 
-    def run_for(self, seconds: float) -> tuple[int, float]:
-        """``(calls, seconds they took)``: calls one after another until ``seconds`` have passed."""
-        t0, calls = time.perf_counter(), 0
+    def run_for(self, seconds: float) -> tuple[int, float, float]:
+        """``(calls, seconds they took, CPU seconds this process spent meanwhile)``: calls one after
+        another until ``seconds`` have passed."""
+        t0, cpu0, calls = time.perf_counter(), time.process_time(), 0
         while time.perf_counter() - t0 < seconds:
             self.run_calls(1)
             calls += 1
-        return calls, time.perf_counter() - t0
+        return calls, time.perf_counter() - t0, time.process_time() - cpu0
 
 
 def frame_throughput(model_dir: Path, frames: list[np.ndarray], *, threads: int, timing: TimingOptions) -> Timing:

@@ -163,11 +163,14 @@ def _daemon_section(models: list[dict], targets: dict) -> list[str]:
               "the daemon's (paused meanwhile), so both sides see the same machine."), ""]
     rows = [[m["name"], str(d["threads"]), _f(d["fps"], 1), _f(d["inference_only_fps"], 1),
              f"{_f(d['ratio'])} (target {targets['daemon_ratio']:g}: {_f(d['ratio'] >= targets['daemon_ratio'])})",
-             _f(d["mqtt_messages_per_s"], 1)]
+             _f(d.get("cpu_ratio")), _f(d["mqtt_messages_per_s"], 1)]
             for m in models if (d := m.get("daemon"))]
     if not rows:
         return lines + ["Not measured in this run (see notes).", ""]
-    return lines + _table(["model", "threads", "daemon frames/s", "inference-only frames/s", "ratio",
+    lines += [("CPU ratio: inference-only CPU time per call over the daemon's per frame (all its threads, from "
+               "`/proc`), over the same slices; on a machine other work keeps busy it moves less than the "
+               "frames/s ratio, which depends on how the scheduler shares the cores."), ""]
+    return lines + _table(["model", "threads", "daemon frames/s", "inference-only frames/s", "ratio", "CPU ratio",
                            "MQTT messages/s"], rows)
 
 

@@ -175,6 +175,8 @@ def test_daemon_end_to_end_with_mqtt(quick_run):
     (run,) = daemon["runs"]
     assert run["health"]["mqtt"] == "connected" and run["frames"] > 0
     assert run["health"]["camera"] == "ok"
+    assert run["cpu_ms_per_frame"] > 0 and run["inference_only_cpu_ms_per_frame"] > 0
+    assert daemon["cpu_ratio"] == pytest.approx(run["inference_only_cpu_ms_per_frame"] / run["cpu_ms_per_frame"])
     assert daemon["peak_rss_mb"] > 10
 
 
