@@ -20,6 +20,7 @@ queue), paces replay sources at ``camera.fps`` and reopens a failed source with 
 """
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -38,9 +39,10 @@ from device.types import Frame
 
 _log = logging.getLogger(__name__)
 
-# The formats device.preprocess.decode_image reads (it checks their header size first).
 # Decoded replay images are kept up to this many bytes, so replay costs no JPEG decoding.
 _FOLDER_CACHE_BYTES = 128 * 1024 * 1024
+# Frames a full-speed replay (fps 0) reads ahead of the consumer (references, not copies).
+READ_AHEAD = 4
 
 
 class CaptureError(RuntimeError):
@@ -396,8 +398,9 @@ class FrameGrabber:
     """Runs a camera in a thread and hands out only the newest frame.
 
     Replay sources are paced at ``fps``; with ``fps == 0`` they go as fast as the consumer
-    takes frames (nothing is dropped, nothing spins), one frame read ahead so the consumer never
-    waits for this thread to be scheduled. Live cameras are paced by the hardware.
+    takes frames (nothing is dropped, nothing spins), up to ``READ_AHEAD`` frames read ahead so
+    the consumer does not wait for this thread to be scheduled, as it never waits for a camera
+    that is faster than the model. Live cameras are paced by the hardware.
     On a failure the camera is closed and reopened with exponential backoff; ``on_status``
     hears ``("ok" | "degraded" | "ended" | "stopped", detail)`` on every change.
     """
@@ -412,7 +415,7 @@ class FrameGrabber:
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._latest: Capture | None = None
-        self._ahead: Capture | None = None  # a full-speed replay's next frame, read ahead
+        self._ahead: collections.deque[Capture] = collections.deque()  # a full-speed replay's next frames
         self._thread: threading.Thread | None = None
         self._next_id = 1
         self.dropped = 0  # frames replaced before the consumer took them
@@ -452,7 +455,7 @@ class FrameGrabber:
                 if remaining <= 0 or self._stop.is_set() or self.ended:
                     return None
                 self._cond.wait(remaining)
-            capture, self._latest, self._ahead = self._latest, self._ahead, None
+            capture, self._latest = self._latest, self._ahead.popleft() if self._ahead else None
             self._cond.notify_all()  # wakes a replay waiting for its frame to be taken
             return capture
 
@@ -504,7 +507,7 @@ class FrameGrabber:
             # never followed by an early one (no catch-up bursts).
             return max(next_due, time.monotonic()) + 1.0 / self.fps
         with self._cond:
-            while self._ahead is not None and not self._stop.is_set():
+            while len(self._ahead) >= READ_AHEAD and not self._stop.is_set():
                 self._cond.wait(0.5)
         return next_due
 
@@ -516,7 +519,7 @@ class FrameGrabber:
             if self._latest is None:
                 self._latest = Capture(frame, display)
             elif not self.camera.live and self.fps <= 0:  # _pace let it through: there is room ahead
-                self._ahead = Capture(frame, display)
+                self._ahead.append(Capture(frame, display))
             else:
                 self.dropped += 1
                 self._latest = Capture(frame, display)
