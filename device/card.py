@@ -177,9 +177,15 @@ class ModelCard:
         path = Path(path)
         if not path.is_file():
             raise CardError(f"model card not found: {path}")
+        return cls.from_bytes(path.read_bytes(), path)
+
+    @classmethod
+    def from_bytes(cls, content: bytes, path: Path) -> ModelCard:
+        """The card in ``content``, the bytes of ``path`` (which errors name), read once by a caller
+        that checks those same bytes otherwise too (their signature)."""
         try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
+            data = json.loads(content)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise CardError(f"{path}: not valid JSON ({err})") from err
         try:
             return _parse_card(data)

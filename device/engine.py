@@ -19,6 +19,7 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,17 +150,26 @@ class Engine:
                   card.preprocessing.zoom, card.preprocessing.tta)
 
     @classmethod
-    def from_model_dir(cls, model_dir, *, variant: str = "int8", num_threads: int = 2) -> Engine:
-        """Load ``model_dir/card.json``, read the variant's file once, verify the sha256 of those
-        bytes and build the engine from them (so what was checked is what runs)."""
+    def from_model_dir(cls, model_dir, *, variant: str = "int8", num_threads: int = 2,
+                       check: Callable[[bytes, Path, str], object] | None = None) -> Engine:
+        """Read ``model_dir/card.json`` and the variant's file once each, verify the sha256 of the
+        file's bytes against the card, and build the engine from those bytes, so what was checked
+        is what runs. ``check(card bytes, model path, model sha256)`` (the signature) sees the same
+        bytes before the interpreter parses anything; files replaced meanwhile are never loaded."""
         model_dir = Path(model_dir)
         if not model_dir.is_dir():
             raise FileNotFoundError(f"model folder not found: {model_dir}")
-        card = ModelCard.load(model_dir / "card.json")
+        card_path = model_dir / "card.json"
+        if not card_path.is_file():
+            raise CardError(f"model card not found: {card_path}")
+        card_bytes = card_path.read_bytes()
+        card = ModelCard.from_bytes(card_bytes, card_path)
         if variant == "float" and card.float_file is None:
-            raise CardError(f"{model_dir / 'card.json'}: field 'float_file' is missing; no float model shipped")
+            raise CardError(f"{card_path}: field 'float_file' is missing; no float model shipped")
         model_file = card.float_file if variant == "float" else card.model_file
         path, content = read_model_file(card, model_dir, model_file)
+        if check is not None:
+            check(card_bytes, path, model_file.sha256)  # the sha256 of ``content``, just verified
         return cls(path, card, num_threads=num_threads, variant=variant, content=content)
 
     @property

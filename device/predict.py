@@ -33,11 +33,17 @@ class LoadedModel:
 def load_model(cfg: Config) -> LoadedModel:
     """Check the model folder and its signature, build the engine (once) and its postprocessors.
 
-    The signature is checked before the interpreter ever parses the model file.
+    The signature is checked before the interpreter ever parses the model file, on the very bytes
+    the engine then runs (the folder is read once: a file swapped meanwhile is never loaded).
     """
     folder = check_model_dir(cfg.model)
-    _log.info("model %s: %s", folder, check_model_signature(folder, cfg.model))
-    return model_for(Engine.from_model_dir(folder, num_threads=cfg.model.threads), cfg)
+
+    def check_signature(card_bytes: bytes, model_path: Path, model_sha256: str) -> None:
+        found = check_model_signature(folder, cfg.model, card_bytes=card_bytes, model_path=model_path,
+                                      model_sha256=model_sha256)
+        _log.info("model %s: %s", folder, found)
+
+    return model_for(Engine.from_model_dir(folder, num_threads=cfg.model.threads, check=check_signature), cfg)
 
 
 def model_for(engine: Any, cfg: Config) -> LoadedModel:

@@ -70,11 +70,14 @@ def signature_record(card_bytes: bytes, model_sha256: str, signer_key_id: str, s
             "card_sha256": hashlib.sha256(card_bytes).hexdigest(), "model_sha256": model_sha256}
 
 
-def verify_signature(folder: Path, keys: dict[str, Ed25519PublicKey]) -> str:
-    """Check ``folder/card.sig`` against the card and model file as they are now; returns the key id.
+def verify_signature(folder: Path, keys: dict[str, Ed25519PublicKey], *, card_bytes: bytes | None = None,
+                     model_path: Path | None = None, model_sha256: str | None = None) -> str:
+    """Check ``folder/card.sig`` against the card and model file; returns the key id.
 
-    Raises :class:`SignatureError` naming the file when it is missing, malformed, made by a key
-    not in ``keys`` or does not match.
+    The card's bytes, the model file and the sha256 of its bytes are read here, or given by a
+    caller that loads exactly those bytes (``Engine.from_model_dir``), so a file replaced between
+    the check and the load can never run. Raises :class:`SignatureError` naming the file when it
+    is missing, malformed, made by a key not in ``keys`` or does not match.
     """
     folder = Path(folder)
     sig_path, card_path = folder / SIGNATURE_FILE, folder / CARD_FILE
@@ -89,23 +92,26 @@ def verify_signature(folder: Path, keys: dict[str, Ed25519PublicKey]) -> str:
         raise SignatureError(f"{sig_path}: not a valid signature file ({err})") from err
     if signer not in keys:
         raise SignatureError(f"{sig_path}: signed by key {signer}, which is not in model.public_keys")
-    model_path = folder / ModelCard.load(card_path).model_file.path
-    card_bytes = card_path.read_bytes()
-    if not model_path.is_file():
-        raise SignatureError(f"model file not found: {model_path}")
+    if card_bytes is None or model_path is None or model_sha256 is None:
+        model_path = folder / ModelCard.load(card_path).model_file.path
+        card_bytes = card_path.read_bytes()
+        if not model_path.is_file():
+            raise SignatureError(f"model file not found: {model_path}")
+        model_sha256 = sha256_file(model_path)
     try:
-        keys[signer].verify(signature, signed_message(card_bytes, sha256_file(model_path)))
+        keys[signer].verify(signature, signed_message(card_bytes, model_sha256))
     except InvalidSignature:
         raise SignatureError(f"{sig_path}: signature does not match {card_path} and {model_path} "
                              "(changed since they were signed)") from None
     return signer
 
 
-def check_model_signature(folder: Path, model: ModelConfig) -> str:
+def check_model_signature(folder: Path, model: ModelConfig, **loaded) -> str:
     """Apply the ``model`` section's signature policy to ``folder``; returns what was found.
 
     No keys configured: nothing is checked. Keys configured: a present signature must verify,
     and a missing one is refused when ``require_signature`` is on (else logged as a warning).
+    ``loaded``: the bytes to check instead of the files (see :func:`verify_signature`).
     """
     if not model.public_keys:
         return "signature not checked (model.public_keys is empty)"
@@ -113,4 +119,4 @@ def check_model_signature(folder: Path, model: ModelConfig) -> str:
     if not (Path(folder) / SIGNATURE_FILE).is_file() and not model.require_signature:
         _log.warning("model %s is not signed (model.require_signature is off, so it is loaded)", folder)
         return "unsigned (allowed: model.require_signature is off)"
-    return f"signed by key {verify_signature(folder, keys)}"
+    return f"signed by key {verify_signature(folder, keys, **loaded)}"

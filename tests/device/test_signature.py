@@ -8,6 +8,7 @@ import shutil
 
 import pytest
 
+import device.predict as predict_module
 from device.card import sha256_file
 from device.config import ConfigError, config_from_dict
 from device.daemon import Daemon
@@ -83,6 +84,26 @@ def test_a_tampered_but_rehashed_model_is_refused_when_signatures_are_required(s
     unsigned_cfg = config_from_dict({"model": {"dir": str(signed_model), "threads": 1}})
     load_model(unsigned_cfg)  # without signatures the re-hashed card checks out: the old hole
     with pytest.raises(SignatureError, match=r"card.sig: signature does not match .*card.json"):
+        load_model(model_cfg(signed_model, keys, "release"))
+
+
+def test_files_swapped_right_after_the_signature_check_are_never_loaded(signed_model, keys, monkeypatch):
+    # The daemon reloads by itself when the folder changes (device.model_watch), so someone who can
+    # write the folder can time a swap to land between the signature check and the load. The
+    # engine runs the bytes the signature was checked on, whatever the files say by then.
+    signed_sha = json.loads((signed_model / "card.json").read_text())["model_file"]["sha256"]
+    real_check = predict_module.check_model_signature
+
+    def check_then_swap(*args, **kwargs):
+        found = real_check(*args, **kwargs)
+        tamper_and_rehash(signed_model)  # an unsigned pair that passes the card's own sha256
+        return found
+
+    monkeypatch.setattr(predict_module, "check_model_signature", check_then_swap)
+    engine = load_model(model_cfg(signed_model, keys, "release")).engine
+    assert engine.card.model_file.sha256 == signed_sha != sha256_file(signed_model / "model_int8.tflite")
+    monkeypatch.undo()
+    with pytest.raises(SignatureError, match="signature does not match"):  # as the next reload sees it
         load_model(model_cfg(signed_model, keys, "release"))
 
 
