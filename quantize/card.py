@@ -51,9 +51,9 @@ def build_card(run: TrainingRun, *, name: str, int8_path: Path, float_path: Path
     cfg = run.config
     return ModelCard(
         name=name,
-        description=(f"{run.meta['arch']} (width {cfg.width_mult}) at {height}x{width}, trained on "
-                     f"{_datasets(run.meta['dataset'])}, full-integer {inp.dtype} TFLite"),
-        labels=tuple(Label(label["code"], label["name"]) for label in run.meta["labels"]),
+        description=(f"{run.meta.arch} (width {cfg.width_mult}) at {height}x{width}, trained on "
+                     f"{_datasets(run.meta.dataset)}, full-integer {inp.dtype} TFLite"),
+        labels=tuple(Label(label["code"], label["name"]) for label in run.meta.labels),
         input=InputSpec(dtype=inp.dtype, scale=inp.scale, zero_point=inp.zero_point,
                         height=height, width=width, channels=3),
         output=TensorSpec(dtype=out.dtype, scale=out.scale, zero_point=out.zero_point),
@@ -61,10 +61,10 @@ def build_card(run: TrainingRun, *, name: str, int8_path: Path, float_path: Path
         preprocessing=preprocessing or Preprocessing(),
         model_file=model_file(int8_path),
         float_file=model_file(float_path) if float_path else None,
-        architecture={"arch": run.meta["arch"], "width_mult": cfg.width_mult, **_backbone_cut(run), **run.meta["model"]},
-        split=dict(run.meta["split"]),
+        architecture={"arch": run.meta.arch, "width_mult": cfg.width_mult, **_backbone_cut(run), **run.meta.model},
+        split=dict(run.meta.split),
         training=training_summary(run, checkpoint),
-        dataset=dict(run.meta["dataset"]),
+        dataset=dict(run.meta.dataset),
     )
 
 
@@ -76,20 +76,20 @@ def _datasets(dataset: dict) -> str:
 
 def _backbone_cut(run: TrainingRun) -> dict[str, str]:
     """The layer a cut backbone ends at, from the weights' provenance (a warm restart inherits it)."""
-    cut = (run.meta.get("backbone") or {}).get("cut", "")
+    cut = (run.meta.backbone or {}).get("cut", "")
     return {"backbone_cut": cut} if cut else {}
 
 
 def training_summary(run: TrainingRun, checkpoint: str) -> dict[str, Any]:
-    where = {"run": run.path.name, "checkpoint": checkpoint, "keras_backend": run.meta.get("backend", "")}
-    if run.meta.get("ensemble"):  # built by train.ensemble: its members' cards hold their training
-        return {"ensemble": run.meta["ensemble"], **where}
+    where = {"run": run.path.name, "checkpoint": checkpoint, "keras_backend": run.meta.backend}
+    if run.meta.ensemble:  # built by train.ensemble: its members' cards hold their training
+        return {"ensemble": run.meta.ensemble, **where}
     summary = {k: v for k, v in dataclasses.asdict(run.config).items() if k not in _LOCAL_KEYS}
     summary.update(where)
     if run.config.init_from:  # the starting run and checkpoint, without this workstation's folders
         start = Path(run.config.init_from)
         summary["init_from"] = f"{start.parent.name}/{start.name}"
-    backbone = run.meta.get("backbone")
+    backbone = run.meta.backbone
     if backbone:  # the weights file by name and hash, not this workstation's path
         # Runs from before the provenance fields get them by architecture.
         pretrained = backbones.pretraining(backbone["name"], backbone.get("kind", ""))

@@ -79,7 +79,7 @@ def quantize_run(run_dir: Path, options: QuantizeOptions) -> Path:
     """
     run = TrainingRun.load(run_dir)
     if options.referral_sensitivity and options.referral_threshold is None:
-        refuse_val_fit(run.meta["split"], str(run.path), "pick the referral threshold",
+        refuse_val_fit(run.meta.split, str(run.path), "pick the referral threshold",
                        "--referral-threshold or --referral-sensitivity 0")
     if options.checkpoint == "calibrated":
         check_calibrated_view(run.path, options.preprocessing.zoom)
@@ -174,7 +174,7 @@ def gate_card(card: ModelCard, int8_path: Path, float_path: Path, records: list,
 
 
 def _quantization_summary(options: QuantizeOptions, count: int, run: TrainingRun, gate: dict) -> dict:
-    qat = bool(run.meta.get("quantization_aware_training", False))
+    qat = run.meta.quantization_aware_training
     return {
         "method": "full-integer quantization" + (" after quantization-aware fine-tuning" if qat else
                                                  " (post-training)"),

@@ -110,8 +110,8 @@ def calibrate_run(run_dir: Path, *, data: Path | None = None, logit_adjustment: 
     tau_fitted = logit_adjustment and given_tau is None
     t_fitted = temperature and given_temperature is None
     if tau_fitted or t_fitted:
-        ds.refuse_val_fit(run.meta["split"], str(run.path), "fit a calibration", "--tau and --temperature")
-    counts = np.array(list(run.meta["split"]["counts"]["train"].values()), dtype=np.float64)
+        ds.refuse_val_fit(run.meta.split, str(run.path), "fit a calibration", "--tau and --temperature")
+    counts = np.array(list(run.meta.split["counts"]["train"].values()), dtype=np.float64)
     log_prior = np.log(np.maximum(counts, 1) / counts.sum())
     summary = {"method": [], "val": {}, "zoom": zoom}
     tau = given_tau if logit_adjustment and given_tau is not None else 0.0
@@ -123,7 +123,7 @@ def calibrate_run(run_dir: Path, *, data: Path | None = None, logit_adjustment: 
     else:
         val = load_run(run_dir, split="val", checkpoint="best", data=data)
         model = val.model
-        codes = tuple(run.meta["split"]["counts"]["train"])
+        codes = tuple(run.meta.split["counts"]["train"])
         pixels = np.stack([centre_zoom(p, zoom) for p in val.pixels]) if zoom != 1.0 else val.pixels
         probs = predict_probs(model, pixels, val.mean, val.std)
         if tau_fitted:

@@ -39,6 +39,7 @@ from train.config import TrainConfig
 from train.dataset import engine_probs, predict_probs
 from train.metrics import json_safe
 from train.models import describe
+from train.run import RunRecord
 from train.train import new_run_dir
 
 _log = logging.getLogger(__name__)
@@ -173,19 +174,18 @@ def build(model_dirs: list[Path], *, data: Path, name: str = "ensemble", favour:
         "fitted_on_val": sorted(fits),
         "zoom": card.preprocessing.zoom,
     }
-    meta = {
-        "arch": model.name,  # e.g. mobilenet_v2_x2: not a member architecture, so never nested again
-        "input": {"height": card.input.height, "width": card.input.width},
-        "labels": [{"code": label.code, "name": label.name} for label in card.labels],
-        "normalization": {"mean": list(card.normalization.mean), "std": list(card.normalization.std)},
-        "model": describe(model),
-        "split": dict(card.split),
-        "dataset": dict(card.dataset),
-        "backend": keras.backend.backend(),
-        "quantization_aware_training": all(m.card.quantization.get("quantization_aware_training") for m in members),
-        "ensemble": ensemble,
-    }
-    (run_dir / "meta.json").write_text(json.dumps(json_safe(meta), indent=2))
+    RunRecord(
+        arch=model.name,  # e.g. mobilenet_v2_x2: not a member architecture, so never nested again
+        input={"height": card.input.height, "width": card.input.width},
+        labels=[{"code": label.code, "name": label.name} for label in card.labels],
+        normalization={"mean": list(card.normalization.mean), "std": list(card.normalization.std)},
+        model=describe(model),
+        split=dict(card.split),
+        dataset=dict(card.dataset),
+        backend=keras.backend.backend(),
+        quantization_aware_training=all(m.card.quantization.get("quantization_aware_training") for m in members),
+        ensemble=ensemble,
+    ).write(run_dir)
     summary = {**ensemble, "val": fits}
     (run_dir / "calibration.json").write_text(json.dumps(json_safe(summary), indent=2))
     model.save(run_dir / "calibrated.keras")

@@ -28,7 +28,7 @@ from train import plots
 from train.config import TrainConfig
 from train.dataset import predict_probs
 from train.metrics import classification_report, json_safe
-from train.run import CHECKPOINTS, TrainingRun
+from train.run import CHECKPOINTS, RunRecord, TrainingRun
 
 _log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class RunData:
 
     run_dir: Path
     config: TrainConfig
-    meta: dict
+    meta: RunRecord
     model: keras.Model
     records: list[ds.Record]
     pixels: np.ndarray  # uint8 (N, H, W, 3) at the model's input size
@@ -99,7 +99,7 @@ def evaluate_run(run_dir: Path, *, split: str = "test", checkpoint: str = "best"
     probs = predict_probs(run.model, run.pixels, run.mean, run.std, tta=tta)
     report = classification_report(probs, run.labels, ds.CLASS_CODES)
     report.update(
-        run=run.run_dir.name, arch=run.meta["arch"], model=run.meta["model"], split=split,
+        run=run.run_dir.name, arch=run.meta.arch, model=run.meta.model, split=split,
         split_method=run.config.split, checkpoint=checkpoint, tta=tta,
     )
     out = eval_dir(run.run_dir, split=split, checkpoint=checkpoint, tta=tta)

@@ -1,11 +1,13 @@
 """A training run directory read back: the one reader that evaluation, calibration,
-Grad-CAM and quantization share.
+Grad-CAM and quantization share, and the run record (``meta.json``) that ``train.train`` and
+``train.ensemble`` write through :class:`RunRecord`.
 
 ``train.train`` writes config.yaml, meta.json (input size, labels, normalization,
 model size, split counts, dataset), split.csv, state.json and the checkpoints.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,42 +18,86 @@ import keras
 from train import backbones, qat  # noqa: F401  (backbones registers AffineBatchNormalization for load_model)
 from train import data as ds
 from train.config import TrainConfig, load_config
+from train.metrics import json_safe
 
 CHECKPOINTS = ("best", "last", "calibrated", "gated")  # calibrated: train.calibrate; gated: train.lesion_gate
+RECORD_FILE = "meta.json"
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What a run is, written once when it starts: the graph's input and output, where its data and
+    weights came from. JSON sections stay plain dicts (they are copied into the card as they are)."""
+
+    arch: str  # a train/ family, or <family>_x<N> for an ensemble
+    input: dict[str, int]  # height, width
+    labels: list[dict[str, str]]  # code, name, in output order
+    normalization: dict[str, list[float]]  # mean, std per channel
+    model: dict[str, Any]  # train.models.describe: family, params, macs, input_shape
+    split: dict[str, Any]  # method, seed, counts, and fit_on for a refit
+    dataset: dict[str, Any]
+    backend: str = ""  # the Keras backend that trained it
+    quantization_aware_training: bool = False
+    devices: int = 1
+    init_from: str | None = None
+    backbone: dict[str, Any] | None = None  # pretrained backbones: where the weights came from, the cut
+    distillation: dict[str, Any] | None = None
+    ensemble: dict[str, Any] | None = None  # train.ensemble: members, bias, temperature
+
+    def write(self, run_dir: Path) -> None:
+        (Path(run_dir) / RECORD_FILE).write_text(json.dumps(json_safe(dataclasses.asdict(self)), indent=2))
+
+    @classmethod
+    def read(cls, run_dir: Path) -> RunRecord:
+        """The record of ``run_dir``; an unknown or missing key raises naming it and the file."""
+        path = Path(run_dir) / RECORD_FILE
+        data = json.loads(path.read_text())
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"{path}: unknown key(s) {', '.join(unknown)}")
+        try:
+            return cls(**data)
+        except TypeError as err:
+            raise ValueError(f"{path}: {err}") from err
+
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        return int(self.input["height"]), int(self.input["width"])
 
 
 @dataclass(frozen=True)
 class TrainingRun:
     path: Path
-    meta: dict[str, Any]
+    meta: RunRecord
     config: TrainConfig
     state: dict[str, Any]  # empty when the run never finished an epoch
 
     @classmethod
     def load(cls, run_dir: Path) -> TrainingRun:
         run_dir = Path(run_dir)
-        for name in ("config.yaml", "meta.json", "split.csv"):
+        for name in ("config.yaml", RECORD_FILE, "split.csv"):
             if not (run_dir / name).is_file():
                 raise FileNotFoundError(f"{run_dir}: missing {name}; is this a training run directory?")
         state_path = run_dir / "state.json"
         return cls(
             path=run_dir,
-            meta=json.loads((run_dir / "meta.json").read_text()),
+            meta=RunRecord.read(run_dir),
             config=load_config(run_dir),
             state=json.loads(state_path.read_text()) if state_path.is_file() else {},
         )
 
     @property
     def input_hw(self) -> tuple[int, int]:
-        return int(self.meta["input"]["height"]), int(self.meta["input"]["width"])
+        return self.meta.input_hw
 
     @property
     def labels(self) -> tuple[str, ...]:
-        return tuple(label["code"] for label in self.meta["labels"])
+        return tuple(label["code"] for label in self.meta.labels)
 
     @property
     def normalization(self) -> tuple[list[float], list[float]]:
-        return self.meta["normalization"]["mean"], self.meta["normalization"]["std"]
+        return self.meta.normalization["mean"], self.meta.normalization["std"]
 
     def checkpoint(self, which: str) -> Path:
         if which not in CHECKPOINTS:

@@ -33,6 +33,7 @@ from train.dataset import Batches, predict_probs
 from train.evaluate import evaluate_extra, evaluate_run
 from train.metrics import classification_report
 from train.models import build_model, describe
+from train.run import RunRecord
 from train.schedules import CYCLIC_MODES, LRPolicy, cosine_lr, cyclic_lr
 
 _log = logging.getLogger("train")
@@ -201,37 +202,36 @@ def _fit(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> Path:
                                                               unsquash=cfg.extra_unsquash)])
         labels[s] = np.concatenate([labels[s], np.array([r.label for r in recs], dtype=np.int64)])
 
-    meta_path = run_dir / "meta.json"
     if resume:
-        meta = json.loads(meta_path.read_text())
-        mean, std = meta["normalization"]["mean"], meta["normalization"]["std"]
+        record = RunRecord.read(run_dir)
+        mean, std = record.normalization["mean"], record.normalization["std"]
         model = keras.models.load_model(run_dir / "last.keras")
         state = json.loads((run_dir / "state.json").read_text())
         initial_epoch, best = state["epoch"] + 1, state["best_val_balanced_accuracy"]
     else:
         model, (mean, std), provenance = _initial_model(cfg, pixels["train"])
-        meta = {
-            "arch": cfg.arch,
-            "input": {"height": h, "width": w},
-            "labels": [{"code": c, "name": n} for c, n in ds.CLASSES],
-            "normalization": {"mean": mean, "std": std},
-            "model": describe(qat.strip(model)),
-            "split": {"method": cfg.split, "seed": cfg.split_seed, "counts": ds.split_counts(records),
-                      **({"fit_on": list(ds.REFIT_SPLITS)} if cfg.refit else {})},
-            "dataset": {"name": "HAM10000", "citation": ds.CITATION, "license": ds.LICENSE,
-                        **({"extra": ds.extra_summary(extra, cfg.extra_unsquash)} if extra else {})},
-            "backend": keras.backend.backend(),
-            "devices": distribute.replicas(),
-            "init_from": cfg.init_from or None,
-            "backbone": provenance,
-            "quantization_aware_training": cfg.qat,
-            "distillation": ({"teacher": cfg.teacher, "weight": cfg.distill_weight,
-                              "temperature": cfg.distill_temperature} if cfg.teacher else None),
-        }
-        meta_path.write_text(json.dumps(meta, indent=2))
+        record = RunRecord(
+            arch=cfg.arch,
+            input={"height": h, "width": w},
+            labels=[{"code": c, "name": n} for c, n in ds.CLASSES],
+            normalization={"mean": mean, "std": std},
+            model=describe(qat.strip(model)),
+            split={"method": cfg.split, "seed": cfg.split_seed, "counts": ds.split_counts(records),
+                   **({"fit_on": list(ds.REFIT_SPLITS)} if cfg.refit else {})},
+            dataset={"name": "HAM10000", "citation": ds.CITATION, "license": ds.LICENSE,
+                     **({"extra": ds.extra_summary(extra, cfg.extra_unsquash)} if extra else {})},
+            backend=keras.backend.backend(),
+            devices=distribute.replicas(),
+            init_from=cfg.init_from or None,
+            backbone=provenance,
+            quantization_aware_training=cfg.qat,
+            distillation=({"teacher": cfg.teacher, "weight": cfg.distill_weight,
+                           "temperature": cfg.distill_temperature} if cfg.teacher else None),
+        )
+        record.write(run_dir)
         initial_epoch, best = 0, -1.0
     _log.info("%s: %d params, %.1f M MACs, input %dx%d, train/val %d/%d, start epoch %d",
-              cfg.arch, meta["model"]["params"], meta["model"]["macs"] / 1e6, h, w,
+              cfg.arch, record.model["params"], record.model["macs"] / 1e6, h, w,
               len(labels["train"]), len(labels["val"]), initial_epoch + 1)
     if initial_epoch >= (cfg.stop_epoch or cfg.epochs):
         _log.info("run already has %d epochs; nothing to do", initial_epoch)
@@ -321,8 +321,8 @@ def _initial_model(cfg: TrainConfig, train_pixels: np.ndarray) -> tuple[keras.Mo
     if cfg.init_from:
         source_meta = init_source_meta(cfg)
         model = keras.models.load_model(cfg.init_from, compile=False)  # compiled afresh: new optimizer, schedule
-        norm = (source_meta["normalization"]["mean"], source_meta["normalization"]["std"])
-        provenance = source_meta.get("backbone")
+        norm = (source_meta.normalization["mean"], source_meta.normalization["std"])
+        provenance = source_meta.backbone
     elif cfg.pretrained:
         model, imported = backbones.pretrained_classifier(cfg.arch, (h, w, 3), weights=cfg.backbone_weights,
                                                           num_classes=len(ds.CLASSES), dropout=cfg.dropout,
@@ -368,7 +368,7 @@ def _self_check(cfg: TrainConfig) -> list[dict]:
     return rows
 
 
-def init_source_meta(cfg: TrainConfig) -> dict:
+def init_source_meta(cfg: TrainConfig) -> RunRecord:
     """meta.json of the ``init_from`` checkpoint's run, after checking that the checkpoint exists
     and is the architecture and input size this config asks for."""
     checkpoint = Path(cfg.init_from)
@@ -376,10 +376,10 @@ def init_source_meta(cfg: TrainConfig) -> dict:
     for path in (checkpoint, source_meta):
         if not path.is_file():
             raise FileNotFoundError(f"init_from: {path} not found")
-    meta = json.loads(source_meta.read_text())
-    hw, source_hw = cfg.input_hw(), (meta["input"]["height"], meta["input"]["width"])
-    if meta["arch"] != cfg.arch or source_hw != hw:
-        raise ValueError(f"init_from: {checkpoint} is {meta['arch']} at {source_hw[0]}x{source_hw[1]}, "
+    meta = RunRecord.read(checkpoint.parent)
+    hw, source_hw = cfg.input_hw(), meta.input_hw
+    if meta.arch != cfg.arch or source_hw != hw:
+        raise ValueError(f"init_from: {checkpoint} is {meta.arch} at {source_hw[0]}x{source_hw[1]}, "
                          f"not {cfg.arch} at {hw[0]}x{hw[1]}")
     return meta
 

@@ -48,7 +48,7 @@ def test_calibrated_checkpoint_carries_the_adjustment(trained_run, tmp_path):
     assert (trained_run / "calibrated.keras").is_file()
     assert json.loads((trained_run / "calibration.json").read_text())["tau"] == summary["tau"]
     run = load_run(trained_run, split="val", checkpoint="best")
-    counts = np.array(list(run.meta["split"]["counts"]["train"].values()), dtype=np.float64)
+    counts = np.array(list(run.meta.split["counts"]["train"].values()), dtype=np.float64)
     log_prior = np.log(np.maximum(counts, 1) / counts.sum())
     calibrated = keras.models.load_model(trained_run / "calibrated.keras", compile=False)
     expected = adjust(predict_probs(run.model, run.pixels, run.mean, run.std), log_prior, summary["tau"],
@@ -60,7 +60,7 @@ def test_calibration_fits_on_the_zoomed_views_the_card_will_ask_for(trained_run,
     trained_run = shutil.copytree(trained_run, tmp_path / "run")
     summary = calibrate_run(trained_run, zoom=0.5)
     run = load_run(trained_run, split="val", checkpoint="best")
-    counts = np.array(list(run.meta["split"]["counts"]["train"].values()), dtype=np.float64)
+    counts = np.array(list(run.meta.split["counts"]["train"].values()), dtype=np.float64)
     log_prior = np.log(np.maximum(counts, 1) / counts.sum())
     tau = summary["tau"]
 
@@ -147,7 +147,7 @@ def test_a_refit_takes_the_given_values_and_never_reads_val(trained_run, tmp_pat
     summary = calibrate_run(run_dir, given_tau=0.3, given_temperature=2.0)
     assert (summary["tau"], summary["temperature"], summary["val"]) == (0.3, 2.0, {})
     run = load_run(run_dir, split="test", checkpoint="best")
-    counts = np.array(list(run.meta["split"]["counts"]["train"].values()), dtype=np.float64)
+    counts = np.array(list(run.meta.split["counts"]["train"].values()), dtype=np.float64)
     expected = adjust(predict_probs(run.model, run.pixels, run.mean, run.std), np.log(counts / counts.sum()), 0.3, 2.0)
     calibrated = keras.models.load_model(run_dir / "calibrated.keras", compile=False)
     np.testing.assert_allclose(predict_probs(calibrated, run.pixels, run.mean, run.std), expected, atol=1e-4)

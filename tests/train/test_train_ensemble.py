@@ -188,7 +188,7 @@ def test_refitted_members_take_the_given_bias_and_temperature_and_never_score_va
     run_dir = build(_refitted(members, tmp_path), data=fixture_dir, given_bias=0.5, given_temperature=2.0,
                     runs_dir=tmp_path / "runs", cache_dir=tmp_path / "cache")
     run = TrainingRun.load(run_dir)
-    assert run.meta["split"]["fit_on"] == ["train", "val"]  # quantize refuses a val-picked referral for it
+    assert run.meta.split["fit_on"] == ["train", "val"]  # quantize refuses a val-picked referral for it
     calibration = json.loads((run_dir / "calibration.json").read_text())
     assert (calibration["favour"]["bias"], calibration["temperature"], calibration["fitted_on_val"]) == (0.5, 2.0, [])
     x = normalize(_fixture_pixels(run_dir, fixture_dir), *run.normalization)

@@ -86,7 +86,7 @@ def test_a_cut_backbone_survives_a_warm_restart_into_the_card(tmp_path, fixture_
     with pytest.raises(ValueError, match="backbone_cut"):  # a restart keeps its checkpoint's graph
         main([*restart_args, "--backbone-cut", "block_9_expand_relu"])
     run = TrainingRun.load(main(restart_args))
-    assert run.meta["backbone"]["cut"] == cut  # inherited from the first stage's provenance
+    assert run.meta.backbone["cut"] == cut  # inherited from the first stage's provenance
 
     int8 = tmp_path / "model_int8.tflite"
     images = np.random.default_rng(0).uniform(-1, 1, (8, 32, 40, 3)).astype(np.float32)
