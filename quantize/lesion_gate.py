@@ -62,8 +62,16 @@ def failures(report: dict, limits: lg.Limits) -> list[str]:
     return out
 
 
-def gate_card(card: ModelCard, int8_path: Path, run: TrainingRun, records: list[Record], *, data: Path,
-              cache_dir: Path | None, limits: lg.Limits = lg.DEFAULT_LIMITS, num_threads: int = 2) -> ModelCard:
+def gated_images(run: TrainingRun, records: list[Record], *, data: Path, cache_dir: Path | None) -> lg.GateImages:
+    """The gate's images for a run that ``train.lesion_gate`` fitted (refused naming the file otherwise)."""
+    fitted = fitted_gate(run)
+    if fitted is None:
+        raise ValueError(f"{run.path / lg.GATE_FILE} not found; fit the gate with python -m train.lesion_gate first")
+    return lg.images_for_run(run, records, fitted, data=data, cache_dir=cache_dir)
+
+
+def gate_card(card: ModelCard, int8_path: Path, run: TrainingRun, images: lg.GateImages, *,
+              limits: lg.Limits = lg.DEFAULT_LIMITS, num_threads: int = 2) -> ModelCard:
     """``card`` with its ``gate`` section: threshold picked on the pick part, rates on the report part.
     Raises GateError when the report part misses ``limits``."""
     fitted = fitted_gate(run)
@@ -71,11 +79,6 @@ def gate_card(card: ModelCard, int8_path: Path, run: TrainingRun, records: list[
     if fitted is None or spec is None:
         raise ValueError(f"{run.path}: no {lg.GATE_FILE} or the model has no not-a-lesion output; "
                          "fit one with python -m train.lesion_gate first")
-    sources = fitted["sources"]
-    images = lg.gate_images(records, data=data, extra=Path(sources["extra"]) if sources["extra"] else None,
-                            everyday=Path(sources["everyday"]) if sources["everyday"] else None,
-                            height=card.input.height, width=card.input.width, cache_dir=cache_dir,
-                            seed=fitted["seed"])
     provisional = dataclasses.replace(card, gate=Gate(output=spec, threshold=1.0, method=fitted["method"],
                                                       advice=fitted["advice"]))
     engine = Engine(int8_path, provisional, num_threads=num_threads)

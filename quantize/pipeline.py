@@ -30,7 +30,7 @@ from quantize.referral import build as build_referral
 from quantize.referral import threshold_on
 from train.data import load_pixels, refuse_val_fit, select
 from train.dataset import engine_probs
-from train.lesion_gate import Limits
+from train.lesion_gate import Limits, with_negatives
 from train.metrics import json_safe
 from train.run import TrainingRun
 
@@ -91,6 +91,11 @@ def quantize_run(run_dir: Path, options: QuantizeOptions) -> Path:
 
     rep = representative_set(select(records, "train"), height, width, mean, std,
                              count=options.representative, seed=run.config.seed, cache_dir=options.cache_dir)
+    gate_images = None
+    if len(model.outputs) == 2:  # a gated checkpoint (train.lesion_gate): calibrate on negatives too, as it did
+        gate_images = lesion_gate.gated_images(run, records, data=Path(options.data or run.config.data),
+                                               cache_dir=options.cache_dir)
+        rep = with_negatives(rep, gate_images, mean=mean, std=std, seed=run.config.seed)
 
     dest = Path(options.out) / options.name
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -102,9 +107,8 @@ def quantize_run(run_dir: Path, options: QuantizeOptions) -> Path:
         card = build_card(run, name=options.name, int8_path=int8_path,
                           float_path=float_path if options.keep_float else None, checkpoint=options.checkpoint,
                           preprocessing=options.preprocessing)
-        if lesion_gate.output_spec(int8_path) is not None:  # a gated checkpoint (train.lesion_gate)
-            card = lesion_gate.gate_card(card, int8_path, run, records, data=Path(options.data or run.config.data),
-                                         cache_dir=options.cache_dir, limits=options.gate_limits,
+        if gate_images is not None:
+            card = lesion_gate.gate_card(card, int8_path, run, gate_images, limits=options.gate_limits,
                                          num_threads=options.num_threads)
         facts = {"run": f"`{run.path.name}` ({options.checkpoint} checkpoint)", **card_facts(card, options.split)}
         card, result, report = gate_card(card, int8_path, float_path, records, options, facts=facts,

@@ -48,6 +48,9 @@ GATE_OUTPUT = "not_lesion"
 GATE_FILE = "gate.json"
 CANDIDATES = ("logistic", "mlp")
 MEL_WEIGHT = 3.0  # a melanoma turned away costs more than any other lesion
+# Negatives in the int8 calibration set, beside the usual lesions: the device sees them too, and with
+# lesions alone the gate's logit range ends at 0 (int8 ranges always hold 0), so every negative read 0.5.
+REP_NEGATIVES = 100
 ADVICE = "Point the camera at a skin lesion."
 
 
@@ -99,6 +102,24 @@ def gate_images(records: list[ds.Record], *, data: Path, extra: Path | None, eve
     groups += [n.kind for n in negatives]
     parts += [n.part for n in negatives]
     return GateImages(np.concatenate(pixels), np.array(groups), np.array(parts))
+
+
+def with_negatives(representative: np.ndarray, images: GateImages, *, mean, std, seed: int = 0,
+                   count: int = REP_NEGATIVES) -> np.ndarray:
+    """The representative set plus ``count`` negatives of the fit part drawn at random (seeded)."""
+    fit_negatives = np.flatnonzero((images.parts == "fit") & ~images.is_lesion)
+    chosen = np.sort(np.random.default_rng(seed).choice(fit_negatives, min(count, fit_negatives.size), replace=False))
+    return np.concatenate([representative, normalize(images.pixels[chosen], mean, std)])
+
+
+def images_for_run(run: TrainingRun, records: list[ds.Record], fitted: dict, *, data: Path,
+                   cache_dir: Path | None) -> GateImages:
+    """The images ``fit_gate`` used for a run, again, from the sources its ``gate.json`` names."""
+    sources = fitted["sources"]
+    height, width = run.input_hw
+    return gate_images(records, data=Path(data), extra=Path(sources["extra"]) if sources["extra"] else None,
+                       everyday=Path(sources["everyday"]) if sources["everyday"] else None,
+                       height=height, width=width, cache_dir=cache_dir, seed=fitted["seed"])
 
 
 # --- the graph ---------------------------------------------------------------------------
@@ -278,10 +299,11 @@ def fit_gate(run_dir: Path, *, checkpoint: str, data: Path, extra: Path | None, 
     mean, std = run.normalization
     records = run.records(data=data)
     model = run.load_model(checkpoint)
-    rep = representative_set(ds.select(records, "train"), height, width, mean, std, seed=run.config.seed,
-                             cache_dir=cache_dir)
     images = gate_images(records, data=Path(data), extra=extra, everyday=everyday, height=height, width=width,
                          cache_dir=cache_dir, seed=seed)
+    rep = with_negatives(representative_set(ds.select(records, "train"), height, width, mean, std,
+                                            seed=run.config.seed, cache_dir=cache_dir),
+                         images, mean=mean, std=std, seed=run.config.seed)
     _log.info("gate images: %s", {p: int((images.parts == p).sum()) for p in ng.PARTS})
     _, features = int8_features(model, rep, images, mean=mean, std=std, zoom=zoom)
     fit, pick = images.parts == "fit", images.parts == "pick"

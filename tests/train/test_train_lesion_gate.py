@@ -146,3 +146,20 @@ def test_quantize_refuses_a_gate_that_misses_its_limits(gated_run, fixture_dir, 
                                                 checkpoint="gated", representative=32, thresholds=thresholds,
                                                 gate_limits=impossible, num_threads=1, referral_sensitivity=0))
     assert not (tmp_path / "tiny-gated").exists()
+
+
+def test_calibration_set_gets_fit_negatives_only():
+    from train.lesion_gate import GateImages, with_negatives
+
+    groups = np.array(["lesion:ham10000:nv"] * 4 + ["everyday"] * 6 + ["bare_skin"] * 6)
+    parts = np.array(["fit"] * 4 + ["fit", "fit", "fit", "pick", "pick", "report"] + ["fit"] * 3 + ["report"] * 3)
+    pixels = np.arange(16, dtype=np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8)
+    images = GateImages(pixels, groups, parts)
+    rep = np.zeros((5, 2, 2, 3), np.float32)
+    out = with_negatives(rep, images, mean=[0, 0, 0], std=[1, 1, 1], seed=3, count=4)
+    assert out.shape == (9, 2, 2, 3)
+    drawn = {int(v) for v in out[5:, 0, 0, 0]}
+    assert len(drawn) == 4 and drawn <= {4, 5, 6, 10, 11, 12}  # fit-part negatives only
+    again = with_negatives(rep, images, mean=[0, 0, 0], std=[1, 1, 1], seed=3, count=4)
+    np.testing.assert_array_equal(out, again)
+    assert len(with_negatives(rep, images, mean=[0, 0, 0], std=[1, 1, 1], count=100)) == 5 + 6
