@@ -15,7 +15,7 @@ DEMO_PORT ?= 5000
 # measuring and evaluation fit in the rest of the 9 minutes a lent machine's call may take)
 GPU_CONFIG  ?= train/configs/edgenet.yaml
 GPU_BUNDLE  ?= .gpu-bundle
-GPU_MINUTES ?= 6.5
+GPU_MINUTES ?= 6
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 export PYTHONUNBUFFERED := 1
 

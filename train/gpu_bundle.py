@@ -11,7 +11,7 @@ folder that travels with the tree:
     config.yaml      the recipe; bundle.json: what was packed, the quality, every size
 
     python -m train.gpu_bundle pack --config train/configs/edgenet.yaml --data ../shared/data/ham10000
-    python -m train.gpu_bundle train --bundle .gpu-bundle --minutes 6.5 --out "$OUT"   # there, via make train-gpu
+    python -m train.gpu_bundle train --bundle .gpu-bundle --minutes 6 --out "$OUT"   # there, via make train-gpu
 
 ``train`` measures the pipeline (train.throughput), trains the recipe data-parallel over every device
 for as many epochs as fit in ``--minutes`` (TrainConfig.time_budget), evaluates, and packs the run
@@ -217,7 +217,7 @@ def main(argv=None) -> None:
     p.add_argument("--no-wheels", action="store_true", help="leave Keras out (a machine that has it)")
     t = sub.add_parser("train", help="there: train the bundled recipe (after its wheels are installed)")
     t.add_argument("--bundle", type=Path, default=Path(".gpu-bundle"))
-    t.add_argument("--minutes", type=float, default=6.5, help="training time budget (TrainConfig.time_budget)")
+    t.add_argument("--minutes", type=float, default=6.0, help="training time budget (TrainConfig.time_budget)")
     t.add_argument("--out", type=Path, help="where <run>.tar.gz and throughput.json go (the machine's $OUT)")
     t.add_argument("--runs-dir", type=Path, default=Path("runs"))
     t.add_argument("--workers", type=int, default=min(12, max(2, (os.cpu_count() or 4) - 2)))

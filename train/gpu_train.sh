@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bundle=${1:-.gpu-bundle}
-minutes=${2:-6.5}
+minutes=${2:-6}
 out=${3:-${OUT:-}}
 shift $(( $# < 3 ? $# : 3 ))
 python=${PYTHON:-python3}
