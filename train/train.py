@@ -4,6 +4,8 @@
     python -m train --resume runs/<run>            # continue an interrupted run
     python -m train --init-from runs/<run>/best.keras --lr-policy cosine --epochs 30
                                                    # warm restart: new run, same split, new schedule
+    KERAS_BACKEND=jax python -m train --data PATH/TO/ham10000 --devices 0
+                                                   # data-parallel over every GPU (docs/training-on-gpus.md)
 
 Every run gets ``runs/<timestamp>-<name>/``: the resolved config, the split CSV, the
 normalization statistics (meta.json), ``best.keras`` (by validation balanced
