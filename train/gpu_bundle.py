@@ -110,9 +110,12 @@ def choose_quality(records: list[ds.Record], height: int, width: int, budget: in
 
 
 def pack(config: Path, data: Path, out: Path, *, repo: Path = Path("."), wheels: bool = True,
-         limit: int = TREE_LIMIT) -> dict:
-    """Write the bundle for recipe ``config`` on HAM10000 copy ``data`` into ``out``; returns bundle.json."""
+         limit: int = TREE_LIMIT, backbone_weights: str = "") -> dict:
+    """Write the bundle for recipe ``config`` on HAM10000 copy ``data`` into ``out``; returns bundle.json.
+    ``backbone_weights`` overrides the recipe's (a pretrained recipe's TFLite or .h5 file)."""
     recipe = yaml.safe_load(Path(config).read_text()) or {}
+    if backbone_weights:
+        recipe["backbone_weights"] = backbone_weights
     packed_paths = sorted(k for k in UNPACKED if recipe.get(k))
     if packed_paths:
         raise BundleError(f"{config}: {packed_paths} name files the bundle does not carry; the GPU run draws its "
@@ -214,6 +217,7 @@ def main(argv=None) -> None:
     p.add_argument("--config", type=Path, default=Path("train/configs/edgenet.yaml"))
     p.add_argument("--data", type=Path, required=True, help="HAM10000 root")
     p.add_argument("--out", type=Path, default=Path(".gpu-bundle"))
+    p.add_argument("--backbone-weights", default="", help="a pretrained recipe's weights file (TFLite or .h5)")
     p.add_argument("--no-wheels", action="store_true", help="leave Keras out (a machine that has it)")
     t = sub.add_parser("train", help="there: train the bundled recipe (after its wheels are installed)")
     t.add_argument("--bundle", type=Path, default=Path(".gpu-bundle"))
@@ -225,7 +229,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "pack":
-        pack(args.config, args.data, args.out, wheels=not args.no_wheels)
+        pack(args.config, args.data, args.out, wheels=not args.no_wheels, backbone_weights=args.backbone_weights)
     else:
         train(args.bundle, minutes=args.minutes, out=args.out, runs_dir=args.runs_dir, workers=args.workers,
               throughput=tuple(args.throughput))
