@@ -26,7 +26,7 @@ _log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Architecture:
-    arch: str  # a train.models.ARCHITECTURES or train.backbones.BACKBONES key, or an ensemble's <family>_x<N>
+    arch: str  # a train.models.ARCHITECTURES key, a train.config.PRETRAINED_ARCHS one, or an ensemble's <family>_x<N>
     input_shape: tuple[int, int, int]
     width_mult: float = 1.0
     cut: str = ""  # pretrained backbones: the layer that feeds the head ("" = the backbone's last)
@@ -61,7 +61,8 @@ def build_keras(arch: Architecture, num_classes: int = 7):
     """A float Keras model of ``arch`` with random weights, built by the code that trains it."""
     import keras
 
-    from train.backbones import BACKBONES, pretrained_classifier
+    from train.backbones import pretrained_classifier
+    from train.config import PRETRAINED_ARCHS
     from train.models import ARCHITECTURES, build_model
 
     if arch.members:
@@ -72,12 +73,12 @@ def build_keras(arch: Architecture, num_classes: int = 7):
                                for i, n in enumerate(nets)], arch.input_shape, name=arch.arch)
     if arch.arch in ARCHITECTURES:
         return build_model(arch.arch, arch.input_shape, width=arch.width_mult, num_classes=num_classes)
-    if arch.arch in BACKBONES:
+    if arch.arch in PRETRAINED_ARCHS:
         model, _ = pretrained_classifier(arch.arch, arch.input_shape, weights="none", num_classes=num_classes,
                                          alpha=arch.width_mult, cut=arch.cut)
         return model
     raise Skipped(f"architecture {arch.arch!r}: train/ builds none by that name "
-                  f"({sorted(ARCHITECTURES)}, {sorted(BACKBONES)} or an ensemble of them)")
+                  f"({sorted(ARCHITECTURES)}, {sorted(PRETRAINED_ARCHS)} or an ensemble of them)")
 
 
 # The design's seed CNN at its own input size (train.models.seed_cnn), used when no trained

@@ -10,6 +10,7 @@ import pytest
 from benchmarks import Skipped
 from benchmarks.baseline import Architecture, build_keras
 from device.card import ModelCard
+from train.config import DEFAULT_INPUT
 
 REPO = Path(__file__).parents[2]
 CARDS = sorted(p for top in ("models", "experiments") for p in (REPO / top).glob("*/card.json"))
@@ -22,6 +23,14 @@ def test_baseline_rebuilds_the_cards_network(card_path):
     # random weights, same graph: the parameter count the card recorded from the trained model
     assert model.count_params() == card.architecture["params"]
     assert tuple(model.input_shape[1:]) == (card.input.height, card.input.width, 3)
+
+
+@pytest.mark.parametrize("arch", sorted(DEFAULT_INPUT))
+def test_every_family_train_builds_has_a_baseline(arch):
+    """Every --arch train/ accepts, at its default input, with nothing shipped of it yet."""
+    h, w = DEFAULT_INPUT[arch]
+    model = build_keras(Architecture(arch, (h, w, 3)))
+    assert model.output_shape == (None, 7)
 
 
 def test_an_ensemble_without_its_members_is_skipped_naming_them(tmp_path):
