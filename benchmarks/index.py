@@ -106,7 +106,16 @@ def render(results: Path = RESULTS, models: Path = MODELS) -> str:
                   "| run | date | model | peak RSS MB |", "|---|---|---|---|"]
         lines += [f"| [{stem}]({stem}.md) | {data.get('date', '')} | `{data.get('model', '')}` | "
                   f"{data.get('peak_rss_mb', 0):.0f} |" for stem, data in uploads]
+    studies = sorted(d for d in Path(results).iterdir() if (d / INDEX).is_file())
+    if studies:
+        lines += ["", "Studies with their own runs and README:", ""]
+        lines += [f"- [{d.name}/]({d.name}/{INDEX}): {_title(d / INDEX)}" for d in studies]
     return "\n".join(lines) + "\n"
+
+
+def _title(readme: Path) -> str:
+    first = readme.read_text().splitlines()[0] if readme.read_text() else ""
+    return first.lstrip("# ").strip()
 
 
 def main(argv=None) -> None:
