@@ -88,7 +88,8 @@ def daemon_fps(model_dir: Path, frames: Path, *, mqtt_port: int, workdir: Path, 
         "window_s": options.window_s,
         "fps": fps,
         "inference_only_fps": reference,
-        "ratio": fps / reference,
+        # Paired: each run's daemon and inference-only slices shared the machine's load.
+        "ratio": median([r["ratio"] for r in runs]),
         "cpu_ratio": _median_or_none([r["cpu_ratio"] for r in runs]),
         "peak_rss_mb": median(peaks) if peaks else None,
         "mqtt_messages_per_s": median([r["mqtt_messages"] / r["window_s"] for r in runs]),
@@ -134,7 +135,7 @@ def _one_run(model_dir: Path, frames: Path, *, mqtt_port: int, workdir: Path, op
     slices = max(2, round(options.window_s / SLICE_S))
     slice_s = options.window_s / slices
     window = frames = messages = calls = 0
-    calls_s = calls_cpu = daemon_cpu = 0.0
+    calls_s = calls_cpu = daemon_cpu = budget_s = 0.0
     totals = {stage: (0, 0.0) for stage in STAGES}  # stage sums over the daemon's slices only
     with MessageCounter(mqtt_port, f"{MQTT_PREFIX}/{DEVICE_ID}/result") as counter, \
             DeviceProcess(["run", "--config", str(config)]) as process:
@@ -148,11 +149,13 @@ def _one_run(model_dir: Path, frames: Path, *, mqtt_port: int, workdir: Path, op
                     process.proc.send_signal(signal.SIGCONT)
                 calls, calls_s, calls_cpu = calls + n, calls_s + seconds, calls_cpu + cpu
                 time.sleep(_SETTLE_S)
-                budget0, (t0, frames0), messages0 = stage_sums(_get(f"{base}/metrics")), _sample(base), counter.count
+                tb0, budget0 = _budget(base)
+                (t0, frames0), messages0 = _sample(base), counter.count
                 cpu0 = _cpu_seconds(process.proc.pid)
                 time.sleep(slice_s)
                 cpu1 = _cpu_seconds(process.proc.pid)
-                (t1, frames1), budget1 = _sample(base), stage_sums(_get(f"{base}/metrics"))
+                (t1, frames1), (tb1, budget1) = _sample(base), _budget(base)
+                budget_s += tb1 - tb0
                 daemon_cpu = None if None in (cpu0, cpu1, daemon_cpu) else daemon_cpu + cpu1 - cpu0
                 window, frames, messages = window + t1 - t0, frames + frames1 - frames0, messages + counter.count - messages0
                 totals = {s: (totals[s][0] + budget1[s][0] - budget0[s][0], totals[s][1] + budget1[s][1] - budget0[s][1])
@@ -169,8 +172,9 @@ def _one_run(model_dir: Path, frames: Path, *, mqtt_port: int, workdir: Path, op
         raise RuntimeError(f"daemon was not connected to the broker: /health says mqtt {health.get('mqtt')!r}")
     if frames <= 0 or calls <= 0:
         raise RuntimeError(f"no frames classified ({frames} by the daemon in {window:.1f} s, {calls} inference-only)")
-    # The metrics were read just outside the health samples: the budget counts its own frames.
-    budget = frame_budget({s: (0, 0.0) for s in STAGES}, totals, totals["infer"][0], window * 1e3 / frames)
+    # The metrics were read just outside the health samples: the budget has its own frames and time.
+    budget = frame_budget({s: (0, 0.0) for s in STAGES}, totals, totals["infer"][0],
+                          budget_s * 1e3 / totals["infer"][0])
     fps, reference = frames / window, calls / calls_s
     cpu_ms = None if daemon_cpu is None else daemon_cpu * 1e3 / frames  # per frame, all the daemon's threads
     return {"fps": fps, "frames": frames, "window_s": window, "slices": slices, "inference_only_fps": reference,
@@ -197,6 +201,13 @@ def _median_or_none(values: list) -> float | None:
 def _get(url: str) -> str:
     with urllib.request.urlopen(url, timeout=5) as response:
         return response.read().decode()
+
+
+def _budget(base: str) -> tuple[float, dict[str, tuple[int, float]]]:
+    """(time, :func:`stage_sums`) from ``/metrics``, the time taken half-way through the request."""
+    t_before = time.monotonic()
+    sums = stage_sums(_get(f"{base}/metrics"))
+    return (t_before + time.monotonic()) / 2, sums
 
 
 def _sample(base: str) -> tuple[float, int]:
