@@ -73,9 +73,15 @@ def load_records(root: Path, metadata: Path | None = None) -> list[Record]:
     csv_path = Path(metadata) if metadata else root / METADATA_NAME
     if not csv_path.is_file():
         raise DatasetError(f"metadata CSV not found: {csv_path}")
+    rows, paths = _labelled_images(csv_path, {"lesion_id", "image_id", "dx"}, root)
+    return [Record(r["image_id"], r["lesion_id"], r["dx"], paths[r["image_id"]]) for r in rows]
+
+
+def _labelled_images(csv_path: Path, needed: set[str], root: Path) -> tuple[list[dict], dict[str, Path]]:
+    """The rows of a labels CSV and the image file of each under ``root``; DatasetError when a column
+    of ``needed`` is missing, a ``dx`` code is not ours or an image is not found (how many, first few)."""
     with open(csv_path, newline="") as fh:
         rows = list(csv.DictReader(fh))
-    needed = {"lesion_id", "image_id", "dx"}
     if not rows or not needed <= set(rows[0]):
         raise DatasetError(f"{csv_path}: expected columns {sorted(needed)}")
     unknown = sorted({r["dx"] for r in rows} - set(CLASS_CODES))
@@ -84,11 +90,9 @@ def load_records(root: Path, metadata: Path | None = None) -> list[Record]:
     paths = _index_images(root)
     missing = [r["image_id"] for r in rows if r["image_id"] not in paths]
     if missing:
-        raise DatasetError(
-            f"{len(missing)} of {len(rows)} images listed in {csv_path.name} were not found "
-            f"under {root}; first: {', '.join(missing[:5])}"
-        )
-    return [Record(r["image_id"], r["lesion_id"], r["dx"], paths[r["image_id"]]) for r in rows]
+        raise DatasetError(f"{len(missing)} of {len(rows)} images listed in {csv_path.name} were not found "
+                           f"under {root}; first: {', '.join(missing[:5])}")
+    return rows, paths
 
 
 def _index_images(root: Path) -> dict[str, Path]:
@@ -272,22 +276,10 @@ def load_extra_records(root: Path) -> list[Record]:
     csv_path = root / EXTRA_LABELS_NAME
     if not csv_path.is_file():
         raise DatasetError(f"extra_data: {csv_path} not found (expected image_id,dx,split)")
-    with open(csv_path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    needed = {"image_id", "dx", "split"}
-    if not rows or not needed <= set(rows[0]):
-        raise DatasetError(f"{csv_path}: expected columns {sorted(needed)}")
-    unknown = sorted({r["dx"] for r in rows} - set(CLASS_CODES))
-    if unknown:
-        raise DatasetError(f"{csv_path}: unknown dx codes {unknown}; expected {list(CLASS_CODES)}")
+    rows, paths = _labelled_images(csv_path, {"image_id", "dx", "split"}, root)
     bad_splits = sorted({r["split"] for r in rows} - set(SPLITS))
     if bad_splits:
         raise DatasetError(f"{csv_path}: unknown split values {bad_splits}; expected {list(SPLITS)}")
-    paths = _index_images(root)
-    missing = [r["image_id"] for r in rows if r["image_id"] not in paths]
-    if missing:
-        raise DatasetError(f"{len(missing)} of {len(rows)} images listed in {csv_path} were not found under "
-                           f"{root}; first: {', '.join(missing[:5])}")
     return [Record(r["image_id"], r["image_id"], r["dx"], paths[r["image_id"]], r["split"]) for r in rows]
 
 
