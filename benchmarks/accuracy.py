@@ -15,8 +15,9 @@ from tqdm import tqdm
 from benchmarks import Skipped
 from benchmarks.latency import variants
 from device.card import ModelCard
+from device.decode import load_image
 from device.engine import Engine
-from device.preprocess import centre_share, load_image
+from device.preprocess import centre_share
 from train.data import load_pixels, redraw_split, select
 from train.dataset import engine_probs
 from train.metrics import classification_report, json_safe

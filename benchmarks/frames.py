@@ -5,7 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
-from device.preprocess import fit_to_input, load_image
+from device.decode import load_image
+from device.preprocess import fit_to_input
 
 FRAME_HEIGHT, FRAME_WIDTH = 480, 640  # the daemon's default camera frame
 _SUFFIXES = (".jpg", ".jpeg", ".png")

@@ -2,7 +2,7 @@
 
 Each kind comes just under the budget (the largest image the daemon still decodes, so it must
 answer 200) and just over it (the smallest it refuses, 422), sized with the daemon's own
-estimate (:func:`device.preprocess.plan_decode`) and then encoded for real, plus the 6000x6000
+estimate (:func:`device.decode.plan_decode`) and then encoded for real, plus the 6000x6000
 decompression bombs that used to get through. Content is flat with a sparse grid, so the files
 stay a few hundred kB at most.
 """
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from device.preprocess import plan_decode
+from device.decode import plan_decode
 
 # The 115 KB PNG that decoded to 6000x6000 and took the daemon from 100 MB to 310 MB.
 BOMB_SIDE = 6000

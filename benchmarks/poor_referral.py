@@ -22,9 +22,9 @@ from tqdm import tqdm
 from benchmarks.accuracy import evaluation_records
 from device.card import ModelCard
 from device.config import PostprocessConfig, default_model_dir
+from device.decode import load_image
 from device.engine import Engine
 from device.postprocess import Postprocessor, refer_decision, to_probabilities
-from device.preprocess import load_image
 
 
 def count(model_dir: Path, data_root: Path, *, threads: int = 2) -> dict:

@@ -46,6 +46,7 @@ from werkzeug.exceptions import HTTPException
 
 from device.auth import GuessLimiter, bearer_matches, load_token
 from device.config import HttpConfig
+from device.decode import ImageDecodeError, ImageTooLarge
 from device.hosts import host_allowed, own_names
 from device.limits import DecodeBudget, DecoderBusy
 from device.page import (
@@ -57,7 +58,6 @@ from device.page import (
     page_blueprint,
 )
 from device.page import json_error as _error
-from device.preprocess import ImageDecodeError, ImageTooLarge
 from device.state import LiveState
 from device.types import Result
 from device.webapp import ENDPOINTS as WEB_APP_ENDPOINTS

@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 
 from device.config import CameraConfig
-from device.preprocess import IMAGE_SUFFIXES, ImageDecodeError, load_image
+from device.decode import IMAGE_SUFFIXES, ImageDecodeError, load_image
 from device.types import Frame
 
 _log = logging.getLogger(__name__)

@@ -1,14 +1,14 @@
 """The memory budget for decoding uploads, enforced across every server thread at once.
 
 A decode reserves its peak memory (read from the image header by
-:func:`device.preprocess.plan_decode`) before the decoder runs, and gives it back when the
+:func:`device.decode.plan_decode`) before the decoder runs, and gives it back when the
 decoded image has been scaled down. Decodes run side by side only while their reservations fit
 in the budget (``http.decode_memory_mb``); the others wait their turn, briefly. An image that
 alone needs more than the whole budget is refused before anything is allocated, so the worst
 case the uploads can cost the daemon is the budget itself, however many arrive together.
 The budget bounds time as well: a JPEG whose scans would visit more 8x8 blocks than
 MAX_SCAN_PASSES passes over the largest image the budget admits is refused (422) before decoding
-(device.preprocess counts the scans), so repeated progressive scans cannot hold a thread for a minute.
+(device.decode counts the scans), so repeated progressive scans cannot hold a thread for a minute.
 A large decode (more than 1/``max_decodes`` of the budget, so they cannot all run side by side)
 also needs one of ``max_decodes`` slots; when they are all taken it is turned away (503) at once
 instead of queueing, so large uploads waiting their turn never hold every server thread and
@@ -29,7 +29,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from device.preprocess import MAX_SCAN_PASSES, ImageTooLarge, check_scan_time, decode_planned, plan_decode
+from device.decode import MAX_SCAN_PASSES, ImageTooLarge, check_scan_time, decode_planned, plan_decode
 
 _log = logging.getLogger(__name__)
 

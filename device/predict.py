@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from device.config import Config, check_model_dir
+from device.decode import IMAGE_SUFFIXES, ImageDecodeError, load_image
 from device.engine import Engine
 from device.postprocess import Postprocessor
-from device.preprocess import IMAGE_SUFFIXES, ImageDecodeError, load_image
 from device.signature import check_model_signature
 from device.types import Result
 

@@ -17,7 +17,8 @@ import cv2
 import numpy as np
 
 from device.card import sha256_file
-from device.preprocess import fit_to_input, load_image, normalize
+from device.decode import load_image
+from device.preprocess import fit_to_input, normalize
 
 CODES = (("akiec", "Actinic keratosis"), ("bcc", "Basal cell carcinoma"), ("bkl", "Benign keratosis"),
          ("df", "Dermatofibroma"), ("mel", "Melanoma"), ("nv", "Melanocytic nevus"), ("vasc", "Vascular lesion"))

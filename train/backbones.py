@@ -24,8 +24,9 @@ import keras
 import numpy as np
 from keras import layers
 
+from device.decode import load_image
 from device.engine import open_interpreter
-from device.preprocess import fit_to_input, load_image
+from device.preprocess import fit_to_input
 from train import efficientnet_lite
 from train.models import pooled_head
 

@@ -18,7 +18,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from device.preprocess import fit_to_input, load_image
+from device.decode import load_image
+from device.preprocess import fit_to_input
 
 _log = logging.getLogger(__name__)
 

@@ -23,7 +23,8 @@ import keras
 import numpy as np
 from keras import layers
 
-from device.preprocess import fit_to_input, load_image, normalize
+from device.decode import load_image
+from device.preprocess import fit_to_input, normalize
 from train.torch_legacy import read_state_dict
 
 _log = logging.getLogger(__name__)

@@ -36,7 +36,8 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from device.preprocess import fit_to_input, load_image
+from device.decode import load_image
+from device.preprocess import fit_to_input
 from train import data as ds
 from train.config import TrainConfig
 

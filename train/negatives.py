@@ -25,7 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from device.preprocess import load_image
+from device.decode import load_image
 from train.data import IMAGE_SUFFIXES, MASKS_DIR, Record
 
 _log = logging.getLogger(__name__)

@@ -24,7 +24,8 @@ import keras
 import numpy as np
 import yaml
 
-from device.preprocess import fit_to_input, load_image
+from device.decode import load_image
+from device.preprocess import fit_to_input
 from train import data as ds
 from train import distribute
 from train.augment import AugmentConfig

@@ -6,7 +6,7 @@ import json
 
 from benchmarks.hostile import boundary_uploads
 from benchmarks.uploads import main
-from device.preprocess import plan_decode
+from device.decode import plan_decode
 
 MB = 2**20
 

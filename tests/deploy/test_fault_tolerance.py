@@ -163,7 +163,7 @@ def video(tmp_path, fixture_dir) -> Path:
     """A 1-second MJPEG video of fixture lesions."""
     import cv2
 
-    from device.preprocess import load_image
+    from device.decode import load_image
 
     path = tmp_path / "lesions.avi"
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (320, 240))

@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from device.api import MAX_STREAMS, create_app
 from device.config import HttpConfig, PostprocessConfig
-from device.preprocess import decode_image
+from device.decode import decode_image
 from device.server import HttpServer
 from device.state import LiveState
 

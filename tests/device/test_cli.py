@@ -16,8 +16,8 @@ import requests
 import yaml
 
 from device.__main__ import main
+from device.decode import load_image
 from device.engine import Engine
-from device.preprocess import load_image
 
 REPO = Path(__file__).parents[2]
 

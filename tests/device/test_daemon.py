@@ -24,7 +24,7 @@ import yaml
 import device.daemon as daemon_module
 from device.config import config_from_dict
 from device.daemon import Daemon
-from device.preprocess import load_image
+from device.decode import load_image
 from device.types import STATES
 from tests.helpers import TIMEOUT, NotifySocket, wait_for
 

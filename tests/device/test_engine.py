@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from device.card import CardError, ModelCard
+from device.decode import load_image
 from device.engine import BACKENDS, Engine, interpreter_class
-from device.preprocess import centre_zoom, fit_to_input, load_image, tta_views
+from device.preprocess import centre_zoom, fit_to_input, tta_views
 from device.types import Inference
 
 

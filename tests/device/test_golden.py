@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from device.decode import load_image
 from device.engine import Engine
-from device.preprocess import load_image
 
 REPO = Path(__file__).parents[2]
 GOLDEN = REPO / "tests" / "fixtures" / "golden_default.json"

@@ -1,4 +1,4 @@
-"""The decode plan (device.preprocess.plan_decode) and the shared decode budget (device.limits).
+"""The decode plan (device.decode.plan_decode) and the shared decode budget (device.limits).
 
 The memory each plan promises is checked against what the decoder really takes in
 tests/deploy/test_memory_budget.py, on the running daemon.
@@ -12,8 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from device.limits import DecodeBudget, DecoderBusy
-from device.preprocess import (
+from device.decode import (
     MAX_JPEG_SCANS,
     MIN_DECODE_SIDE,
     ImageDecodeError,
@@ -23,6 +22,7 @@ from device.preprocess import (
     decode_planned,
     plan_decode,
 )
+from device.limits import DecodeBudget, DecoderBusy
 from tests.helpers import scan_bomb
 
 MB = 2**20

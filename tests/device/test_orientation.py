@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from device.preprocess import decode_image, load_image
+from device.decode import decode_image, load_image
 
 # EXIF orientation -> what a viewer does to the stored pixels to show them upright.
 UPRIGHT = {1: lambda a: a, 3: lambda a: np.rot90(a, 2), 6: lambda a: np.rot90(a, -1), 8: lambda a: np.rot90(a, 1)}

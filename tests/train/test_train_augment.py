@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from device.preprocess import fit_to_input, load_image
+from device.decode import load_image
+from device.preprocess import fit_to_input
 from train.augment import AugmentConfig, MixConfig, augment_batch, augment_image, mix_batch
 
 OFF = AugmentConfig(flip=False, rotation_deg=0.0, zoom_max=0.0, brightness=0.0, contrast=0.0, hue_deg=0.0)

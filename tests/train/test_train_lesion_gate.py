@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from device.card import ModelCard
+from device.decode import load_image
 from device.engine import Engine
-from device.preprocess import load_image
 from train import data as ds
 from train import negatives as ng
 

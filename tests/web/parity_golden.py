@@ -19,9 +19,9 @@ import numpy as np
 
 from device.card import ModelCard
 from device.config import PostprocessConfig
+from device.decode import MAX_DECODE_PIXELS
 from device.postprocess import QUALITY_SIZE, Postprocessor, measure_quality, to_probabilities
 from device.preprocess import (
-    MAX_DECODE_PIXELS,
     center_crop_to_aspect,
     centre_zoom,
     dequantize,

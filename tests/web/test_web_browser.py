@@ -170,7 +170,7 @@ def test_build_output_is_self_contained(web_dist):
 def test_a_rotated_phone_photo_reads_the_same_in_the_app_and_on_the_device(static_server, model_dir, card, tmp_path):
     """A JPEG stored sideways with an EXIF orientation tag, as phones write them: the app
     (createImageBitmap) and the device (OpenCV) both turn it upright, so they agree."""
-    from device.preprocess import load_image
+    from device.decode import load_image
     from tests.device.test_orientation import tagged_jpeg
 
     upright = load_image(FIXTURES / "ISIC_0024475.jpg")

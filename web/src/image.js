@@ -1,7 +1,7 @@
-// A picked file -> HxWx3 RGB pixels, refusing what device/preprocess.py's decode_image refuses.
+// A picked file -> HxWx3 RGB pixels, refusing what device/decode.py's decode_image refuses.
 import {fromRgba} from './preprocess.js';
 
-// device.preprocess.MAX_DECODE_PIXELS: larger images are refused before their pixels are decoded.
+// device.decode.MAX_DECODE_PIXELS: larger images are refused before their pixels are decoded.
 export const MAX_DECODE_PIXELS = 40_000_000;
 
 export class ImageDecodeError extends Error {}
