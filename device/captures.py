@@ -2,8 +2,9 @@
 
 A person examining a lesion keeps what they saw: ``<id>.jpg`` is the display frame without the
 overlay, ``<id>.json`` the Result, the model (name, file, sha256), the settings that shaped the
-Result and the time. Ids are made here from the time and the frame number and are the only
-names ever joined to the folder (:data:`ID_PATTERN`), so a request cannot reach another file.
+Result and the time (:func:`capture_sidecar`). Ids are made here from the time and the frame
+number and are the only names ever joined to the folder (:data:`ID_PATTERN`), so a request cannot
+reach another file.
 
 Every file is written to a temporary name in the same folder, flushed to disk and renamed, so
 a full disk or a power cut leaves either the whole capture or none of it, and never touches an
@@ -14,6 +15,7 @@ with I/O errors) is :class:`StorageUnavailable`: the earlier captures can still 
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import logging
@@ -28,7 +30,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from device.config import CapturesConfig
+from device.card import ModelCard
+from device.config import CapturesConfig, Config
+from device.postprocess import iso_utc
+from device.types import Result
 
 _log = logging.getLogger(__name__)
 
@@ -78,6 +83,23 @@ class CaptureInfo:
             "headline": self.headline, "advice": self.advice,
             "image": f"/captures/{self.id}.jpg", "sidecar": f"/captures/{self.id}.json",
         }
+
+
+def capture_sidecar(result: Result, card: ModelCard, cfg: Config, *, now: float) -> dict:
+    """What a capture keeps beside its image: the time (``now``, wall clock), the Result, the model
+    that made it and the settings that shaped it (camera, postprocessing)."""
+    return {
+        "timestamp": iso_utc(now),
+        "device_id": cfg.device_id,
+        "result": result.to_dict(),
+        "model": {"name": card.name, "file": card.model_file.path, "sha256": card.model_file.sha256,
+                  "dir": cfg.model.dir},
+        "settings": {"camera": {"source": cfg.camera.source, "path": cfg.camera.path,
+                                "device": cfg.camera.device, "width": cfg.camera.width,
+                                "height": cfg.camera.height},
+                     "postprocess": dataclasses.asdict(cfg.postprocess)},
+        "disclaimer": card.disclaimer,
+    }
 
 
 def default_dir(env: dict[str, str] | None = None) -> Path:

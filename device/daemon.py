@@ -32,13 +32,12 @@ import numpy as np
 from device.api import create_app
 from device.button import CaptureButton
 from device.capture import Capture, FrameGrabber, make_camera
-from device.captures import CaptureError, CaptureInfo, CaptureStore, NothingToCaptureError
+from device.captures import CaptureError, CaptureInfo, CaptureStore, NothingToCaptureError, capture_sidecar
 from device.config import Config, check_camera_path, load_config, with_overrides
 from device.limits import return_freed_memory
 from device.model_watch import ModelWatch
 from device.overlay import Display, make_display, render_overlay
 from device.page import Page
-from device.postprocess import iso_utc
 from device.predict import LoadedModel, load_model, model_for
 from device.publish import MqttPublisher
 from device.server import HttpServer
@@ -385,26 +384,13 @@ class Daemon:
         if view is None:
             raise NothingToCaptureError("no frame classified yet")
         now = time.time()
-        card = self._model.engine.card
-        cfg = self.cfg
-        sidecar = {
-            "timestamp": iso_utc(now),
-            "device_id": cfg.device_id,
-            "result": view.result.to_dict(),
-            "model": {"name": card.name, "file": card.model_file.path, "sha256": card.model_file.sha256,
-                      "dir": cfg.model.dir},
-            "settings": {"camera": {"source": cfg.camera.source, "path": cfg.camera.path,
-                                    "device": cfg.camera.device, "width": cfg.camera.width,
-                                    "height": cfg.camera.height},
-                         "postprocess": dataclasses.asdict(cfg.postprocess)},
-            "disclaimer": card.disclaimer,
-        }
+        sidecar = capture_sidecar(view.result, self._model.engine.card, self.cfg, now=now)
         try:
             info = self.captures.save(view.display, sidecar, timestamp=now, frame_id=view.result.frame_id)
         except CaptureError:
             self.state.count_error("capture")
             raise
-        self.publisher.publish_capture({"device_id": cfg.device_id, **info.to_dict()})
+        self.publisher.publish_capture({"device_id": self.cfg.device_id, **info.to_dict()})
         return info
 
     def _on_command(self, command: str | None) -> None:
