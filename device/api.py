@@ -44,20 +44,13 @@ import numpy as np
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from device.auth import GuessLimiter, bearer_matches, load_token
+from device.auth import SESSION_COOKIE, GuessLimiter, Sessions, bearer_matches, count_guess, load_token
 from device.config import HttpConfig
 from device.decode import ImageDecodeError, ImageTooLarge
 from device.hosts import host_allowed, own_names
+from device.http_errors import json_error as _error
 from device.limits import DecodeBudget, DecoderBusy
-from device.page import (
-    PUBLIC_ENDPOINTS,
-    SESSION_COOKIE,
-    Page,
-    Sessions,
-    count_guess,
-    page_blueprint,
-)
-from device.page import json_error as _error
+from device.page import PUBLIC_ENDPOINTS, Page, page_blueprint
 from device.state import LiveState
 from device.types import Result
 from device.webapp import ENDPOINTS as WEB_APP_ENDPOINTS

@@ -7,17 +7,28 @@ by its group; its content follows the same rules as ``http.token`` (see
 
 Wrong tokens are counted per client (:class:`GuessLimiter`): a long random token cannot be
 guessed anyway, but a script trying at line rate is turned away (429) instead of being answered.
+A correct token given to the page's sign-in makes a browser session (:class:`Sessions`), held in
+a cookie beside the Bearer header.
 """
 from __future__ import annotations
 
 import hmac
+import math
+import secrets
 import stat
 import threading
 import time
 from collections import OrderedDict, deque
 from pathlib import Path
 
+from flask import Response, request
+
 from device.config import ConfigError, HttpConfig, token_problem
+from device.http_errors import json_error
+
+SESSION_COOKIE = "dermedge_session"
+SESSION_TTL_S = 12 * 3600
+MAX_SESSIONS = 64  # the oldest session is dropped beyond this
 
 
 def load_token(cfg: HttpConfig) -> bytes | None:
@@ -88,3 +99,51 @@ class GuessLimiter:
         while failures and failures[0] <= self._clock() - self._window:
             failures.popleft()
         return failures
+
+
+def count_guess(guesses: GuessLimiter, *, matches: bool) -> Response | None:
+    """A 429 saying when to try again if this request's client is over its count of wrong tokens;
+    else None, with a wrong token (``matches`` False) counted, and the caller answers."""
+    client = request.remote_addr
+    if (wait_s := guesses.wait_s(client)) > 0:
+        seconds = math.ceil(wait_s)
+        response = json_error(429, f"too many wrong tokens from this address: try again in {seconds} s")
+        response.headers["Retry-After"] = str(seconds)
+        return response
+    if not matches:
+        guesses.failed(client)
+    return None
+
+
+class Sessions:
+    """Browser sessions made by a correct token; in memory, so a restart signs everyone out."""
+
+    def __init__(self, *, ttl_s: float = SESSION_TTL_S, max_sessions: int = MAX_SESSIONS):
+        self._ttl = ttl_s
+        self._max = max_sessions
+        self._expiry: OrderedDict[str, float] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def create(self) -> str:
+        session = secrets.token_urlsafe(32)
+        with self._lock:
+            self._expiry[session] = time.monotonic() + self._ttl
+            while len(self._expiry) > self._max:
+                self._expiry.popitem(last=False)
+        return session
+
+    def valid(self, session: str | None) -> bool:
+        if not session:
+            return False
+        with self._lock:
+            expiry = self._expiry.get(session)
+            if expiry is None:
+                return False
+            if expiry < time.monotonic():
+                del self._expiry[session]
+                return False
+            return True
+
+    def drop(self, session: str | None) -> None:
+        with self._lock:
+            self._expiry.pop(session or "", None)

@@ -21,24 +21,19 @@ The device is offline, so the page is plain HTML, CSS and JavaScript shipped in
 ``device/static/``, read once when the app is built and served from memory by name (no request
 path ever reaches the disk). Its Content-Security-Policy allows nothing but this origin. With
 ``http.token`` set the session cookie is accepted beside the Bearer header (``api.py`` asks
-:class:`Sessions`); the token itself is only ever sent in a POST body, never in a URL.
+:class:`device.auth.Sessions`); the token itself is only ever sent in a POST body, never in a URL.
 """
 from __future__ import annotations
 
 import base64
 import hmac
-import math
-import secrets
-import threading
-import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from flask import Blueprint, Response, jsonify, request, send_file
 
-from device.auth import GuessLimiter
+from device.auth import SESSION_COOKIE, SESSION_TTL_S, GuessLimiter, Sessions, count_guess
 from device.captures import (
     CaptureError,
     CaptureStore,
@@ -47,13 +42,11 @@ from device.captures import (
     StorageUnavailable,
 )
 from device.card import ModelCard
+from device.http_errors import json_error
 
 STATIC_DIR = Path(__file__).with_name("static")
 ASSETS = {"app.js": "text/javascript", "style.css": "text/css", "icon.svg": "image/svg+xml"}
-SESSION_COOKIE = "dermedge_session"
-SESSION_TTL_S = 12 * 3600
 VIEW_WAIT_S = 5.0  # how long GET /view waits for a new frame
-MAX_SESSIONS = 64  # the oldest session is dropped beyond this
 # Endpoints that answer without a token: the page must load to ask for it.
 PUBLIC_ENDPOINTS = frozenset({"page.index", "page.asset", "page.session", "page.login", "page.logout"})
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; connect-src 'self'; "
@@ -78,40 +71,6 @@ class Page:
     save_capture: Callable[..., object] | None = None
     # LiveState.wait_view: (after_seq, timeout) -> (seq, Result | None, JPEG | None)
     view: Callable[[int, float], tuple] | None = None
-
-
-class Sessions:
-    """Browser sessions made by a correct token; in memory, so a restart signs everyone out."""
-
-    def __init__(self, *, ttl_s: float = SESSION_TTL_S, max_sessions: int = MAX_SESSIONS):
-        self._ttl = ttl_s
-        self._max = max_sessions
-        self._expiry: OrderedDict[str, float] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def create(self) -> str:
-        session = secrets.token_urlsafe(32)
-        with self._lock:
-            self._expiry[session] = time.monotonic() + self._ttl
-            while len(self._expiry) > self._max:
-                self._expiry.popitem(last=False)
-        return session
-
-    def valid(self, session: str | None) -> bool:
-        if not session:
-            return False
-        with self._lock:
-            expiry = self._expiry.get(session)
-            if expiry is None:
-                return False
-            if expiry < time.monotonic():
-                del self._expiry[session]
-                return False
-            return True
-
-    def drop(self, session: str | None) -> None:
-        with self._lock:
-            self._expiry.pop(session or "", None)
 
 
 def card_summary(card: ModelCard) -> dict:
@@ -251,24 +210,3 @@ def page_blueprint(page: Page, *, sessions: Sessions, token: bytes | None, guess
         return stored(capture_id, "json", "application/json")
 
     return bp
-
-
-def json_error(code: int, reason: str) -> Response:
-    """``{"error": reason}`` with ``code``: the one error shape of every route."""
-    response = jsonify({"error": reason})
-    response.status_code = code
-    return response
-
-
-def count_guess(guesses: GuessLimiter, *, matches: bool) -> Response | None:
-    """A 429 saying when to try again if this request's client is over its count of wrong tokens;
-    else None, with a wrong token (``matches`` False) counted, and the caller answers."""
-    client = request.remote_addr
-    if (wait_s := guesses.wait_s(client)) > 0:
-        seconds = math.ceil(wait_s)
-        response = json_error(429, f"too many wrong tokens from this address: try again in {seconds} s")
-        response.headers["Retry-After"] = str(seconds)
-        return response
-    if not matches:
-        guesses.failed(client)
-    return None

@@ -13,10 +13,11 @@ import pytest
 import requests
 
 from device.api import create_app
+from device.auth import SESSION_COOKIE
 from device.captures import CaptureStore
 from device.card import ModelCard
 from device.config import CapturesConfig, HttpConfig
-from device.page import CSP, SESSION_COOKIE, Page
+from device.page import CSP, Page
 from device.server import HttpServer
 from device.state import LiveState
 from tests.deploy.daemon_process import DaemonProcess, daemon_config, wait_for
