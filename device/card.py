@@ -188,7 +188,7 @@ class ModelCard:
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise CardError(f"{path}: not valid JSON ({err})") from err
         try:
-            return _parse_card(data)
+            return cls.from_dict(data)
         except CardError as err:
             raise CardError(f"{path}: {err}") from err
 

@@ -80,11 +80,6 @@ class DecodeBudget:
         # the largest progressive JPEG the budget admits holds 128 bytes of coefficients per block
         self.max_scan_blocks = MAX_SCAN_PASSES * (total_bytes // 128)
 
-    @property
-    def in_use(self) -> int:
-        with self._room:
-            return self.total_bytes - self._free
-
     @contextmanager
     def reserve(self, nbytes: int) -> Iterator[None]:
         """Hold ``nbytes`` of the budget for the ``with`` block (waits while others hold it)."""

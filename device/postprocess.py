@@ -90,10 +90,6 @@ class Postprocessor:
         self.smoothing = cfg.smoothing if smoothing is None else smoothing
         self._history: deque[np.ndarray] = deque(maxlen=max(1, self.smoothing))
 
-    def reset(self) -> None:
-        """Forget the smoothing window (after a camera gap or a model reload)."""
-        self._history.clear()
-
     def quality(self, rgb: np.ndarray) -> Quality:
         """:func:`measure_quality` of the part of ``rgb`` this model sees, on this config's thresholds."""
         return measure_quality(rgb, self.cfg, aspect=(self.card.input.height, self.card.input.width))

@@ -133,12 +133,6 @@ def normalize(pixels: np.ndarray, mean, std) -> np.ndarray:
     return (pixels.astype(np.float32) - mean) / std
 
 
-def denormalize(x: np.ndarray, mean, std) -> np.ndarray:
-    """Inverse of :func:`normalize`, back to uint8 pixels (for plots and Grad-CAM)."""
-    pixels = x * np.asarray(std, np.float32) + np.asarray(mean, np.float32)
-    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
-
-
 def quantize(x: np.ndarray, scale: float, zero_point: int, dtype: str) -> np.ndarray:
     """Float tensor -> integer tensor with the interpreter's input quantization."""
     info = np.iinfo(dtype)

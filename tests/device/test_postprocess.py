@@ -158,8 +158,6 @@ def test_smoothing_averages_the_last_n_good_frames():
     assert dark.state == "poor_quality" and dark.class_code == "vasc"
     after = run(post, d)
     np.testing.assert_allclose(list(after.all_probabilities.values()), (c + d + d) / 3, atol=1e-6)
-    post.reset()
-    np.testing.assert_allclose(list(run(post, a).all_probabilities.values()), a, atol=1e-6)
 
 
 def test_smoothing_one_is_off():

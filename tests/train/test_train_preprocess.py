@@ -9,7 +9,6 @@ import pytest
 from device.preprocess import (
     center_crop_to_aspect,
     centre_zoom,
-    denormalize,
     dequantize,
     fit_to_input,
     normalize,
@@ -102,13 +101,12 @@ def test_fit_to_input_rejects_grey():
         fit_to_input(np.zeros((10, 10), np.uint8), 5, 5)
 
 
-def test_normalize_denormalize_round_trip():
+def test_normalize_per_channel():
     pixels = np.random.default_rng(1).integers(0, 256, (4, 6, 8, 3), dtype=np.uint8)
     mean, std = [180.5, 140.25, 150.0], [30.0, 41.5, 45.75]
     x = normalize(pixels, mean, std)
     assert x.dtype == np.float32
     assert x[1, 2, 3, 1] == pytest.approx((pixels[1, 2, 3, 1] - 140.25) / 41.5)
-    np.testing.assert_array_equal(denormalize(x, mean, std), pixels)
 
 
 @pytest.mark.parametrize("dtype,scale,zero_point", [("int8", 0.05, -3), ("uint8", 0.02, 128)])
