@@ -45,11 +45,11 @@ demo: setup-device                        ## daemon, headless, on the bundled sa
 screenshot: setup web                     ## docs/device-page.png and docs/web-app.png: the page and the web app in headless Chromium, on the default model
 	DERMEDGE_SCREENSHOT=docs/device-page.png $(PY) -m pytest -q tests/device/test_page_browser.py -k token
 	cd web/dist && { $(abspath $(PY)) -m http.server 8765 --bind 127.0.0.1 >/dev/null 2>&1 & echo $$! >../.screenshot-server; }
-	sleep 1; cd web && node scripts/drive.mjs http://127.0.0.1:8765/ ../tests/fixtures/ham10000_mini/images/ISIC_0024475.jpg \
+	sleep 1; cd web && node scripts/drive.mjs http://127.0.0.1:8765/ ../device/samples/ISIC_0024475.jpg \
 	  --screenshot ../docs/web-app.png >/dev/null; status=$$?; kill $$(cat .screenshot-server); rm -f .screenshot-server; exit $$status
 
 predict: setup-device                     ## classify the sample images once, one JSON line each
-	$(PY) -m device predict --model $(MODEL) --json tests/fixtures/ham10000_mini/images
+	$(PY) -m device predict --model $(MODEL) --json device/samples
 
 train: setup                              ## train edgenet from scratch (make train DATA=path/to/ham10000); the default's recipe: docs/training.md
 	$(PY) -m train --config train/configs/edgenet.yaml --data $(DATA)

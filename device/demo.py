@@ -1,6 +1,9 @@
 """``make demo`` / ``python -m device demo``: the daemon on the bundled sample images, healthy on a
 fresh clone.
 
+The samples are :data:`SAMPLE_IMAGES` (``device/samples/``: one HAM10000 image per class, with
+their attribution); the tests use their own fixture.
+
 Each sample is shown for :data:`SECONDS_PER_IMAGE`, long enough to read its result. The model is
 checked before anything starts. Captures and other state go to a temporary folder removed
 at the end, unless ``--state-dir`` names one to keep. When mosquitto is installed, a private broker
@@ -24,7 +27,7 @@ from pathlib import Path
 from device.card import ModelCard, verify_model_file
 from device.config import CARD_FILE, ModelConfig, check_model_dir, load_config, with_overrides
 
-SAMPLE_IMAGES = "tests/fixtures/ham10000_mini/images"
+SAMPLE_IMAGES = str(Path(__file__).with_name("samples"))
 SECONDS_PER_IMAGE = 3.0
 _MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 _BROKER_START_S = 10.0

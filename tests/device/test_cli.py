@@ -17,6 +17,7 @@ import yaml
 
 from device.__main__ import main
 from device.decode import load_image
+from device.demo import SAMPLE_IMAGES
 from device.engine import Engine
 
 REPO = Path(__file__).parents[2]
@@ -144,7 +145,7 @@ def test_native_stderr_other_than_the_info_line_still_reaches_the_log(caplog):
     assert [r.getMessage() for r in caplog.records] == ["interpreter: ERROR: something real"]
 
 
-def test_demo_comes_up_healthy_with_a_private_broker(tmp_path, free_port, fixture_dir):
+def test_demo_comes_up_healthy_with_a_private_broker(tmp_path, free_port):
     """``make demo`` as the README runs it (setup skipped: the venv exists), stopped with Ctrl-C."""
     if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
         pytest.fail("mosquitto is not installed: apt-get install mosquitto (.ci/run does it)")
@@ -169,7 +170,7 @@ def test_demo_comes_up_healthy_with_a_private_broker(tmp_path, free_port, fixtur
         assert (health["camera"], health["inference"], health["mqtt"]) == ("ok", "ok", "connected")
         assert requests.get(f"http://127.0.0.1:{port}/", timeout=5).status_code == 200
         latest = requests.get(f"http://127.0.0.1:{port}/latest", timeout=5).json()
-        assert (fixture_dir / "images" / latest["source"]).is_file()  # says which sample it classified
+        assert (Path(SAMPLE_IMAGES) / latest["source"]).is_file()  # says which sample it classified
         saved = requests.post(f"http://127.0.0.1:{port}/capture", timeout=10)
         assert saved.status_code == 201, saved.text
     finally:
