@@ -1,4 +1,5 @@
-"""The HTTP bearer token: where it comes from and how a request's header is checked.
+"""Who may use the HTTP API: the bearer token (where it comes from, how a header is checked),
+wrong tokens counted per client, and the browser sessions a correct token opens.
 
 The token is ``http.token`` or the contents of ``http.token_file``, read once at start so the
 secret need not live in the YAML. The file must not be readable by other users, nor writable
