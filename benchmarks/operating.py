@@ -3,7 +3,7 @@ its recall and costs in accuracy, on the card's validation and test splits (int8
 ``Engine.infer_pixels``).
 
     python -m benchmarks.operating --model-dir models/dermnet-mnv2-trio --data ../shared/data/ham10000 \
-        [--model-dir ANOTHER ...] [--class mel] [--biases 0,0.25,0.5,0.75,1,1.25,1.5]
+        [--model-dir ANOTHER ...] [--class mel] [--biases 0,0.25,0.5,0.75,1,1.25,1.5] [--extra ../shared/data/isic2017]
 
 With several ``--model-dir`` the models' probabilities are averaged first: what an ensemble of
 them would decide (each at its own input size; their cards must share labels and split).
@@ -14,7 +14,9 @@ test columns show what it would cost there. This answers "can a threshold alone 
 target at an accuracy floor?" without retraining. The class's one-vs-rest ROC AUC, printed under
 the table, says how well the model ranks it: what no bias changes. Under it, the test figures at the
 first bias with 95% intervals from a bootstrap over lesions (``--resamples``, 0 leaves them out): how
-far a target may sit from a figure before one split of ~1,500 images can tell them apart.
+far a target may sit from a figure before one split of ~1,500 images can tell them apart. With
+``--extra`` the ISIC 2017 val and test splits are scored too (per-class recall and one-vs-rest AUC of
+its three classes): the cross-clinic figures of issue 39.
 """
 from __future__ import annotations
 
@@ -34,6 +36,10 @@ def _biases(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from err
 
 
+def _share(value: float) -> str:
+    return "n/a" if np.isnan(value) else f"{value:.1%}"  # a class the split does not hold
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     parser = argparse.ArgumentParser(prog="python -m benchmarks.operating", description=__doc__.split("\n\n")[0])
@@ -45,6 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--biases", type=_biases, default=DEFAULT_BIASES)
     parser.add_argument("--resamples", type=int, default=2000,
                         help="bootstrap resamples of the test lesions for the intervals (0: none)")
+    parser.add_argument("--extra", type=Path, default=None,
+                        help="ISIC 2017 root: also score its val and test splits (the second test: images from "
+                             "other clinics) at the first bias")
+    parser.add_argument("--extra-unsquash", type=float, default=0.0,
+                        help="stretch the extra set's square images back to this width/height first (0: as given)")
     args = parser.parse_args(argv)
     # train imports Keras: only after the TF log level is set above
     from benchmarks.accuracy import evaluation_records, true_labels
@@ -99,6 +110,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ntest at {args.code} bias {args.biases[0]:.2f}, 95% intervals over {args.resamples} resamples "
               "of its lesions: " + ", ".join(f"{name} {value:.1%} [{lo:.1%}, {hi:.1%}]"
                                              for name, value, (lo, hi) in figures))
+    if args.extra:
+        from train.data import load_extra_records, select
+        from train.evaluate import extra_report
+
+        extra = load_extra_records(args.extra)
+        for subset in ("val", "test"):
+            records = select(extra, subset)
+            probs = np.mean([engine_probs(engine, load_pixels(records, engine.card.input.height,
+                                                              engine.card.input.width, args.cache_dir,
+                                                              unsquash=args.extra_unsquash),
+                                          desc=f"{engine.card.name} int8 extra {subset}") for engine in engines], axis=0)
+            labels = np.array([r.label for r in records], dtype=np.int64)
+            rep = extra_report(adjust(probs, np.eye(len(card.codes))[k], args.biases[0]), labels)
+            print(f"\n{args.extra.name} {subset} ({rep['n']} images, other clinics) at {args.code} bias "
+                  f"{args.biases[0]:.2f}: accuracy {rep['accuracy']:.1%}; "
+                  + "; ".join(f"{c} recall {_share(rep['recall'][c])}, AUC {rep['auc'][c]:.3f}" for c in rep["recall"]))
     if learned_from_val(card.split):
         print("\nThis model was refitted on train + val: its val figures are in-sample, not evidence.")
     return 0

@@ -86,3 +86,20 @@ def test_the_command_prints_test_intervals_around_the_first_bias_figures(tiny_mo
     assert value == test_accuracy and lo <= value <= hi
     assert main([*args, "--resamples", "0"]) == 0
     assert "intervals" not in capsys.readouterr().out
+
+
+def test_the_command_scores_the_extra_set_as_a_second_test(tiny_model_dir, fixture_dir, tmp_path, capsys):
+    from tests.train.test_train_extra_data import ROWS, make_extra
+
+    extra = make_extra(tmp_path / "isic")
+    assert main(["--model-dir", str(tiny_model_dir), "--data", str(fixture_dir), "--cache-dir", str(tmp_path),
+                 "--biases", "0", "--resamples", "0", "--extra", str(extra)]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("isic ")]
+    assert [line.split()[1] for line in lines] == ["val", "test"]
+    for line, split in zip(lines, ("val", "test"), strict=True):
+        assert f"({sum(r[2] == split for r in ROWS)} images" in line
+        recalls = dict(re.findall(r"(mel|bkl|nv) recall (n/a|\d+\.\d%)", line))
+        assert set(recalls) == {"mel", "bkl", "nv"}
+        # val holds no bkl image: its recall is n/a, not 0%; the others are shares
+        assert (recalls["bkl"] == "n/a") == (split == "val")
+        assert all(0.0 <= float(v.rstrip("%")) <= 100.0 for v in recalls.values() if v != "n/a")
