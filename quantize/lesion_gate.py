@@ -40,10 +40,10 @@ def output_spec(int8_path: Path) -> TensorSpec | None:
 
 
 def levels(spec: TensorSpec) -> np.ndarray:
-    """Every value the int8 output can take, in [0, 1]."""
-    info = np.iinfo(spec.dtype) if spec.dtype != "float32" else None
-    if info is None:
-        return np.arange(1, 256) / 256
+    """Every value the output can take, in (0, 1]; a float output is stepped like a sigmoid's int8."""
+    if spec.dtype == "float32":
+        return lg.OUTPUT_LEVELS
+    info = np.iinfo(spec.dtype)
     values = (np.arange(info.min, info.max + 1) - spec.zero_point) * spec.scale
     return np.unique(values[(values > 0) & (values <= 1)])
 

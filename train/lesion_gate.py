@@ -51,6 +51,8 @@ MEL_WEIGHT = 3.0  # a melanoma turned away costs more than any other lesion
 # Negatives in the int8 calibration set, beside the usual lesions: the device sees them too, and with
 # lesions alone the gate's logit range ends at 0 (int8 ranges always hold 0), so every negative read 0.5.
 REP_NEGATIVES = 100
+# The values a sigmoid output can take once quantized to int8 (scale 1/256, zero point -128), above 0.
+OUTPUT_LEVELS = np.arange(1, 256) / 256
 ADVICE = "Point the camera at a skin lesion."
 
 
@@ -309,11 +311,10 @@ def fit_gate(run_dir: Path, *, checkpoint: str, data: Path, extra: Path | None, 
     fit, pick = images.parts == "fit", images.parts == "pick"
     fit_images, pick_images = images.part("fit"), images.part("pick")
     candidates, heads = {}, {}
-    levels = np.arange(1, 256) / 256  # the int8 output's steps (scale 1/256)
     for kind in CANDIDATES:
         heads[kind] = fit_head(kind, features[fit], fit_images, seed=seed)
         scores = head_scores(heads[kind], features[pick])
-        threshold = pick_threshold(scores, pick_images, limits, levels=levels)
+        threshold = pick_threshold(scores, pick_images, limits, levels=OUTPUT_LEVELS)
         rates = rejection_rates(scores, pick_images, threshold)
         candidates[kind] = {"threshold": threshold, "negatives_mean": negatives_score(rates), "pick": rates}
         _log.info("%s: threshold %.4f on pick; lesions rejected %.4f, negatives %.4f", kind, threshold,
