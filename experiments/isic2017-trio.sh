@@ -9,7 +9,7 @@ ISIC=${ISIC:-../shared/data/isic2017}
 OUT=runs/isic2017-trio
 mkdir -p "$OUT"
 
-latest() { ls -d runs/*-"$1" 2>/dev/null | tail -1; }
+latest() { ls -d runs/*-"$1" 2>/dev/null | tail -1 || true; }
 
 # train NAME ARGS...: a run named NAME; one that exists is resumed (a finished one returns at once)
 train() {
