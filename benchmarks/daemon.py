@@ -36,7 +36,7 @@ import yaml
 from benchmarks.broker import MessageCounter, free_port
 from benchmarks.memory import DeviceProcess
 from benchmarks.stats import median
-from device.stages import LOOP_STAGES, STAGES
+from device.stages import LOOP_STAGES, PREPARE_STAGES, STAGES
 
 _log = logging.getLogger(__name__)
 
@@ -111,8 +111,9 @@ def stage_sums(metrics_text: str) -> dict[str, tuple[int, float]]:
 
 def frame_budget(before: dict, after: dict, frames: int, frame_ms: float) -> dict:
     """Per stage between two :func:`stage_sums`: milliseconds per classified frame, runs per frame
-    and milliseconds per run; ``loop_ms`` is the inference loop's stages summed, ``frame_ms`` the
-    wall time per frame, ``other_ms`` what no stage accounts for."""
+    and milliseconds per run; ``loop_ms`` is the inference loop's stages summed, ``prepare_ms`` the
+    prepare thread's (beside the loop, so not part of the frame's time), ``frame_ms`` the wall time per
+    frame, ``other_ms`` what no loop stage accounts for."""
     if frames <= 0:
         raise ValueError(f"no frames classified in the window ({frames})")
     stages = {}
@@ -122,7 +123,9 @@ def frame_budget(before: dict, after: dict, frames: int, frame_ms: float) -> dic
         stages[stage] = {"ms_per_frame": seconds * 1e3 / frames, "runs_per_frame": runs / frames,
                          "ms_per_run": seconds * 1e3 / runs if runs else None}
     loop_ms = sum(stages[s]["ms_per_frame"] for s in LOOP_STAGES)
-    return {"per_stage": stages, "loop_ms": loop_ms, "frame_ms": frame_ms, "other_ms": frame_ms - loop_ms}
+    prepare_ms = sum(stages[s]["ms_per_frame"] for s in PREPARE_STAGES)
+    return {"per_stage": stages, "loop_ms": loop_ms, "prepare_ms": prepare_ms, "frame_ms": frame_ms,
+            "other_ms": frame_ms - loop_ms}
 
 
 def _one_run(model_dir: Path, frames: Path, *, mqtt_port: int, workdir: Path, options: DaemonOptions,

@@ -181,10 +181,12 @@ def _budget_section(models: list[dict]) -> list[str]:
         return []
     lines = ["## The frame budget: where a daemon frame goes", "",
              ("Each stage's time per classified frame over the daemon's measured window, from its own "
-              "`/metrics` (`dermedge_stage_seconds`): capture is the wait for the newest frame, fit and infer "
-              "are `Engine.infer`'s two halves, overlay, display and jpeg run only for a screen or an HTTP "
-              "viewer. *Other* is the wall time per frame that no stage accounts for (the loop's own "
-              "bookkeeping, and the other threads' share of the CPU). Raspberry Pi columns are ESTIMATES: "
+              "`/metrics` (`dermedge_stage_seconds`). The prepare thread grabs the newest frame, measures its "
+              "quality and fits it to the model input (`Engine.prepare`) while the loop runs the interpreter "
+              "on the frame before (`Engine.run`); the loop's *wait* is what is left of that beyond the "
+              "inference it overlapped, so a frame's wall time is the loop's stages. Overlay, display and jpeg "
+              "run only for a screen or an HTTP viewer. *Other* is the wall time per frame that no loop stage "
+              "accounts for (the loop's own bookkeeping). Raspberry Pi columns are ESTIMATES: "
               "every stage scaled by the factor that scales inference to that board (see the Raspberry Pi "
               "section)."), ""]
     for m in models:
@@ -195,8 +197,12 @@ def _budget_section(models: list[dict]) -> list[str]:
         rows = [[stage, _f(row["ms_per_frame"], 3), _f(row["runs_per_frame"]), _f(row["ms_per_run"], 3)]
                 + [_f(b["ms_per_frame"][stage], 2) for b in boards] + [STAGE_HELP.get(stage, "")]
                 for stage, row in budget["per_stage"].items()]
+        if "prepare_ms" in budget:  # reports before the two-stage pipeline have no prepare thread
+            rows.append(["prepare, beside the loop", _f(budget["prepare_ms"], 3), "", ""]
+                        + [_f(budget["prepare_ms"] * b["factor"], 2) for b in boards]
+                        + ["grab + quality + fit, on the prepare thread while the loop infers"])
         rows.append(["**loop, all stages**", _f(budget["loop_ms"], 3), "", ""]
-                    + [_f(b["loop_ms"], 2) for b in boards] + ["every stage but jpeg (HTTP's threads)"])
+                    + [_f(b["loop_ms"], 2) for b in boards] + ["wait to mqtt: the frame's own time"])
         rows.append(["other", _f(budget["other_ms"], 3), "", ""] + [_f(b["other_ms"], 2) for b in boards]
                     + ["the wall time no stage accounts for"])
         rows.append(["**frame (wall)**", _f(budget["frame_ms"], 3), "", ""] + [_f(b["frame_ms"], 2) for b in boards]

@@ -4,8 +4,10 @@
 loop) and ``stop()`` undoes it in reverse. SIGINT/SIGTERM set one stop event; SIGHUP reloads
 the config and the model, keeping the running model when the new one does not check out.
 
-Threads: the capture thread (``capture.FrameGrabber``) keeps only the newest frame; the
-inference thread classifies it, draws the overlay (only for a screen that shows frames; HTTP
+Threads: the capture thread (``capture.FrameGrabber``) keeps only the newest frame; a prepare
+thread takes it and measures its quality and fits it to the model input (``Engine.prepare``) while
+the inference thread runs the interpreter on the frame before it (a two-stage pipeline, so a frame's
+preprocessing costs the loop nothing when the cores allow); the inference thread classifies it, draws the overlay (only for a screen that shows frames; HTTP
 draws its own when someone watches), hands the Result and frame to ``LiveState`` (which HTTP
 reads) and to MQTT (on change, rate-limited, never blocking), times every stage of the frame
 (``LiveState.stages``, device.stages) and feeds the systemd watchdog; the main
@@ -42,7 +44,7 @@ from device.predict import LoadedModel, load_model, model_for
 from device.publish import MqttPublisher
 from device.server import HttpServer
 from device.state import LiveState
-from device.types import Result
+from device.types import Prepared, Quality, Result
 from device.watchdog import Notifier
 
 _log = logging.getLogger(__name__)
@@ -70,6 +72,16 @@ class View:
     display: np.ndarray
     result: Result
     overlaid: np.ndarray | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Ready:
+    """A captured frame made ready for the interpreter by the prepare thread, for ``model``."""
+
+    capture: Capture
+    model: LoadedModel
+    quality: Quality
+    prepared: Prepared
 
 
 class Daemon:
@@ -108,7 +120,7 @@ class Daemon:
         self._recent: collections.deque[View] = collections.deque(maxlen=RECENT_VIEWS)
         self._frozen: View | None = None  # set by the window's f key: shown and captured instead
         self._loop: threading.Thread | None = None
-        self._beside: concurrent.futures.ThreadPoolExecutor | None = None  # runs quality beside the engine
+        self._preparer: concurrent.futures.ThreadPoolExecutor | None = None  # prepares the next frame
         self._loop_failed = False
         self.frames = 0
         self._last_frame_at = time.monotonic()
@@ -188,9 +200,9 @@ class Daemon:
             if self._loop.is_alive():
                 _log.warning("inference loop did not stop within 3 s")
             self._loop = None
-        if self._beside is not None:
-            self._beside.shutdown(wait=False)
-            self._beside = None
+        if self._preparer is not None:
+            self._preparer.shutdown(wait=False)
+            self._preparer = None
         if self.button is not None:
             self.button.close()
             self.button = None
@@ -275,7 +287,7 @@ class Daemon:
 
     def _start_inference(self) -> None:
         self._last_frame_at = time.monotonic()
-        self._beside = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="quality")
+        self._preparer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare")
         self._loop = threading.Thread(target=self._inference_loop, name="inference", daemon=True)
         self._loop.start()
 
@@ -290,13 +302,13 @@ class Daemon:
                                     source="upload")
 
     def _inference_loop(self) -> None:
+        ahead: concurrent.futures.Future | None = None  # the next frame, being prepared
         try:
             while not self._stop.is_set():
                 t0 = perf_counter()
-                capture = self.grabber.get(timeout=0.5)
-                if capture is not None:
-                    self.state.stages.add("capture", perf_counter() - t0)
-                if capture is None:
+                ready = ahead.result() if ahead is not None else self._prepare_next()
+                ahead = None
+                if ready is None:
                     if self.grabber.ended:
                         _log.info("replay finished after %d frames", self.frames)
                         self._stop.set()
@@ -304,7 +316,10 @@ class Daemon:
                         # Waiting on a camera that is being reopened is not a stall.
                         self.notifier.feed()
                     continue
-                self._process(capture)
+                self.state.stages.add("wait", perf_counter() - t0)
+                if not (self.max_frames and self.frames + 1 >= self.max_frames):
+                    ahead = self._preparer.submit(self._prepare_next)
+                self._process(ready)
                 if self.max_frames and self.frames >= self.max_frames:
                     _log.info("stopping after %d frames (--max-frames)", self.frames)
                     self._stop.set()
@@ -313,29 +328,53 @@ class Daemon:
             self._loop_failed = True
             self._stop.set()
 
-    def _process(self, capture: Capture) -> None:
+    def _prepare_next(self) -> Ready | None:
+        """The camera's newest frame with its quality and the model's input tensors; None when no
+        frame came (or it could not be prepared). Runs on the prepare thread while the loop
+        classifies the frame before (inline for the first)."""
+        t0 = perf_counter()
+        capture = self.grabber.get(timeout=0.5)
+        if capture is None:
+            return None
+        self.state.stages.add("grab", perf_counter() - t0)
+        return self._prepare(capture, self._model)
+
+    def _prepare(self, capture: Capture, model: LoadedModel) -> Ready | None:
+        clock = self.state.stages
+        try:
+            t0 = perf_counter()
+            quality = model.stream.quality(capture.frame.rgb)
+            t1 = perf_counter()
+            prepared = model.engine.prepare(capture.frame.rgb)
+        except (ValueError, RuntimeError) as err:  # a bad frame must not end the loop
+            self.state.count_error("inference")
+            _log.warning("frame %d not classified: %s", capture.frame.frame_id, err)
+            return None
+        clock.add("quality", t1 - t0)
+        clock.add("fit", prepared.preprocess_ms / 1e3)
+        return Ready(capture, model, quality, prepared)
+
+    def _process(self, ready: Ready) -> None:
         while self._stall_file and os.path.exists(self._stall_file) and not self._stop.is_set():
             time.sleep(0.1)
-        frame, model, clock = capture.frame, self._model, self.state.stages
+        model, clock = self._model, self.state.stages
+        if ready.model is not model:  # the model was swapped while this frame was prepared for the old one
+            ready = self._prepare(ready.capture, model)
+            if ready is None:
+                return
+        capture, frame = ready.capture, ready.capture.frame
         try:
-            # Quality needs only the frame, so it runs beside the engine (on a core the interpreter
-            # leaves free); the frame pays only what it waits for it beyond inference.
-            beside = self._beside.submit(model.stream.quality, frame.rgb)
-            inference = model.engine.infer(frame.rgb)
-            t0 = perf_counter()
-            quality = beside.result()
+            inference = model.engine.run(ready.prepared)
             t1 = perf_counter()
             result = model.stream.process(inference, rgb=frame.rgb, frame_id=frame.frame_id,
                                           timestamp=frame.timestamp, t_start=frame.t_capture,
-                                          fps=self.state.fps, source=frame.source, quality=quality)
+                                          fps=self.state.fps, source=frame.source, quality=ready.quality)
             t2 = perf_counter()
         except (ValueError, RuntimeError) as err:  # a bad frame must not end the loop
             self.state.count_error("inference")
             _log.warning("frame %d not classified: %s", frame.frame_id, err)
             return
-        clock.add("fit", inference.preprocess_ms / 1e3)
         clock.add("infer", inference.inference_ms / 1e3)
-        clock.add("quality", t1 - t0)
         clock.add("postprocess", t2 - t1)
         # Drawn here only for a screen that shows frames; HTTP draws its own copy when asked.
         overlaid = render_overlay(capture.display, result) if self.display.shows_frames else None

@@ -23,12 +23,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from device.card import CardError, ModelCard, read_model_file
 from device.native_stderr import native_stderr_to_log
-from device.preprocess import centre_zoom, dequantize, fit_to_input, normalize, quantize, tta_views
-from device.types import Inference
+from device.preprocess import centre_zoom, dequantize, fit_to_input, input_table, tta_views
+from device.types import Inference, Prepared
 
 _log = logging.getLogger(__name__)
 
@@ -144,6 +145,8 @@ class Engine:
                                                            content=content)
         self._input, self._output, self._gate = model_tensors(self._interpreter)
         self._check_against_card()
+        norm, inp = card.normalization, self._input
+        self._table = input_table(norm.mean, norm.std, inp.dtype, inp.scale, inp.zero_point)
         self._lock = threading.Lock()
         _log.info("loaded %s (%s) with %s, %d threads, input %s %s, zoom %.2f, test-time augmentation %s",
                   self.model_path, variant, self.backend, num_threads, self._input.shape, self._input.dtype,
@@ -178,13 +181,22 @@ class Engine:
 
     def infer(self, rgb: np.ndarray) -> Inference:
         """Any-size HxWx3 uint8 RGB frame -> class probabilities in card label order, with timings."""
+        return self.run(self.prepare(rgb))
+
+    def prepare(self, rgb: np.ndarray) -> Prepared:
+        """The first half of :meth:`infer`: the frame fitted, zoomed and turned into the input
+        tensors. It does not touch the interpreter, so a caller may prepare the next frame while
+        this engine runs the current one."""
         t0 = time.perf_counter()
-        tensors = [self._to_input(view) for view in self._views(fit_to_input(rgb, *self.input_size))]
-        t1 = time.perf_counter()
-        probabilities, not_lesion = self._run_all(tensors)
-        t2 = time.perf_counter()
-        return Inference(probabilities, preprocess_ms=(t1 - t0) * 1e3, inference_ms=(t2 - t1) * 1e3,
-                         not_lesion=not_lesion)
+        tensors = tuple(self._to_input(view) for view in self._views(fit_to_input(rgb, *self.input_size)))
+        return Prepared(tensors, preprocess_ms=(time.perf_counter() - t0) * 1e3)
+
+    def run(self, prepared: Prepared) -> Inference:
+        """The second half of :meth:`infer`: the interpreter on ``prepared``'s tensors."""
+        t0 = time.perf_counter()
+        probabilities, not_lesion = self._run_all(prepared.tensors)
+        return Inference(probabilities, preprocess_ms=prepared.preprocess_ms,
+                         inference_ms=(time.perf_counter() - t0) * 1e3, not_lesion=not_lesion)
 
     def infer_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """An already fitted (H, W, 3) uint8 image -> float32 probabilities (batch evaluation)."""
@@ -199,7 +211,7 @@ class Engine:
         pre = self.card.preprocessing
         return tta_views(centre_zoom(pixels, pre.zoom), pre.tta)
 
-    def _run_all(self, tensors: list[np.ndarray]) -> tuple[np.ndarray, float | None]:
+    def _run_all(self, tensors: tuple[np.ndarray, ...] | list[np.ndarray]) -> tuple[np.ndarray, float | None]:
         """Probabilities and the not-a-lesion score (None without a gate), each averaged over the
         test-time views (one tensor when the card asks for none)."""
         runs = [self._run(t) for t in tensors]
@@ -209,10 +221,8 @@ class Engine:
         return probabilities, float(np.mean([g for _, g in runs], dtype=np.float32))
 
     def _to_input(self, pixels: np.ndarray) -> np.ndarray:
-        x = normalize(pixels, self.card.normalization.mean, self.card.normalization.std)
-        if self._input.dtype != "float32":
-            x = quantize(x, self._input.scale, self._input.zero_point, self._input.dtype)
-        return x[np.newaxis]
+        # cv2.LUT needs contiguous input; a flipped test-time view is a strided one.
+        return cv2.LUT(np.ascontiguousarray(pixels), self._table)[np.newaxis]
 
     def _run(self, tensor: np.ndarray) -> tuple[np.ndarray, float | None]:
         with self._lock:

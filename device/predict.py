@@ -25,7 +25,7 @@ _log = logging.getLogger(__name__)
 class LoadedModel:
     """An engine and its postprocessors, swapped as one when the daemon reloads."""
 
-    engine: Any  # device.engine.Engine, or anything with .card and .infer(rgb)
+    engine: Any  # device.engine.Engine, or anything with its .card, .infer, .prepare and .run
     stream: Postprocessor  # camera frames, with temporal smoothing
     upload: Postprocessor  # single images (files, HTTP uploads): no smoothing
 

@@ -10,19 +10,25 @@ from __future__ import annotations
 
 import threading
 
-# In the order a frame meets them. ``capture`` is the wait for the grabber's newest frame (idle
-# time when the camera is slower than the model); ``fit`` is the engine's crop, resize, normalise
-# and quantize, ``infer`` its invoke; ``overlay`` and ``jpeg`` run only for a screen or an HTTP
-# viewer (``jpeg`` in the HTTP thread that asked); ``state`` hands the frame to HTTP; ``display``
-# shows it on a screen.
-STAGES = ("capture", "fit", "infer", "quality", "postprocess", "overlay", "display", "state", "mqtt", "jpeg")
-# The stages of the inference loop itself, timed once per classified frame (or skipped).
-LOOP_STAGES = STAGES[:-1]
+# In the order a frame meets them. The prepare thread takes the grabber's newest frame (``grab``,
+# idle time when the camera is slower than the model), measures its ``quality`` and runs the
+# engine's crop, resize, normalise and quantize (``fit``) while the inference loop classifies the
+# frame before; the loop's ``wait`` is what it then waits for the prepared frame (all of the above
+# that inference did not cover), ``infer`` the interpreter's invoke. ``overlay`` and ``jpeg`` run
+# only for a screen or an HTTP viewer (``jpeg`` in the HTTP thread that asked); ``state`` hands the
+# frame to HTTP; ``display`` shows it on a screen.
+STAGES = ("grab", "quality", "fit", "wait", "infer", "postprocess", "overlay", "display", "state", "mqtt", "jpeg")
+# The prepare thread's stages, beside the loop.
+PREPARE_STAGES = STAGES[:3]
+# The stages of the inference loop itself, timed once per classified frame (or skipped): a frame
+# takes their sum.
+LOOP_STAGES = STAGES[3:-1]
 STAGE_HELP = {
-    "capture": "waiting for and taking the camera's newest frame",
-    "fit": "crop, resize, normalise and quantize to the model input (engine)",
+    "grab": "taking the camera's newest frame (prepare thread, beside the loop)",
+    "quality": "brightness and sharpness of the model's view (prepare thread)",
+    "fit": "crop, resize, normalise and quantize to the model input (engine, prepare thread)",
+    "wait": "the loop waiting for the prepared frame: what grab, quality and fit took beyond the inference beside them",
     "infer": "the interpreter's invoke (engine)",
-    "quality": "brightness and sharpness of the model's view: the wait for it beyond inference, beside which it runs",
     "postprocess": "probabilities, smoothing, states and the Result",
     "overlay": "drawing the overlay (for a screen, or for an HTTP viewer on request)",
     "display": "handing the frame to the screen",

@@ -38,6 +38,15 @@ class Inference:
 
 
 @dataclass(frozen=True)
+class Prepared:
+    """A frame made ready for the interpreter (``Engine.prepare``): one input tensor per
+    test-time view, and the time that took."""
+
+    tensors: tuple[np.ndarray, ...]
+    preprocess_ms: float
+
+
+@dataclass(frozen=True)
 class Quality:
     brightness: float  # mean luma 0..255
     sharpness: float  # variance of the Laplacian

@@ -216,16 +216,21 @@ def test_reload_refuses_a_corrupt_model_and_keeps_running(tmp_path, tiny_model_d
 
 
 class GatedEngine:
-    """Wraps the real engine; blocks inside infer() while the gate is closed (a stalled loop)."""
+    """Wraps the real engine; blocks in the interpreter's half (run) while the gate is closed
+    (a stalled loop)."""
 
     def __init__(self, engine):
         self.engine, self.card = engine, engine.card
+        self.prepare = engine.prepare
         self.gate = threading.Event()
         self.gate.set()
 
-    def infer(self, rgb):
+    def run(self, prepared):
         self.gate.wait()
-        return self.engine.infer(rgb)
+        return self.engine.run(prepared)
+
+    def infer(self, rgb):
+        return self.run(self.prepare(rgb))
 
 
 def test_stalled_inference_stops_the_watchdog_and_shows_in_health(tmp_path, tiny_model_dir, fixture_dir,
@@ -294,7 +299,7 @@ def test_memory_camera_daemon_times_every_stage_draws_nothing_unwatched_and_keep
             return {stage: tuple(v) for stage, v in out.items()}
 
         counted = budget()
-        for stage in ("capture", "fit", "infer", "quality", "postprocess", "display", "state", "mqtt"):
+        for stage in ("grab", "quality", "fit", "wait", "infer", "postprocess", "display", "state", "mqtt"):
             assert counted[stage][0] == len(frames), stage
         assert counted["infer"][1] > 0 and counted["quality"][1] > 0
         assert counted["overlay"] == (0, 0.0) and counted["jpeg"] == (0, 0.0)  # no screen, nobody watching

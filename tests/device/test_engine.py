@@ -11,7 +11,7 @@ import pytest
 from device.card import CardError, ModelCard
 from device.decode import load_image
 from device.engine import BACKENDS, Engine, interpreter_class
-from device.preprocess import centre_zoom, fit_to_input, tta_views
+from device.preprocess import centre_zoom, fit_to_input, normalize, quantize, tta_views
 from device.types import Inference
 
 
@@ -127,6 +127,25 @@ def test_flips_tta_averages_the_four_flipped_views(tiny_model_dir, engine, frame
     np.testing.assert_allclose(flips.infer_pixels(fitted), expected, rtol=0, atol=1e-6)
 
 
+def test_the_input_table_gives_normalize_and_quantize_of_every_level(engine):
+    # every uint8 level of each channel, in one 16 x 16 image per channel, plus a strided (flipped) view
+    levels = np.repeat(np.arange(256, dtype=np.uint8).reshape(16, 16, 1), 3, axis=2)
+    levels[..., 1] = levels[..., 1].T
+    card, (_, scale, zero_point, dtype) = engine.card, _input_quantization(engine)
+    for pixels in (levels, levels[:, ::-1]):
+        expected = quantize(normalize(pixels, card.normalization.mean, card.normalization.std), scale, zero_point,
+                            dtype)
+        np.testing.assert_array_equal(engine._to_input(pixels)[0], expected)
+
+
+def test_prepare_then_run_is_infer_and_prepare_leaves_the_interpreter_alone(engine, frame):
+    prepared = engine.prepare(frame)
+    assert len(prepared.tensors) == 1 and prepared.tensors[0].shape == (1, 48, 64, 3) and prepared.preprocess_ms > 0
+    other = engine.prepare(frame[::-1].copy())  # preparing another frame meanwhile changes nothing
+    np.testing.assert_array_equal(engine.run(prepared).probabilities, engine.infer(frame).probabilities)
+    assert not np.array_equal(engine.run(other).probabilities, engine.run(prepared).probabilities)
+
+
 def test_the_cards_zoom_is_applied_to_every_frame(tiny_model_dir, engine, frame):
     card = _card(tiny_model_dir)
     zoomed = Engine(tiny_model_dir / "model_int8.tflite",
@@ -187,3 +206,8 @@ def test_a_gate_output_unlike_the_card_is_refused_by_name(gated_model_dir, gated
     gate = dataclasses.replace(gated.card.gate, output=change(gated.card.gate.output))
     with pytest.raises(CardError, match=rf"field '{field}'"):
         Engine(gated_model_dir / "model_int8.tflite", dataclasses.replace(gated.card, gate=gate), num_threads=1)
+
+
+def _input_quantization(engine: Engine) -> tuple[tuple, float, int, str]:
+    info = engine._input
+    return info.shape, info.scale, info.zero_point, info.dtype

@@ -90,6 +90,21 @@ def test_resize_linear_is_cv2_inter_linear_up_to_its_vector_rounding():
     np.testing.assert_array_equal(resize_linear(same_size, 5, 3), same_size)
 
 
+def test_resize_linear_from_several_threads_at_once_gives_each_its_own_result():
+    # the work arrays are reused per thread: shared, one thread's image would leak into another's
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(5)
+    images = [rng.integers(0, 256, (300, 400, 3), dtype=np.uint8) for _ in range(8)]  # numpy lets go of the GIL
+    alone = [resize_linear(img, 450, 600) for img in images]
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(5):
+            together = list(pool.map(lambda img: resize_linear(img, 450, 600), images))
+            for got, want in zip(together, alone, strict=True):
+                np.testing.assert_array_equal(got, want)
+    assert not np.shares_memory(alone[0], resize_linear(images[0], 450, 600))  # a result is never the work array
+
+
 def test_fit_to_input_and_centre_zoom_enlarge_with_resize_linear():
     img = np.random.default_rng(4).integers(0, 256, (24, 32, 3), dtype=np.uint8)
     np.testing.assert_array_equal(fit_to_input(img, 48, 64), resize_linear(img, 48, 64))
