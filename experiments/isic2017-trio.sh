@@ -48,7 +48,7 @@ if [[ -z $trio ]]; then
         "$OUT"/dermnet-mnv2-cut9-isic2017 --data "$HAM" --name trio-isic2017-all
     trio=$(latest trio-isic2017-all)
 fi
-[[ -f $OUT/dermnet-mnv2-trio-isic2017/card.json ]] || "$PY" -m quantize "$trio" --name dermnet-mnv2-trio-isic2017 \
+[[ -f $OUT/dermnet-mnv2-trio-isic2017/card.json ]] || "$PY" -m quantize "$trio" --checkpoint calibrated --name dermnet-mnv2-trio-isic2017 \
     --zoom 0.86 --data "$HAM" --out "$OUT"
 for m in cut16 cut13-s2 cut9 trio; do
     "$PY" -m benchmarks.operating --model-dir "$OUT/dermnet-mnv2-$m-isic2017" --data "$HAM" --biases 0 \
