@@ -5,9 +5,10 @@ loop) and ``stop()`` undoes it in reverse. SIGINT/SIGTERM set one stop event; SI
 the config and the model, keeping the running model when the new one does not check out.
 
 Threads: the capture thread (``capture.FrameGrabber``) keeps only the newest frame; a prepare
-thread takes it and measures its quality and fits it to the model input (``Engine.prepare``) while
-the inference thread runs the interpreter on the frame before it (a two-stage pipeline, so a frame's
-preprocessing costs the loop nothing when the cores allow); the inference thread classifies it, draws the overlay (only for a screen that shows frames; HTTP
+thread takes it, measures its quality and fits it to the model input (``Engine.prepare``) while
+the inference thread runs the interpreter on the frame before it (a two-stage pipeline, so a
+frame's preprocessing costs the loop nothing when the cores allow). The inference thread then
+classifies the prepared frame, draws the overlay (only for a screen that shows frames; HTTP
 draws its own when someone watches), hands the Result and frame to ``LiveState`` (which HTTP
 reads) and to MQTT (on change, rate-limited, never blocking), times every stage of the frame
 (``LiveState.stages``, device.stages) and feeds the systemd watchdog; the main
@@ -347,12 +348,15 @@ class Daemon:
             t1 = perf_counter()
             prepared = model.engine.prepare(capture.frame.rgb)
         except (ValueError, RuntimeError) as err:  # a bad frame must not end the loop
-            self.state.count_error("inference")
-            _log.warning("frame %d not classified: %s", capture.frame.frame_id, err)
+            self._not_classified(capture.frame.frame_id, err)
             return None
         clock.add("quality", t1 - t0)
         clock.add("fit", prepared.preprocess_ms / 1e3)
         return Ready(capture, model, quality, prepared)
+
+    def _not_classified(self, frame_id: int, err: Exception) -> None:
+        self.state.count_error("inference")
+        _log.warning("frame %d not classified: %s", frame_id, err)
 
     def _process(self, ready: Ready) -> None:
         while self._stall_file and os.path.exists(self._stall_file) and not self._stop.is_set():
@@ -371,8 +375,7 @@ class Daemon:
                                           fps=self.state.fps, source=frame.source, quality=ready.quality)
             t2 = perf_counter()
         except (ValueError, RuntimeError) as err:  # a bad frame must not end the loop
-            self.state.count_error("inference")
-            _log.warning("frame %d not classified: %s", frame.frame_id, err)
+            self._not_classified(frame.frame_id, err)
             return
         clock.add("infer", inference.inference_ms / 1e3)
         clock.add("postprocess", t2 - t1)

@@ -188,7 +188,7 @@ class Engine:
         tensors. It does not touch the interpreter, so a caller may prepare the next frame while
         this engine runs the current one."""
         t0 = time.perf_counter()
-        tensors = tuple(self._to_input(view) for view in self._views(fit_to_input(rgb, *self.input_size)))
+        tensors = self._tensors(fit_to_input(rgb, *self.input_size))
         return Prepared(tensors, preprocess_ms=(time.perf_counter() - t0) * 1e3)
 
     def run(self, prepared: Prepared) -> Inference:
@@ -203,15 +203,16 @@ class Engine:
         expected = (*self.input_size, 3)
         if pixels.shape != expected:
             raise ValueError(f"expected fitted pixels of shape {expected}, got {pixels.shape}")
-        return self._run_all([self._to_input(view) for view in self._views(pixels)])[0]
+        return self._run_all(self._tensors(pixels))[0]
 
     # --- internals ----------------------------------------------------------------
 
-    def _views(self, pixels: np.ndarray) -> list[np.ndarray]:
+    def _tensors(self, pixels: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Fitted pixels -> the input tensor of each test-time view of the card's zoomed view."""
         pre = self.card.preprocessing
-        return tta_views(centre_zoom(pixels, pre.zoom), pre.tta)
+        return tuple(self._to_input(view) for view in tta_views(centre_zoom(pixels, pre.zoom), pre.tta))
 
-    def _run_all(self, tensors: tuple[np.ndarray, ...] | list[np.ndarray]) -> tuple[np.ndarray, float | None]:
+    def _run_all(self, tensors: tuple[np.ndarray, ...]) -> tuple[np.ndarray, float | None]:
         """Probabilities and the not-a-lesion score (None without a gate), each averaged over the
         test-time views (one tensor when the card asks for none)."""
         runs = [self._run(t) for t in tensors]
