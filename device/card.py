@@ -20,6 +20,8 @@ PREPROCESS_POLICIES = ("center_crop_resize",)
 # Test-time augmentation -> inferences per frame; the views are device.preprocess.tta_views.
 TTA_VIEWS = {"none": 1, "flips": 4}
 TTA_MODES = tuple(TTA_VIEWS)
+# Per-image colour constancy before (x - mean) / std; device.preprocess.colour_constancy.
+COLOUR_MODES = ("none", "shades_of_grey")
 
 
 def valid_zoom(zoom: float) -> float:
@@ -67,10 +69,13 @@ class InputSpec(TensorSpec):
 
 @dataclass(frozen=True)
 class Normalization:
-    """Applied by ``device.preprocess.normalize`` on 0-255 pixels, never inside the model."""
+    """Applied by ``device.preprocess.normalize`` on 0-255 pixels, never inside the model. ``colour``
+    first balances each image's channels (device.preprocess.colour_constancy), so that cameras and
+    lighting of other clinics look alike to the model."""
 
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    colour: str = "none"
 
 
 @dataclass(frozen=True)
@@ -354,7 +359,11 @@ def _parse_card(data: Any) -> ModelCard:
         raise CardError("field 'input': only NHWC RGB input is supported")
 
     norm = _section(data, "normalization")
-    normalization = Normalization(_triple(norm, "mean", "normalization"), _triple(norm, "std", "normalization"))
+    colour = _get(norm, "colour", str, "normalization", "none")
+    if colour not in COLOUR_MODES:
+        raise CardError(f"field 'normalization.colour': expected one of {COLOUR_MODES}, got {colour!r}")
+    normalization = Normalization(_triple(norm, "mean", "normalization"), _triple(norm, "std", "normalization"),
+                                  colour)
     if min(normalization.std) <= 0:
         raise CardError("field 'normalization.std': must be > 0")
 

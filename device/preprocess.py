@@ -3,20 +3,23 @@
 Frames are RGB uint8 by contract (capture converts from BGR). A frame of another
 aspect ratio is centre-cropped to the model's aspect ratio first, so a lesion in
 the middle of the view is never squashed, then resized with area interpolation.
-Normalization (per-channel mean/std from the training split, in 0-255 pixel units)
-happens here, not inside the model; the model card records the statistics. The web app mirrors
+Normalization (per-channel mean/std from the training split, in 0-255 pixel units, after the
+card's optional per-image colour constancy) happens here, not inside the model; the model card
+records the statistics. The web app mirrors
 this module (web/src/preprocess.js); bytes become frames in device.decode.
 """
 from __future__ import annotations
 
 import collections
 import functools
+import math
+import operator
 import threading
 
 import cv2
 import numpy as np
 
-from device.card import TTA_MODES, valid_zoom
+from device.card import COLOUR_MODES, TTA_MODES, valid_zoom
 
 
 def center_crop_to_aspect(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -151,8 +154,51 @@ def tta_views(pixels: np.ndarray, mode: str) -> list[np.ndarray]:
     raise ValueError(f"tta: expected one of {TTA_MODES}, got {mode!r}")
 
 
-def normalize(pixels: np.ndarray, mean, std) -> np.ndarray:
-    """uint8 pixels (..., 3) -> float32 ``(x - mean) / std`` per channel."""
+# Shades of grey (Finlayson & Trezzi 2004): each channel's illuminant is its Minkowski p-norm mean,
+# and each channel is scaled so the three agree. p = 6 is what cross-clinic dermoscopy work uses
+# (Barata et al. 2015). The gains are kept in fixed point and the norms summed as exact integers,
+# so the browser app (web/src/preprocess.js ``shadesOfGreyLevels``) gets the same bytes.
+SHADES_OF_GREY_POWER = 6
+_GAIN_BITS = 12
+_POWERS = [level**SHADES_OF_GREY_POWER for level in range(256)]
+
+
+def shades_of_grey_levels(rgb: np.ndarray) -> np.ndarray:
+    """(256, 3) uint8: what each level of each channel of ``rgb`` (H, W, 3) becomes under
+    shades-of-grey colour constancy. A channel that is all zero keeps its levels."""
+    flat = rgb.reshape(-1, 3)
+    if not len(flat):
+        raise ValueError("shades of grey: empty image")
+    norms = []
+    for channel in range(3):
+        counts = np.bincount(flat[:, channel], minlength=256).tolist()
+        total = sum(map(operator.mul, counts, _POWERS))  # exact: a Python int
+        norms.append((float(total) / len(flat)) ** (1 / SHADES_OF_GREY_POWER))
+    grey = (norms[0] + norms[1] + norms[2]) / 3
+    one = 1 << _GAIN_BITS
+    gains = np.array([math.floor(grey / norm * one + 0.5) if norm > 0 else one for norm in norms], np.int64)
+    levels = (np.arange(256, dtype=np.int64)[:, None] * gains + (one >> 1)) >> _GAIN_BITS
+    return np.minimum(levels, 255).astype(np.uint8)
+
+
+def colour_constancy(pixels: np.ndarray, mode: str) -> np.ndarray:
+    """uint8 ``pixels`` (one image (H, W, 3) or a batch) with each image's colours balanced by
+    ``mode`` (the card's ``normalization.colour``); "none" returns ``pixels``."""
+    if mode == "none":
+        return pixels
+    if mode != "shades_of_grey":
+        raise ValueError(f"colour: expected one of {COLOUR_MODES}, got {mode!r}")
+    images = np.ascontiguousarray(pixels).reshape(-1, *pixels.shape[-3:])
+    out = np.empty_like(images)
+    for i, image in enumerate(images):
+        out[i] = cv2.LUT(image, shades_of_grey_levels(image)[np.newaxis])
+    return out.reshape(pixels.shape)
+
+
+def normalize(pixels: np.ndarray, mean, std, colour: str = "none") -> np.ndarray:
+    """uint8 pixels (..., H, W, 3) -> float32 ``(x - mean) / std`` per channel, after the
+    per-image ``colour`` constancy (:func:`colour_constancy`)."""
+    pixels = colour_constancy(pixels, colour)
     mean = np.asarray(mean, dtype=np.float32)
     std = np.asarray(std, dtype=np.float32)
     return (pixels.astype(np.float32) - mean) / std

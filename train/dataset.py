@@ -29,7 +29,7 @@ class Batches(keras.utils.PyDataset):
     ``(index, count)`` makes this process feed only its share of each global batch (several hosts).
     """
 
-    def __init__(self, pixels: np.ndarray, labels: np.ndarray, *, batch_size: int, mean, std,
+    def __init__(self, pixels: np.ndarray, labels: np.ndarray, *, batch_size: int, mean, std, colour: str = "none",
                  num_classes: int = 7, augment: AugmentConfig | None = None, mix: MixConfig | None = None,
                  shuffle: bool = True,
                  sampling: str = "shuffle", balance_power: float = 0.5, seed: int = 0, start_epoch: int = 0,
@@ -44,7 +44,7 @@ class Batches(keras.utils.PyDataset):
         if not 0.0 <= soft_weight <= 1.0:
             raise ValueError(f"soft_weight must be in [0, 1], got {soft_weight}")
         self.pixels, self.labels = pixels, np.asarray(labels)
-        self.batch_size, self.mean, self.std = batch_size, mean, std
+        self.batch_size, self.norm = batch_size, (mean, std, colour)
         self.num_classes, self.augment, self.mix, self.shuffle = num_classes, augment, mix, shuffle
         self.sampling, self.balance_power, self.seed = sampling, balance_power, seed
         self.weights = (None if class_weight is None else
@@ -87,7 +87,7 @@ class Batches(keras.utils.PyDataset):
         w = None if self.weights is None else self.weights[labels]
         if self.mix is not None:
             x, y, w = mix_batch(x, y, w, self.mix, rng)
-        x = normalize(x, self.mean, self.std)
+        x = normalize(x, *self.norm)
         return (x, y) if w is None else (x, y, w)
 
     def on_epoch_end(self):
@@ -95,7 +95,7 @@ class Batches(keras.utils.PyDataset):
         self.order = self._order()
 
 
-def predict_probs(model: keras.Model, pixels: np.ndarray, mean, std, *, batch_size: int = 64,
+def predict_probs(model: keras.Model, pixels: np.ndarray, mean, std, colour: str = "none", *, batch_size: int = 64,
                   tta: bool = False) -> np.ndarray:
     """Softmax outputs for uint8 images; ``tta`` averages over the four flips.
 
@@ -105,7 +105,7 @@ def predict_probs(model: keras.Model, pixels: np.ndarray, mean, std, *, batch_si
     out = []
     batch_size = distribute.round_up(batch_size)
     for start in range(0, len(pixels), 4 * batch_size):
-        x = normalize(np.asarray(pixels[start : start + 4 * batch_size]), mean, std)
+        x = normalize(np.asarray(pixels[start : start + 4 * batch_size]), mean, std, colour)
         n = len(x)
         if distribute.round_up(n) > n:
             x = np.concatenate([x, np.repeat(x[-1:], distribute.round_up(n) - n, axis=0)])

@@ -32,7 +32,7 @@ class RunRecord:
     arch: str  # a train/ family, or <family>_x<N> for an ensemble
     input: dict[str, int]  # height, width
     labels: list[dict[str, str]]  # code, name, in output order
-    normalization: dict[str, list[float]]  # mean, std per channel
+    normalization: dict[str, Any]  # mean, std per channel; colour (device.preprocess.colour_constancy)
     model: dict[str, Any]  # train.models.describe: family, params, macs, input_shape
     split: dict[str, Any]  # method, seed, counts, and fit_on for a refit
     dataset: dict[str, Any]
@@ -43,6 +43,12 @@ class RunRecord:
     backbone: dict[str, Any] | None = None  # pretrained backbones: where the weights came from, the cut
     distillation: dict[str, Any] | None = None
     ensemble: dict[str, Any] | None = None  # train.ensemble: members, bias, temperature
+
+    @staticmethod
+    def normalization_of(section: dict) -> tuple[list[float], list[float], str]:
+        """(mean, std, colour) of a ``normalization`` section: the arguments of
+        ``device.preprocess.normalize`` after the pixels (runs from before colour: "none")."""
+        return section["mean"], section["std"], section.get("colour", "none")
 
     def write(self, run_dir: Path) -> None:
         (Path(run_dir) / RECORD_FILE).write_text(json.dumps(json_safe(dataclasses.asdict(self)), indent=2))
@@ -96,8 +102,9 @@ class TrainingRun:
         return tuple(label["code"] for label in self.meta.labels)
 
     @property
-    def normalization(self) -> tuple[list[float], list[float]]:
-        return self.meta.normalization["mean"], self.meta.normalization["std"]
+    def normalization(self) -> tuple[list[float], list[float], str]:
+        """(mean, std, colour): the arguments of ``device.preprocess.normalize`` after the pixels."""
+        return RunRecord.normalization_of(self.meta.normalization)
 
     def checkpoint(self, which: str) -> Path:
         if which not in CHECKPOINTS:

@@ -26,7 +26,7 @@ import keras
 import numpy as np
 import yaml
 
-from device.preprocess import normalize
+from device.preprocess import colour_constancy, normalize
 from train import backbones, distill, distribute, qat
 from train import data as ds
 from train.augment import AugmentConfig, MixConfig
@@ -95,10 +95,10 @@ class Checkpointer(keras.callbacks.Callback):
     run continues both. A refit has no validation split (``val_pixels`` None): every epoch's model
     is kept as best.keras, so the one its ``stop_epoch`` ends on is what the next stage starts from."""
 
-    def __init__(self, run_dir: Path, val_pixels, val_labels, mean, std, labels, best: float = -1.0):
+    def __init__(self, run_dir: Path, val_pixels, val_labels, norm: tuple, labels, best: float = -1.0):
         super().__init__()
         self.run_dir, self.val_pixels, self.val_labels = run_dir, val_pixels, val_labels
-        self.mean, self.std, self.labels, self.best = mean, std, labels, best
+        self.norm, self.labels, self.best = norm, labels, best
         self._average = keras.callbacks.SwapEMAWeights()  # swaps the averaged weights in and out in place
 
     def on_epoch_end(self, epoch, logs=None):
@@ -122,7 +122,7 @@ class Checkpointer(keras.callbacks.Callback):
                   " ".join(f"{k}={v:.4f}" for k, v in logs.items() if isinstance(v, float)))
 
     def _score(self, logs: dict) -> None:
-        probs = predict_probs(self.model, self.val_pixels, self.mean, self.std)
+        probs = predict_probs(self.model, self.val_pixels, *self.norm)
         report = classification_report(probs, self.val_labels, self.labels)
         eps = 1e-7
         logs["val_loss"] = float(-np.mean(np.log(probs[np.arange(len(probs)), self.val_labels] + eps)))
@@ -206,17 +206,17 @@ def _fit(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> Path:
 
     if resume:
         record = RunRecord.read(run_dir)
-        mean, std = record.normalization["mean"], record.normalization["std"]
+        norm = RunRecord.normalization_of(record.normalization)
         model = keras.models.load_model(run_dir / "last.keras")
         state = json.loads((run_dir / "state.json").read_text())
         initial_epoch, best = state["epoch"] + 1, state["best_val_balanced_accuracy"]
     else:
-        model, (mean, std), provenance = _initial_model(cfg, pixels["train"])
+        model, norm, provenance = _initial_model(cfg, pixels["train"])
         record = RunRecord(
             arch=cfg.arch,
             input={"height": h, "width": w},
             labels=[{"code": c, "name": n} for c, n in ds.CLASSES],
-            normalization={"mean": mean, "std": std},
+            normalization=dict(zip(("mean", "std", "colour"), norm)),
             model=describe(qat.strip(model)),
             split={"method": cfg.split, "seed": cfg.split_seed, "counts": ds.split_counts(records),
                    **({"fit_on": list(ds.REFIT_SPLITS)} if cfg.refit else {})},
@@ -232,6 +232,7 @@ def _fit(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> Path:
         )
         record.write(run_dir)
         initial_epoch, best = 0, -1.0
+    mean, std, colour = norm
     _log.info("%s: %d params, %.1f M MACs, input %dx%d, train/val %d/%d, start epoch %d",
               cfg.arch, record.model["params"], record.model["macs"] / 1e6, h, w,
               len(labels["train"]), len(labels["val"]), initial_epoch + 1)
@@ -244,7 +245,7 @@ def _fit(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> Path:
         soft = distill.teacher_targets(Path(cfg.teacher), by_split["train"], temperature=cfg.distill_temperature,
                                        cache_dir=Path(cfg.cache_dir), out=run_dir / "teacher_targets.npy")
     train_batches = Batches(
-        pixels["train"], labels["train"], batch_size=cfg.batch_size, mean=mean, std=std,
+        pixels["train"], labels["train"], batch_size=cfg.batch_size, mean=mean, std=std, colour=colour,
         augment=AugmentConfig() if cfg.augment else None,
         mix=make_mix(cfg),
         sampling="balanced" if cfg.imbalance == "sampling" else "shuffle",
@@ -253,7 +254,7 @@ def _fit(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> Path:
         soft_targets=soft, soft_weight=cfg.distill_weight if cfg.teacher else 0.0,
         full_batches=distribute.replicas() > 1, shard=distribute.process_shard(),
     )
-    checkpointer = Checkpointer(run_dir, pixels["val"] if len(labels["val"]) else None, labels["val"], mean, std,
+    checkpointer = Checkpointer(run_dir, pixels["val"] if len(labels["val"]) else None, labels["val"], norm,
                                 ds.CLASS_CODES, best)
     csv_log = keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=resume)
 
@@ -323,13 +324,15 @@ def _initial_model(cfg: TrainConfig, train_pixels: np.ndarray) -> tuple[keras.Mo
     if cfg.init_from:
         source_meta = init_source_meta(cfg)
         model = keras.models.load_model(cfg.init_from, compile=False)  # compiled afresh: new optimizer, schedule
-        norm = (source_meta.normalization["mean"], source_meta.normalization["std"])
+        norm = RunRecord.normalization_of(source_meta.normalization)
+        if cfg.colour not in ("none", norm[2]):
+            raise ValueError(f"colour: {cfg.colour!r}, but init_from's run was trained with {norm[2]!r} (kept)")
         provenance = source_meta.backbone
     elif cfg.pretrained:
         model, imported = backbones.pretrained_classifier(cfg.arch, (h, w, 3), weights=cfg.backbone_weights,
                                                           num_classes=len(ds.CLASSES), dropout=cfg.dropout,
                                                           alpha=cfg.width_mult, cut=cfg.backbone_cut)
-        norm = backbones.normalization(cfg.arch)
+        norm = (*backbones.normalization(cfg.arch), cfg.colour)
         provenance = {"name": cfg.arch, "weights": imported.source, "kind": imported.kind,
                       **backbones.pretraining(cfg.arch, imported.kind),
                       "conv_layers_set": imported.layers, "sha256": imported.sha256 or None,
@@ -343,7 +346,7 @@ def _initial_model(cfg: TrainConfig, train_pixels: np.ndarray) -> tuple[keras.Mo
             n = backbones.reestimate_batchnorm(model, normalize(np.asarray(train_pixels[np.sort(sample)]), *norm))
             _log.info("BatchNorm: statistics of %d layers re-estimated on %d training images", n, len(sample))
     else:
-        norm = ds.channel_stats(train_pixels)
+        norm = (*ds.channel_stats(colour_constancy(train_pixels, cfg.colour)), cfg.colour)
         model = build_model(cfg.arch, (h, w, 3), width=cfg.width_mult)
         provenance = None
     if cfg.bn_mode == "affine":

@@ -45,7 +45,7 @@ def test_normalization_comes_from_the_training_split(trained_run, fixture_dir, t
     meta = json.loads((trained_run / "meta.json").read_text())
     train_records = ds.select(ds.read_split(trained_run / "split.csv", fixture_dir), "train")
     mean, std = ds.channel_stats(ds.load_pixels(train_records, 56, 72, tmp_path))
-    assert meta["normalization"] == {"mean": mean, "std": std}
+    assert meta["normalization"] == {"mean": mean, "std": std, "colour": "none"}
     assert meta["input"] == {"height": 56, "width": 72}
     assert meta["model"]["params"] == keras.models.load_model(trained_run / "best.keras").count_params()
 
