@@ -28,7 +28,14 @@ import numpy as np
 
 from device.card import CardError, ModelCard, read_model_file
 from device.native_stderr import native_stderr_to_log
-from device.preprocess import centre_zoom, dequantize, fit_to_input, input_table, tta_views
+from device.preprocess import (
+    centre_zoom,
+    dequantize,
+    fit_to_input,
+    input_table,
+    shades_of_grey_levels,
+    tta_views,
+)
 from device.types import Inference, Prepared
 
 _log = logging.getLogger(__name__)
@@ -210,7 +217,13 @@ class Engine:
     def _tensors(self, pixels: np.ndarray) -> tuple[np.ndarray, ...]:
         """Fitted pixels -> the input tensor of each test-time view of the card's zoomed view."""
         pre = self.card.preprocessing
-        return tuple(self._to_input(view) for view in tta_views(centre_zoom(pixels, pre.zoom), pre.tta))
+        view = centre_zoom(pixels, pre.zoom)
+        table = self._table
+        if self.card.normalization.colour == "shades_of_grey":
+            # The colour constancy maps each level of each channel, so it folds into the lookup table;
+            # the flipped views share the view's histogram and so its table.
+            table = np.take_along_axis(table[0], shades_of_grey_levels(view).astype(np.intp), axis=0)[np.newaxis]
+        return tuple(self._to_input(v, table) for v in tta_views(view, pre.tta))
 
     def _run_all(self, tensors: tuple[np.ndarray, ...]) -> tuple[np.ndarray, float | None]:
         """Probabilities and the not-a-lesion score (None without a gate), each averaged over the
@@ -221,9 +234,10 @@ class Engine:
             return probabilities, None
         return probabilities, float(np.mean([g for _, g in runs], dtype=np.float32))
 
-    def _to_input(self, pixels: np.ndarray) -> np.ndarray:
+    def _to_input(self, pixels: np.ndarray, table: np.ndarray | None = None) -> np.ndarray:
+        """One view -> its input tensor through ``table`` (default: the card's normalization alone)."""
         # cv2.LUT needs contiguous input; a flipped test-time view is a strided one.
-        return cv2.LUT(np.ascontiguousarray(pixels), self._table)[np.newaxis]
+        return cv2.LUT(np.ascontiguousarray(pixels), self._table if table is None else table)[np.newaxis]
 
     def _run(self, tensor: np.ndarray) -> tuple[np.ndarray, float | None]:
         with self._lock:

@@ -47,7 +47,7 @@ def build_card(run: TrainingRun, *, name: str, int8_path: Path, float_path: Path
     if inp.shape[1:] != (height, width, 3):
         raise CardError(f"{int8_path}: input shape {inp.shape[1:]} differs from the run's "
                         f"meta.json input {height}x{width}x3")
-    mean, std = run.normalization
+    mean, std, colour = run.normalization
     cfg = run.config
     return ModelCard(
         name=name,
@@ -57,7 +57,7 @@ def build_card(run: TrainingRun, *, name: str, int8_path: Path, float_path: Path
         input=InputSpec(dtype=inp.dtype, scale=inp.scale, zero_point=inp.zero_point,
                         height=height, width=width, channels=3),
         output=TensorSpec(dtype=out.dtype, scale=out.scale, zero_point=out.zero_point),
-        normalization=Normalization(tuple(mean), tuple(std)),
+        normalization=Normalization(tuple(mean), tuple(std), colour),
         preprocessing=preprocessing or Preprocessing(),
         model_file=model_file(int8_path),
         float_file=model_file(float_path) if float_path else None,

@@ -26,13 +26,14 @@ _log = logging.getLogger(__name__)
 INPUT_DTYPES = {"int8": tf.int8, "uint8": tf.uint8}
 
 
-def representative_set(records: list[Record], height: int, width: int, mean, std, *, count: int = 300,
+def representative_set(records: list[Record], height: int, width: int, mean, std, colour: str = "none", *,
+                       count: int = 300,
                        seed: int = 0, cache_dir: Path | None = None) -> np.ndarray:
     """``count`` images drawn at random (seeded) from ``records``, fitted and normalized -> float32 NHWC."""
     if not records:
         raise ValueError("representative set: no training images to draw from")
     chosen = sorted(random.Random(seed).sample(records, min(count, len(records))), key=lambda r: r.image_id)
-    return normalize(load_pixels(chosen, height, width, cache_dir), mean, std)
+    return normalize(load_pixels(chosen, height, width, cache_dir), mean, std, colour)
 
 
 def convert_int8(model: keras.Model, representative: np.ndarray, *, input_dtype: str = "int8") -> bytes:

@@ -84,18 +84,18 @@ def quantize_run(run_dir: Path, options: QuantizeOptions) -> Path:
     if options.checkpoint == "calibrated":
         check_calibrated_view(run.path, options.preprocessing.zoom)
     height, width = run.input_hw
-    mean, std = run.normalization
+    mean, std, colour = run.normalization
     records = run.records(data=options.data)
     _log.info("loading %s", run.checkpoint(options.checkpoint))
     model = run.load_model(options.checkpoint)
 
-    rep = representative_set(select(records, "train"), height, width, mean, std,
+    rep = representative_set(select(records, "train"), height, width, mean, std, colour,
                              count=options.representative, seed=run.config.seed, cache_dir=options.cache_dir)
     gate_images = None
     if len(model.outputs) == 2:  # a gated checkpoint (train.lesion_gate): calibrate on negatives too, as it did
         gate_images = lesion_gate.gated_images(run, records, data=Path(options.data or run.config.data),
                                                cache_dir=options.cache_dir)
-        rep = with_negatives(rep, gate_images, mean=mean, std=std, seed=run.config.seed)
+        rep = with_negatives(rep, gate_images, mean=mean, std=std, colour=colour, seed=run.config.seed)
 
     dest = Path(options.out) / options.name
     dest.parent.mkdir(parents=True, exist_ok=True)

@@ -125,7 +125,7 @@ def calibrate_run(run_dir: Path, *, data: Path | None = None, logit_adjustment: 
         model = val.model
         codes = tuple(run.meta.split["counts"]["train"])
         pixels = np.stack([centre_zoom(p, zoom) for p in val.pixels]) if zoom != 1.0 else val.pixels
-        probs = predict_probs(model, pixels, val.mean, val.std)
+        probs = predict_probs(model, pixels, *val.norm)
         if tau_fitted:
             tau, table = choose_tau(probs, val.labels, log_prior, codes)
             summary["method"].append("logit adjustment tau*log(train prior), tau chosen on the val split to "

@@ -149,7 +149,7 @@ def build(model_dirs: list[Path], *, data: Path, name: str = "ensemble", favour:
         # for the views the engine showed the members (quantize the run with the same --zoom).
         views = np.stack([centre_zoom(p, card.preprocessing.zoom) for p in pixels])
         norm = card.normalization
-        logits = np.log(np.clip(predict_probs(ensemble_model(members), views, norm.mean, norm.std), 1e-12, 1.0))
+        logits = np.log(np.clip(predict_probs(ensemble_model(members), views, norm.mean, norm.std, norm.colour), 1e-12, 1.0))
         logits += bias * favoured
         temperature = fit_temperature(logits, labels)
         fits["temperature"] = {"nll_before": nll(logits, labels), "nll_after": nll(logits / temperature, labels)}
@@ -178,7 +178,8 @@ def build(model_dirs: list[Path], *, data: Path, name: str = "ensemble", favour:
         arch=model.name,  # e.g. mobilenet_v2_x2: not a member architecture, so never nested again
         input={"height": card.input.height, "width": card.input.width},
         labels=[{"code": label.code, "name": label.name} for label in card.labels],
-        normalization={"mean": list(card.normalization.mean), "std": list(card.normalization.std)},
+        normalization={"mean": list(card.normalization.mean), "std": list(card.normalization.std),
+                       "colour": card.normalization.colour},
         model=describe(model),
         split=dict(card.split),
         dataset=dict(card.dataset),

@@ -46,6 +46,12 @@ class RunData:
     labels: np.ndarray  # int64 (N,) indices into ds.CLASS_CODES
     mean: list[float]
     std: list[float]
+    colour: str  # device.preprocess.colour_constancy's mode
+
+    @property
+    def norm(self) -> tuple[list[float], list[float], str]:
+        """The arguments of ``device.preprocess.normalize`` (and ``predict_probs``) after the pixels."""
+        return self.mean, self.std, self.colour
 
 
 def load_run(run_dir: Path, *, split: str = "test", checkpoint: str = "best",
@@ -55,7 +61,7 @@ def load_run(run_dir: Path, *, split: str = "test", checkpoint: str = "best",
     records = run.records(split, data)
     if not records:
         raise ValueError(f"{run.path}/split.csv has no {split!r} images")
-    mean, std = run.normalization
+    mean, std, colour = run.normalization
     return RunData(
         run_dir=run.path,
         config=run.config,
@@ -66,6 +72,7 @@ def load_run(run_dir: Path, *, split: str = "test", checkpoint: str = "best",
         labels=np.array([r.label for r in records], dtype=np.int64),
         mean=mean,
         std=std,
+        colour=colour,
     )
 
 
@@ -96,7 +103,7 @@ def evaluate_run(run_dir: Path, *, split: str = "test", checkpoint: str = "best"
                  data: Path | None = None) -> dict:
     """Score a run's checkpoint on a split; write metrics.json, plots and report.md; return the metrics."""
     run = load_run(run_dir, split=split, checkpoint=checkpoint, data=data)
-    probs = predict_probs(run.model, run.pixels, run.mean, run.std, tta=tta)
+    probs = predict_probs(run.model, run.pixels, *run.norm, tta=tta)
     report = classification_report(probs, run.labels, ds.CLASS_CODES)
     report.update(
         run=run.run_dir.name, arch=run.meta.arch, model=run.meta.model, split=split,

@@ -132,7 +132,7 @@ def write_examples(run_dir: Path, *, n: int = 8, split: str = "test", checkpoint
                    layer_name: str | None = None, data: Path | None = None) -> list[Path]:
     """Panels for the ``n`` most confident correct and ``n`` most confident wrong predictions."""
     run = load_run(run_dir, split=split, checkpoint=checkpoint, data=data)
-    probs = predict_probs(run.model, run.pixels, run.mean, run.std)
+    probs = predict_probs(run.model, run.pixels, *run.norm)
     pred, conf = probs.argmax(axis=1), probs.max(axis=1)
     cam = GradCAM(run.model, layer_name)
     out = eval_dir(run.run_dir, split=split, checkpoint=checkpoint) / "gradcam"
@@ -144,7 +144,7 @@ def write_examples(run_dir: Path, *, n: int = 8, split: str = "test", checkpoint
         chosen = [i for i in np.argsort(-conf, kind="stable") if mask[i]][:n]
         for rank, i in enumerate(chosen, start=1):
             rgb = np.asarray(run.pixels[i])
-            heat = cam(normalize(rgb, run.mean, run.std), int(pred[i]))
+            heat = cam(normalize(rgb, *run.norm), int(pred[i]))
             true_code, pred_code = ds.CLASS_CODES[run.labels[i]], ds.CLASS_CODES[pred[i]]
             name = f"{kind}_{rank:02d}_{run.records[i].image_id}_true-{true_code}_pred-{pred_code}.png"
             title = f"{run.records[i].image_id}: true {true_code}, predicted {pred_code} ({conf[i]:.0%})"

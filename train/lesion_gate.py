@@ -106,12 +106,12 @@ def gate_images(records: list[ds.Record], *, data: Path, extra: Path | None, eve
     return GateImages(np.concatenate(pixels), np.array(groups), np.array(parts))
 
 
-def with_negatives(representative: np.ndarray, images: GateImages, *, mean, std, seed: int = 0,
+def with_negatives(representative: np.ndarray, images: GateImages, *, mean, std, colour: str = "none", seed: int = 0,
                    count: int = REP_NEGATIVES) -> np.ndarray:
     """The representative set plus ``count`` negatives of the fit part drawn at random (seeded)."""
     fit_negatives = np.flatnonzero((images.parts == "fit") & ~images.is_lesion)
     chosen = np.sort(np.random.default_rng(seed).choice(fit_negatives, min(count, fit_negatives.size), replace=False))
-    return np.concatenate([representative, normalize(images.pixels[chosen], mean, std)])
+    return np.concatenate([representative, normalize(images.pixels[chosen], mean, std, colour)])
 
 
 def images_for_run(run: TrainingRun, records: list[ds.Record], fitted: dict, *, data: Path,
@@ -189,7 +189,7 @@ def gated(model: keras.Model, head: list[layers.Layer]) -> keras.Model:
 
 
 def int8_features(model: keras.Model, representative: np.ndarray, images: GateImages, *, mean, std,
-                  zoom: float) -> tuple[np.ndarray, np.ndarray]:
+                  colour: str = "none", zoom: float) -> tuple[np.ndarray, np.ndarray]:
     """(probabilities, features) of every image through the int8 conversion of ``with_features(model)``."""
     with tempfile.TemporaryDirectory(prefix="dermedge-gate-") as tmp:
         path = Path(tmp) / "features_int8.tflite"
@@ -201,7 +201,7 @@ def int8_features(model: keras.Model, representative: np.ndarray, images: GateIm
     probs_out, feats_out = (outs if int(outs[0]["shape"][-1]) == num_classes else outs[::-1])
     probs, feats = [], []
     for pixels in tqdm(images.pixels, desc="int8 features", unit="img", leave=False):
-        x = normalize(centre_zoom(np.asarray(pixels), zoom), mean, std)
+        x = normalize(centre_zoom(np.asarray(pixels), zoom), mean, std, colour)
         interpreter.set_tensor(inp["index"], quantize(x, *inp["quantization"], np.dtype(inp["dtype"]).name)[None])
         interpreter.invoke()
         probs.append(dequantize(interpreter.get_tensor(probs_out["index"])[0], *probs_out["quantization"]))
@@ -298,16 +298,16 @@ def fit_gate(run_dir: Path, *, checkpoint: str, data: Path, extra: Path | None, 
     """Write ``gated.keras`` and ``gate.json`` into the run; returns the checkpoint's path."""
     run = TrainingRun.load(run_dir)
     height, width = run.input_hw
-    mean, std = run.normalization
+    mean, std, colour = run.normalization
     records = run.records(data=data)
     model = run.load_model(checkpoint)
     images = gate_images(records, data=Path(data), extra=extra, everyday=everyday, height=height, width=width,
                          cache_dir=cache_dir, seed=seed)
     rep = with_negatives(representative_set(ds.select(records, "train"), height, width, mean, std,
-                                            seed=run.config.seed, cache_dir=cache_dir),
-                         images, mean=mean, std=std, seed=run.config.seed)
+                                            colour, seed=run.config.seed, cache_dir=cache_dir),
+                         images, mean=mean, std=std, colour=colour, seed=run.config.seed)
     _log.info("gate images: %s", {p: int((images.parts == p).sum()) for p in ng.PARTS})
-    _, features = int8_features(model, rep, images, mean=mean, std=std, zoom=zoom)
+    _, features = int8_features(model, rep, images, mean=mean, std=std, colour=colour, zoom=zoom)
     fit, pick = images.parts == "fit", images.parts == "pick"
     fit_images, pick_images = images.part("fit"), images.part("pick")
     candidates, heads = {}, {}

@@ -19,11 +19,13 @@ def test_round_trip(card_dict):
     assert ModelCard.from_dict(json.loads(json.dumps(card.to_dict()))) == card
 
 
-def test_cards_without_tta_or_zoom_mean_none(card_dict):
+def test_cards_without_tta_zoom_or_colour_mean_none(card_dict):
     old = json.loads(json.dumps(card_dict))
-    old["preprocessing"].pop("tta"), old["preprocessing"].pop("zoom", None)
-    pre = ModelCard.from_dict(old).preprocessing
-    assert (pre.tta, pre.zoom) == ("none", 1.0)
+    old["preprocessing"].pop("tta"), old["preprocessing"].pop("zoom", None), old["normalization"].pop("colour", None)
+    card = ModelCard.from_dict(old)
+    assert (card.preprocessing.tta, card.preprocessing.zoom, card.normalization.colour) == ("none", 1.0, "none")
+    old["normalization"]["colour"] = "shades_of_grey"
+    assert ModelCard.from_dict(old).normalization.colour == "shades_of_grey"
 
 
 def test_zoom_must_be_a_number(card_dict):
@@ -42,6 +44,7 @@ BAD_FIELDS = {
     "normalization.std": lambda d: d["normalization"].update(std=[1.0, 0.0, 1.0]),
     "preprocessing.policy": lambda d: d["preprocessing"].update(policy="stretch"),
     "preprocessing.tta": lambda d: d["preprocessing"].update(tta="rotations"),
+    "normalization.colour": lambda d: d["normalization"].update(colour="grey_world"),
     "preprocessing.zoom": lambda d: d["preprocessing"].update(zoom=1.5),
     "model_file.sha256": lambda d: d["model_file"].update(sha256="abc"),
 }

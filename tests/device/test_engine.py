@@ -138,6 +138,26 @@ def test_the_input_table_gives_normalize_and_quantize_of_every_level(engine):
         np.testing.assert_array_equal(engine._to_input(pixels)[0], expected)
 
 
+def test_a_shades_of_grey_card_balances_each_zoomed_view_before_the_table(tiny_model_dir, engine, frame):
+    card = _card(tiny_model_dir)
+    balanced = Engine(tiny_model_dir / "model_int8.tflite",
+                      dataclasses.replace(card, normalization=dataclasses.replace(card.normalization,
+                                                                                  colour="shades_of_grey"),
+                                          preprocessing=dataclasses.replace(card.preprocessing, zoom=0.8, tta="flips")),
+                      num_threads=1)
+    cast = np.clip(frame * np.array([1.0, 0.7, 0.5]), 0, 255).astype(np.uint8)
+    view = centre_zoom(fit_to_input(cast, 48, 64), 0.8)  # zoomed first: the colour is balanced on what the model sees
+    _, scale, zero_point, dtype = _input_quantization(engine)
+    norm = card.normalization
+    tensors = balanced.prepare(cast).tensors
+    for tensor, flipped in zip(tensors, tta_views(view, "flips")):
+        expected = quantize(normalize(np.ascontiguousarray(flipped), norm.mean, norm.std, "shades_of_grey"),
+                            scale, zero_point, dtype)
+        np.testing.assert_array_equal(tensor[0], expected)
+    plain = quantize(normalize(view, norm.mean, norm.std), scale, zero_point, dtype)
+    assert not np.array_equal(tensors[0][0], plain)
+
+
 def test_prepare_then_run_is_infer_and_prepare_leaves_the_interpreter_alone(engine, frame):
     prepared = engine.prepare(frame)
     assert len(prepared.tensors) == 1 and prepared.tensors[0].shape == (1, 48, 64, 3) and prepared.preprocess_ms > 0

@@ -114,3 +114,14 @@ def test_card_carries_the_preprocessing_asked_for(tiny_run_dir, tiny_model_dir):
     assert (parsed.tta, parsed.zoom) == ("flips", 0.86)
     default = ModelCard.load(tiny_model_dir / "card.json").preprocessing
     assert (default.tta, default.zoom) == ("none", 1.0)
+
+
+def test_card_carries_the_runs_colour_constancy(tiny_run_dir, tiny_model_dir, tmp_path):
+    run_dir = shutil.copytree(tiny_run_dir, tmp_path / "run")
+    meta = json.loads((run_dir / "meta.json").read_text())
+    meta["normalization"]["colour"] = "shades_of_grey"
+    (run_dir / "meta.json").write_text(json.dumps(meta))
+    card = build_card(TrainingRun.load(run_dir), name="tiny", int8_path=tiny_model_dir / "model_int8.tflite")
+    parsed = ModelCard.from_dict(json.loads(json.dumps(card.to_dict()))).normalization
+    assert (parsed.colour, list(parsed.mean)) == ("shades_of_grey", meta["normalization"]["mean"])
+    assert ModelCard.load(tiny_model_dir / "card.json").normalization.colour == "none"

@@ -108,3 +108,19 @@ def test_batches_mix_targets_and_class_weights():
     _, y, w = batches[0]
     assert np.any((y[:, 1] > 0.01) & (y[:, 1] < 0.99))
     np.testing.assert_allclose(w, 1.0 + 2.0 * y[:, 1], atol=1e-5)
+
+
+def test_batches_balance_the_colour_of_each_augmented_image_before_normalizing():
+    from device.preprocess import normalize
+    from train.augment import AugmentConfig, augment_batch
+    from train.dataset import Batches
+
+    x, _, _ = _two_class_batch()
+    x = (x.astype(np.float32) * [1.0, 0.6, 0.4]).astype(np.uint8)  # a colour cast to remove
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    batches = Batches(x, labels, batch_size=8, mean=[5, 6, 7], std=[2, 3, 4], colour="shades_of_grey", num_classes=2,
+                      augment=AugmentConfig(), shuffle=False, seed=1)
+    augmented = augment_batch(x, AugmentConfig(), np.random.default_rng([1, 0, 0]))
+    expected = normalize(augmented, [5, 6, 7], [2, 3, 4], "shades_of_grey")
+    np.testing.assert_array_equal(batches[0][0], expected)
+    assert not np.allclose(expected, normalize(augmented, [5, 6, 7], [2, 3, 4]))

@@ -196,7 +196,7 @@ def test_tiny_lite0_run_converts_to_int8_and_runs_on_the_device_engine(tmp_path,
                     "--batch-size", "16", "--augment", "false", "--epochs", "1", "--workers", "1",
                     "--no-evaluate"])
     run = TrainingRun.load(run_dir)
-    assert run.normalization == ([127.0] * 3, [128.0] * 3)
+    assert run.normalization == ([127.0] * 3, [128.0] * 3, "none")
     model = run.load_model("best")
     pixels = np.random.default_rng(0).integers(0, 256, (6, 48, 64, 3), dtype=np.uint8)
     representative = ((pixels - 127.0) / 128.0).astype(np.float32)

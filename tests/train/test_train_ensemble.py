@@ -145,9 +145,9 @@ def test_zoomed_members_are_fitted_on_the_views_they_are_shown(members, fixture_
     fitted_on, predict_probs = [], ensemble.predict_probs  # the tiny members' outputs hardly depend on the
     # image, so look at what the temperature fit is given
 
-    def recording_predict_probs(model, pixels, mean, std):
+    def recording_predict_probs(model, pixels, *norm):
         fitted_on.append(pixels)
-        return predict_probs(model, pixels, mean, std)
+        return predict_probs(model, pixels, *norm)
 
     monkeypatch.setattr(ensemble, "predict_probs", recording_predict_probs)
     run = build(zoomed, data=fixture_dir, max_accuracy_cost=5.0, runs_dir=tmp_path / "runs", cache_dir=tmp_path / "c")

@@ -7,13 +7,16 @@ import numpy as np
 import pytest
 
 from device.preprocess import (
+    SHADES_OF_GREY_POWER,
     center_crop_to_aspect,
     centre_zoom,
+    colour_constancy,
     dequantize,
     fit_to_input,
     normalize,
     quantize,
     resize_linear,
+    shades_of_grey_levels,
 )
 
 RED, GREEN = (255, 0, 0), (0, 255, 0)
@@ -136,3 +139,54 @@ def test_quantize_dequantize_round_trip_within_one_step(dtype, scale, zero_point
     # out-of-range values saturate instead of wrapping around
     edges = quantize(np.array([lo - 10, hi + 10], np.float32), scale, zero_point, dtype)
     assert edges.tolist() == [info.min, info.max]
+
+
+def _p_norms(rgb: np.ndarray) -> np.ndarray:
+    return np.mean(rgb.reshape(-1, 3).astype(np.float64) ** SHADES_OF_GREY_POWER, axis=0) ** (1 / SHADES_OF_GREY_POWER)
+
+
+def test_shades_of_grey_balances_a_colour_cast():
+    rng = np.random.default_rng(0)
+    scene = rng.integers(40, 200, (60, 80, 1)).repeat(3, axis=2).astype(np.float64)
+    cast = np.clip(scene * [1.0, 0.8, 0.55], 0, 255).astype(np.uint8)  # a warm lamp's light
+    norms = _p_norms(cast)
+    assert norms.max() / norms.min() > 1.6
+    balanced = _p_norms(colour_constancy(cast, "shades_of_grey"))
+    assert balanced.max() / balanced.min() < 1.01
+    # the gains keep the mean of the three norms
+    assert balanced.mean() == pytest.approx(norms.mean(), rel=0.01)
+
+
+def test_shades_of_grey_leaves_grey_images_and_empty_channels_alone():
+    grey = np.random.default_rng(1).integers(0, 256, (30, 40, 1), dtype=np.uint8).repeat(3, axis=2)
+    np.testing.assert_array_equal(colour_constancy(grey, "shades_of_grey"), grey)
+    no_blue = grey.copy()
+    no_blue[..., 2] = 0
+    levels = shades_of_grey_levels(no_blue)
+    np.testing.assert_array_equal(levels[:, 2], np.arange(256))  # nothing to scale: its levels are kept
+    assert levels[255, 0] == levels[255, 1] == 170  # the grey is two thirds of theirs: gain 2731 / 4096
+
+
+def test_shades_of_grey_levels_are_the_gains_in_fixed_point():
+    rgb = np.zeros((2, 2, 3), np.uint8)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 200, 100, 50  # flat: each norm is its level
+    levels = shades_of_grey_levels(rgb).astype(np.int64)
+    grey = (200 + 100 + 50) / 3
+    for channel, norm in enumerate((200, 100, 50)):
+        gain = int(np.floor(grey / norm * 4096 + 0.5))
+        assert list(levels[[0, 1, 100, 255], channel]) == [min(255, (v * gain + 2048) >> 12) for v in (0, 1, 100, 255)]
+    assert list(levels[[200, 100, 50], [0, 1, 2]]) == [117, 117, 117]
+
+
+def test_colour_constancy_works_per_image_in_a_batch_and_normalize_applies_it_first():
+    rng = np.random.default_rng(2)
+    batch = rng.integers(0, 256, (3, 20, 24, 3), dtype=np.uint8)
+    batch[1, ..., 0] //= 3
+    out = colour_constancy(batch, "shades_of_grey")
+    for image, balanced in zip(batch, out):
+        np.testing.assert_array_equal(balanced, colour_constancy(image, "shades_of_grey"))
+    assert colour_constancy(batch, "none") is batch
+    np.testing.assert_array_equal(normalize(batch, [10, 20, 30], [2, 2, 2], "shades_of_grey"),
+                                  normalize(out, [10, 20, 30], [2, 2, 2]))
+    with pytest.raises(ValueError, match="colour: expected one of"):
+        colour_constancy(batch, "grey_world")

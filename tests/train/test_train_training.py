@@ -94,6 +94,25 @@ def test_warm_start_keeps_weights_split_and_normalization(trained_run, tiny_argv
     assert _iterations(run_dir / "last.keras") > 0  # a fresh optimizer took this run's steps
 
 
+def test_a_colour_constancy_run_normalizes_after_it_and_runs_started_from_it_keep_it(tiny_argv, fixture_dir, tmp_path):
+    from device.preprocess import colour_constancy
+
+    run_dir = main(tiny_argv(tmp_path, "--epochs", "1", "--colour", "shades_of_grey", "--no-evaluate"))
+    train_records = ds.select(ds.read_split(run_dir / "split.csv", fixture_dir), "train")
+    mean, std = ds.channel_stats(colour_constancy(ds.load_pixels(train_records, 56, 72, tmp_path), "shades_of_grey"))
+    assert json.loads((run_dir / "meta.json").read_text())["normalization"] == {
+        "mean": mean, "std": std, "colour": "shades_of_grey"}
+    child = main(tiny_argv(tmp_path, "--init-from", str(run_dir / "best.keras"), "--epochs", "1", "--no-evaluate"))
+    assert json.loads((child / "meta.json").read_text())["normalization"]["colour"] == "shades_of_grey"
+
+
+def test_a_warm_start_refuses_a_colour_its_source_was_not_trained_with(trained_run, tiny_argv, tmp_path):
+    argv = tiny_argv(tmp_path, "--init-from", str(trained_run / "best.keras"), "--colour", "shades_of_grey",
+                     "--no-evaluate")
+    with pytest.raises(ValueError, match="colour: 'shades_of_grey', but init_from's run was trained with 'none'"):
+        main(argv)
+
+
 def test_warm_start_refuses_another_architecture(trained_run, tiny_argv, tmp_path):
     argv = tiny_argv(tmp_path, "--init-from", str(trained_run / "best.keras"), "--arch", "edgenet", "--no-evaluate")
     with pytest.raises(ValueError, match=r"init_from: .*best.keras is seed_cnn at 56x72, not edgenet at 56x72"):
@@ -111,6 +130,13 @@ def test_every_recipe_is_a_valid_config(path):
 
     cfg = TrainConfig(**yaml.safe_load(path.read_text()))
     assert cfg.epochs > 0 and cfg.name
+
+
+def test_an_unknown_colour_is_refused_naming_the_field():
+    from train.config import TrainConfig
+
+    with pytest.raises(ValueError, match="colour: unknown 'grey_world'"):
+        TrainConfig(colour="grey_world")
 
 
 def test_an_unknown_bn_mode_is_refused_naming_the_field():

@@ -6,11 +6,13 @@ test in ``test_web_unit.py`` rebuilds it and fails when the committed copy is st
     .venv/bin/python -m tests.web.parity_golden
 
 Input images are made by :func:`synthetic_image`, a formula that ``web/test/synthetic.js``
-repeats exactly, so the file carries only sizes and expected outputs.
+repeats exactly, so the file carries only sizes and expected outputs (and, for the colour
+constancy cases, one real photo's fitted pixels).
 """
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -19,7 +21,8 @@ import numpy as np
 
 from device.card import ModelCard
 from device.config import PostprocessConfig
-from device.decode import MAX_DECODE_PIXELS
+from device.decode import MAX_DECODE_PIXELS, load_image
+from device.engine import Engine
 from device.postprocess import QUALITY_SIZE, Postprocessor, measure_quality, to_probabilities
 from device.preprocess import (
     center_crop_to_aspect,
@@ -28,6 +31,7 @@ from device.preprocess import (
     fit_to_input,
     normalize,
     quantize,
+    shades_of_grey_levels,
 )
 from device.types import Inference
 
@@ -76,6 +80,27 @@ RESULT_CASES = (
     ((0.02, 0.03, 0.05, 0.02, 0.8, 0.05, 0.03), "noise", 0.5),  # not a lesion, at the threshold
     ((0.02, 0.03, 0.05, 0.02, 0.8, 0.05, 0.03), "noise", 0.49),  # a lesion, gate score reported
 )
+# Shades-of-grey colour constancy (normalization.colour). A real dermoscopy photo, fitted small so
+# its bytes can travel in the file, and the synthetic patterns, each under a colour cast (per-channel
+# gains in 256ths, :func:`cast`): (source, seed, height, width, gains); "real" has no seed or size.
+REAL = Path(__file__).resolve().parents[1] / "fixtures" / "ham10000_mini" / "images" / "ISIC_0024475.jpg"
+REAL_SIZE = (90, 120)
+COLOUR_CASES = (
+    ("real", 0, 0, 0, (256, 256, 256)),
+    ("real", 0, 0, 0, (256, 170, 110)),  # warm, as under a tungsten lamp
+    ("real", 0, 0, 0, (150, 210, 256)),  # cool
+    ("real", 0, 0, 0, (256, 256, 0)),  # blue all black: keeps its levels
+    ("noise", 41, 120, 160, (256, 256, 256)),
+    ("noise", 42, 90, 120, (400, 256, 200)),  # red clipped at 255
+    ("noise", 43, 120, 160, (0, 256, 256)),
+    ("gradient", 44, 150, 200, (256, 170, 110)),
+    ("dark", 45, 120, 160, (256, 128, 64)),  # levels below 20
+    ("flat", 46, 40, 50, (256, 200, 100)),  # one colour, which becomes grey
+    ("flat", 47, 40, 50, (0, 0, 0)),  # all black: unchanged
+)
+# Images for the input tensors of a card with colour shades_of_grey, flips and a zoom: ("colour",
+# a COLOUR_CASES index) or ("fit", a FIT_CASES index: its full-size source, gains of a cast).
+COLOUR_TENSOR_CASES = (("colour", 1, None), ("colour", 3, None), ("fit", 0, (256, 170, 110)))
 CROP_SIZES = ((450, 600), (480, 640), (1000, 750), (121, 161), (119, 159), (3, 1000), (1000, 3), (1, 1))
 SCORES = (
     (-128, -128, -128, -128, -128, 127, -128),  # one confident class
@@ -101,6 +126,20 @@ def synthetic_image(kind: str, seed: int, height: int, width: int) -> np.ndarray
     if kind == "flat":
         return np.full((height, width, 3), 100 + seed, np.uint8)
     raise ValueError(f"unknown kind {kind!r}")
+
+
+def cast(rgb: np.ndarray, gains) -> np.ndarray:
+    """``rgb`` under a colour cast: each channel times its gain / 256, clipped; web/test/synthetic.js's cast."""
+    return np.minimum((rgb.astype(np.uint32) * np.array(gains, np.uint32)) >> 8, 255).astype(np.uint8)
+
+
+def real_image() -> np.ndarray:
+    return fit_to_input(load_image(REAL), *REAL_SIZE)
+
+
+def colour_source(case: tuple) -> np.ndarray:
+    kind, seed, h, w, gains = case
+    return cast(real_image() if kind == "real" else synthetic_image(kind, seed, h, w), gains)
 
 
 def _b64(array: np.ndarray) -> str:
@@ -147,6 +186,21 @@ def build_golden() -> dict:
                         "not_lesion": not_lesion, "referral": REFERRAL, "gate": variant["gate"],
                         "expected": {k: result[k] for k in ("state", "class_code", "confidence", "refer", "headline",
                                                             "advice", "lesion_gate", "top3")}})
+    levels = [{"kind": kind, "seed": seed, "height": h, "width": w, "gains": list(gains),
+               "levels": _b64(shades_of_grey_levels(colour_source((kind, seed, h, w, gains))))}
+              for kind, seed, h, w, gains in COLOUR_CASES]
+    plain = json.loads(json.dumps(card.to_dict()))
+    colour_card = ModelCard.from_dict({**plain, "normalization": {**plain["normalization"], "colour": "shades_of_grey"},
+                                       "preprocessing": {**plain["preprocessing"], "tta": "flips", "zoom": 0.86}})
+    # The device's own engine (the card's model, which prepare() never runs) makes the tensors.
+    engine = Engine(CARD.parent / card.model_file.path, colour_card, num_threads=1)
+    tensors = []
+    for cases, index, gains in COLOUR_TENSOR_CASES:
+        rgb = colour_source(COLOUR_CASES[index]) if cases == "colour" else cast(synthetic_image(*FIT_CASES[index][:4]), gains)
+        zoomed = centre_zoom(fit_to_input(rgb, inp.height, inp.width), colour_card.preprocessing.zoom)
+        tensors.append({"cases": cases, "index": index, "gains": gains and list(gains),
+                        "levels": _b64(shades_of_grey_levels(zoomed)),
+                        "sha256": [hashlib.sha256(t.tobytes()).hexdigest() for t in engine.prepare(rgb).tensors]})
     logits = np.array([2.0, -1.0, 0.5, 0.0, 3.0, -2.0, 1.0], np.float32)
     return {
         "card": str(CARD.relative_to(CARD.parents[2])),
@@ -161,6 +215,11 @@ def build_golden() -> dict:
         "scores": scores,
         "softmax": {"logits": logits.tolist(), "probabilities": to_probabilities(logits).tolist()},
         "results": results,
+        "colour": {"real": {"file": str(REAL.relative_to(CARD.parents[2])), "size": list(REAL_SIZE),
+                            "pixels": _b64(real_image())},
+                   "levels": levels, "card": {"normalization": asdict(colour_card.normalization),
+                                              "preprocessing": asdict(colour_card.preprocessing)},
+                   "tensors": tensors},
     }
 
 

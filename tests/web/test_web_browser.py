@@ -124,22 +124,40 @@ def test_every_fixture_matches_device_predict_and_bad_files_are_refused(static_s
     assert assert_same_referrals(fixtures, device, card) > 0  # the shipped card's own rule
 
 
-def test_card_with_flips_and_referral(static_server, web_dist, model_dir, card, tmp_path):
-    """A card asking for flip TTA and carrying a referral rule: same as the device on that card."""
-    variant = {**card, "preprocessing": {**card["preprocessing"], "tta": "flips"}, "referral": REFERRAL}
-    url_path = add_model(web_dist, "flips-referral", variant)
-    folder = tmp_path / "flips-referral"
+def _app_and_device_agree(static_server, web_dist, model_dir, tmp_path, name: str, variant: dict, images):
+    """The app's page and the device's results for ``images`` on a variant card with the model's
+    file (served to the app, and as a folder the device loads), after checking that they agree."""
+    url_path = add_model(web_dist, name, variant)
+    folder = tmp_path / name
     folder.mkdir()
     (folder / "card.json").write_text(json.dumps(variant))
-    (folder / card["model_file"]["path"]).symlink_to(model_dir / card["model_file"]["path"])
-    images = sorted(FIXTURES.glob("*.jpg"))[::9]
+    (folder / variant["model_file"]["path"]).symlink_to(model_dir / variant["model_file"]["path"])
     page = drive(f"{static_server}index.html?model={url_path}", *images)
     assert page["status"] == "ready", page["error"]
     device = device_predict(folder, *images)
     assert_same_results(page, device, variant)
     assert_no_console_errors(page)
+    return page, device
+
+
+def test_card_with_flips_and_referral(static_server, web_dist, model_dir, card, tmp_path):
+    """A card asking for flip TTA and carrying a referral rule: same as the device on that card."""
+    variant = {**card, "preprocessing": {**card["preprocessing"], "tta": "flips"}, "referral": REFERRAL}
+    images = sorted(FIXTURES.glob("*.jpg"))[::9]
+    page, device = _app_and_device_agree(static_server, web_dist, model_dir, tmp_path, "flips-referral", variant,
+                                         images)
     referred = assert_same_referrals(page["results"], device, variant)
     assert 0 < referred < len(images), "the images should fall on both sides of the rule"
+
+
+def test_card_with_shades_of_grey_colour(static_server, web_dist, model_dir, card, tmp_path):
+    """A card asking for colour constancy (normalization.colour): the app balances each image as
+    the device does, so both give the same results with it."""
+    variant = {**card, "normalization": {**card["normalization"], "colour": "shades_of_grey"}}
+    images = sorted(FIXTURES.glob("*.jpg"))[::12]
+    _, device = _app_and_device_agree(static_server, web_dist, model_dir, tmp_path, "shades-of-grey", variant, images)
+    plain = device_predict(model_dir, *images)  # the colour step changed what the model saw
+    assert any(device[p.name]["all_probabilities"] != plain[p.name]["all_probabilities"] for p in images)
 
 
 def test_missing_model_file_is_named(static_server, web_dist, card):

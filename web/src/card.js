@@ -5,6 +5,8 @@ export class CardError extends Error {}
 
 const DTYPES = ['int8', 'uint8', 'float32'];
 const TTA_MODES = ['none', 'flips'];
+// Per-image colour constancy before (x - mean) / std: preprocess.js's colourConstancy.
+const COLOUR_MODES = ['none', 'shades_of_grey'];
 
 /** Fetch and check `<modelUrl>/card.json`. */
 export async function loadCard(modelUrl) {
@@ -117,7 +119,13 @@ export function parseCard(data) {
   }
   if (input.layout !== 'NHWC' || input.color_order !== 'RGB') throw new CardError("field 'input': only NHWC RGB input is supported");
   const norm = field(data, 'normalization', 'object', '');
-  const normalization = {mean: triple(norm, 'mean', 'normalization'), std: triple(norm, 'std', 'normalization')};
+  const colour = field(norm, 'colour', 'string', 'normalization', 'none');
+  if (!COLOUR_MODES.includes(colour)) {
+    // Word for word device/card.py's message, Python's tuple included.
+    const modes = COLOUR_MODES.map((m) => `'${m}'`).join(', ');
+    throw new CardError(`field 'normalization.colour': expected one of (${modes}), got '${colour}'`);
+  }
+  const normalization = {mean: triple(norm, 'mean', 'normalization'), std: triple(norm, 'std', 'normalization'), colour};
   if (Math.min(...normalization.std) <= 0) throw new CardError("field 'normalization.std': must be > 0");
   const pre = field(data, 'preprocessing', 'object', '');
   const policy = field(pre, 'policy', 'string', 'preprocessing');

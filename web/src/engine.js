@@ -4,7 +4,7 @@
 import {Tensor, loadAndCompile, loadLiteRt} from '@litertjs/core';
 
 import {CardError, fetchOrThrow} from './card.js';
-import {centreZoom, dequantize, fitToInput, toInputTensor, ttaViews} from './preprocess.js';
+import {dequantize, inputTensors} from './preprocess.js';
 import {meanScores} from './postprocess.js';
 
 /** Load the LiteRT.js runtime from `wasmUrl` (a folder of the build, never a CDN). */
@@ -90,10 +90,9 @@ export class Engine {
    * gate's score averaged likewise; null without a gate), preprocessMs, inferenceMs}.
    */
   async infer(img) {
-    const {input, normalization, output, preprocessing, gate} = this.card;
+    const {output, gate} = this.card;
     const t0 = performance.now();
-    const tensors = ttaViews(centreZoom(fitToInput(img, input.height, input.width), preprocessing.zoom), preprocessing.tta)
-      .map((view) => toInputTensor(view, normalization, input));
+    const tensors = inputTensors(img, this.card);
     const t1 = performance.now();
     const views = [];
     const gates = [];

@@ -1,5 +1,5 @@
-// The browser's copy of device/preprocess.py: centre crop, resize, zoom, flips, normalization and
-// quantization, on HxWx3 RGB uint8 images ({data: Uint8Array, height, width}).
+// The browser's copy of device/preprocess.py: centre crop, resize, zoom, flips, colour constancy,
+// normalization and quantization, on HxWx3 RGB uint8 images ({data: Uint8Array, height, width}).
 //
 // The resize functions repeat OpenCV's integer and float32 arithmetic step by step (cv2.resize,
 // INTER_AREA when shrinking, INTER_LINEAR when enlarging), because the device's numbers are the
@@ -241,6 +241,50 @@ export function ttaViews(img, mode) {
   throw new Error(`preprocessing.tta: expected "none" or "flips", got ${JSON.stringify(mode)}`);
 }
 
+// device/preprocess.py's shades of grey (Finlayson & Trezzi 2004): each channel's illuminant is its
+// Minkowski p-norm mean, p = 6, and a fixed-point gain brings the three to their average. The sums
+// of count * level**6 outgrow a double's 53 bits, so they are BigInts, exact as Python's ints; from
+// there on it is the same double and integer arithmetic as the device's, so the same bytes.
+const SHADES_OF_GREY_POWER = 6;
+const GAIN_BITS = 12;
+const POWERS = Array.from({length: 256}, (_, level) => BigInt(level) ** BigInt(SHADES_OF_GREY_POWER));
+
+/** device.preprocess.shades_of_grey_levels: what each level of each channel of `img` becomes, as
+ * 256 x 3 bytes (level * 3 + channel). A channel that is all zero keeps its levels. */
+export function shadesOfGreyLevels(img) {
+  const n = img.height * img.width;
+  if (!n) throw new Error('shades of grey: empty image');
+  const counts = new Uint32Array(256 * 3);
+  for (let i = 0; i < img.data.length; i++) counts[img.data[i] * 3 + (i % 3)]++;
+  const norms = [0, 1, 2].map((c) => {
+    let total = 0n;
+    for (let level = 1; level < 256; level++) total += BigInt(counts[level * 3 + c]) * POWERS[level];
+    return Math.pow(Number(total) / n, 1 / SHADES_OF_GREY_POWER);
+  });
+  const grey = (norms[0] + norms[1] + norms[2]) / 3;
+  const one = 2 ** GAIN_BITS;
+  const gains = norms.map((norm) => (norm > 0 ? Math.floor(grey / norm * one + 0.5) : one));
+  const levels = new Uint8Array(256 * 3);
+  for (let level = 0; level < 256; level++) {
+    // Python's (level * gain + one / 2) >> GAIN_BITS; a division, since `>>` would cut to 32 bits.
+    for (let c = 0; c < 3; c++) levels[level * 3 + c] = Math.min(255, Math.floor((level * gains[c] + one / 2) / one));
+  }
+  return levels;
+}
+
+/** device.preprocess.colour_constancy on one image: its colours balanced as the card's
+ * normalization.colour says ('none' returns `img`). */
+export function colourConstancy(img, mode) {
+  if (mode === 'none') return img;
+  if (mode !== 'shades_of_grey') {
+    throw new Error(`normalization.colour: expected "none" or "shades_of_grey", got ${JSON.stringify(mode)}`);
+  }
+  const levels = shadesOfGreyLevels(img);
+  const out = new Uint8Array(img.data.length);
+  for (let i = 0; i < out.length; i++) out[i] = levels[img.data[i] * 3 + (i % 3)];
+  return makeImage(img.height, img.width, out);
+}
+
 const INTEGER_TYPES = {int8: [Int8Array, -128, 127], uint8: [Uint8Array, 0, 255]};
 
 /** (x - mean) / std per channel in float32, then the input tensor's quantization (none for float32). */
@@ -262,6 +306,15 @@ export function toInputTensor(img, {mean, std}, {dtype, scale, zero_point: zeroP
     out[i] = Math.min(hi, Math.max(lo, roundHalfEven(fround(x / qs)) + zeroPoint));
   }
   return out;
+}
+
+/** device.engine's tensors for any-size `img`: fitted, zoomed, colour balanced, then each
+ * test-time view's input tensor, as the card (parseCard's object) asks. */
+export function inputTensors(img, {input, normalization, preprocessing}) {
+  const zoomed = centreZoom(fitToInput(img, input.height, input.width), preprocessing.zoom);
+  // Colour constancy before the flips: they share the zoomed view's histogram, so once is enough.
+  return ttaViews(colourConstancy(zoomed, normalization.colour), preprocessing.tta)
+    .map((view) => toInputTensor(view, normalization, input));
 }
 
 /** Integer output tensor -> float32 scores with the card's output scale and zero point. */

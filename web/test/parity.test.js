@@ -1,14 +1,18 @@
 // The web app's preprocessing and postprocessing against values exported from device/ (Python):
 // web/test/parity.json, rebuilt by `.venv/bin/python -m tests.web.parity_golden`.
 import assert from 'node:assert/strict';
+import {createHash} from 'node:crypto';
 import {readFileSync} from 'node:fs';
 import {test} from 'node:test';
 
-import {centerCropBox, centreZoom, dequantize, fitToInput, toInputTensor} from '../src/preprocess.js';
+import {
+  centerCropBox, centreZoom, colourConstancy, dequantize, fitToInput, inputTensors, makeImage, shadesOfGreyLevels,
+  toInputTensor,
+} from '../src/preprocess.js';
 import {MAX_DECODE_PIXELS} from '../src/image.js';
 import {POSTPROCESS_DEFAULTS, QUALITY_SIZE, buildResult, measureQuality, toProbabilities} from '../src/postprocess.js';
-import {parseCard} from '../src/card.js';
-import {syntheticImage} from './synthetic.js';
+import {CardError, parseCard} from '../src/card.js';
+import {cast, syntheticImage} from './synthetic.js';
 
 const golden = JSON.parse(readFileSync(new URL('./parity.json', import.meta.url)));
 const card = JSON.parse(readFileSync(new URL(`../../${golden.card}`, import.meta.url)));
@@ -111,4 +115,52 @@ test('a card gate field out of range or missing is refused by name', () => {
   const {output, ...noOutput} = gate;
   assert.throws(() => parseCard({...card, gate: noOutput}), /missing field 'gate.output'/);
   assert.equal(parseCard(card).gate, null);
+});
+
+// Shades-of-grey colour constancy (normalization.colour): the real photo travels in parity.json.
+const real = makeImage(...golden.colour.real.size, bytes(golden.colour.real.pixels));
+const colourSource = ({kind, seed, height, width, gains}) =>
+  cast(kind === 'real' ? real : syntheticImage(kind, seed, height, width), gains);
+
+for (const c of golden.colour.levels) {
+  test(`shades_of_grey_levels ${c.kind} ${c.kind === 'real' ? golden.colour.real.file : `${c.height}x${c.width}`} cast ${c.gains}`, () => {
+    assert.deepEqual(Array.from(shadesOfGreyLevels(colourSource(c))), Array.from(bytes(c.levels)));
+  });
+}
+
+test('colour constancy maps each pixel through its levels, and "none" leaves the image alone', () => {
+  const img = colourSource(golden.colour.levels[1]);
+  const levels = shadesOfGreyLevels(img);
+  const balanced = colourConstancy(img, 'shades_of_grey');
+  assert.deepEqual(Array.from(balanced.data), Array.from(img.data, (v, i) => levels[v * 3 + (i % 3)]));
+  assert.equal(colourConstancy(img, 'none'), img);
+  assert.throws(() => colourConstancy(img, 'grey_world'), /normalization.colour/);
+  assert.throws(() => shadesOfGreyLevels(makeImage(0, 4)), /empty image/);
+});
+
+test('a card with colour shades_of_grey gives the device input tensors, view for view', () => {
+  const colourCard = parseCard({...card, ...golden.colour.card});
+  assert.equal(colourCard.normalization.colour, 'shades_of_grey');
+  for (const c of golden.colour.tensors) {
+    const rgb = c.cases === 'colour' ? colourSource(golden.colour.levels[c.index])
+      : cast(syntheticImage(...['kind', 'seed', 'height', 'width'].map((k) => golden.fit[c.index][k])), c.gains);
+    const where = `${c.cases} case ${c.index}`;
+    const zoomed = centreZoom(fitToInput(rgb, colourCard.input.height, colourCard.input.width), colourCard.preprocessing.zoom);
+    assert.deepEqual(Array.from(shadesOfGreyLevels(zoomed)), Array.from(bytes(c.levels)), `${where}: levels`);
+    const tensors = inputTensors(rgb, colourCard);
+    const hashes = tensors.map((t) => createHash('sha256').update(new Uint8Array(t.buffer, t.byteOffset, t.byteLength)).digest('hex'));
+    assert.deepEqual(hashes, c.sha256, `${where}: tensors`);
+    // The colour step did something: without it the first view differs.
+    const plain = inputTensors(rgb, {...colourCard, normalization: {...colourCard.normalization, colour: 'none'}});
+    assert.notDeepEqual(Array.from(plain[0]), Array.from(tensors[0]), where);
+  }
+});
+
+test('normalization.colour: "none" when absent, anything else refused by name as device/card.py does', () => {
+  assert.equal(parseCard(card).normalization.colour, 'none');
+  const withColour = (colour) => parseCard({...card, normalization: {...card.normalization, colour}});
+  assert.equal(withColour('none').normalization.colour, 'none');
+  assert.throws(() => withColour('grey_world'), (err) => err instanceof CardError &&
+    err.message === "field 'normalization.colour': expected one of ('none', 'shades_of_grey'), got 'grey_world'");
+  assert.throws(() => withColour(1), /field 'normalization.colour': expected string/);
 });

@@ -27,3 +27,9 @@ function pixel(kind, seed, y, x, c, i) {
   if (kind === 'flat') return 100 + seed;
   throw new Error(`unknown kind ${kind}`);
 }
+
+// tests/web/parity_golden.py's cast: each channel times its gain / 256, clipped at 255.
+export function cast(img, gains) {
+  const data = img.data.map((v, i) => Math.min(255, (v * gains[i % 3]) >> 8));
+  return makeImage(img.height, img.width, data);
+}
