@@ -29,3 +29,22 @@ member() {
     [[ -f $out/dermnet-mnv2-$m/card.json ]] || "$PY" -m quantize "$qat" --checkpoint calibrated \
         --name "dermnet-mnv2-$m" --zoom 0.86 --data "$HAM" --out "$out"
 }
+
+# trio RUN MODEL OUT MEMBER_DIR...: the ensemble run RUN of the quantized members (bias and T picked
+# on HAM10000 val, as every validated trio), quantized as OUT/MODEL
+trio() {
+    local name=$1 model=$2 out=$3; shift 3
+    [[ -n $(latest "$name") ]] || "$PY" -m train.ensemble "$@" --data "$HAM" --name "$name"
+    [[ -f $out/$model/card.json ]] || "$PY" -m quantize "$(latest "$name")" --checkpoint calibrated \
+        --name "$model" --zoom 0.86 --data "$HAM" --out "$out"
+}
+
+# operating OUT SUFFIX M...: int8 val and test figures through the device engine, HAM10000 and
+# ISIC 2017, of each OUT/dermnet-mnv2-M-SUFFIX, into OUT/operating-M.md
+operating() {
+    local out=$1 suffix=$2; shift 2
+    for m; do
+        "$PY" -m benchmarks.operating --model-dir "$out/dermnet-mnv2-$m-$suffix" --data "$HAM" --biases 0 \
+            --extra "$ISIC" > "$out/operating-$m.md"
+    done
+}

@@ -9,22 +9,8 @@ mkdir -p "$OUT"
 
 member cut13-s2-isic2017 experiments/dermnet-mnv2-cut13-s2/training/stage1-float/config.yaml 2 "$OUT"
 member cut9-isic2017 models/dermnet-mnv2-cut9/training/stage1-float/config.yaml 1 "$OUT"
-# the block-16 member's runs exist already (ISIC2017-PROTOCOL.md): only its calibration and gate
-cut16=$(latest mnv2-cut16-isic2017-qat)
-[[ -f $cut16/calibrated.keras ]] || "$PY" -m train.calibrate "$cut16" --data "$HAM" --zoom 0.86
-[[ -f $OUT/dermnet-mnv2-cut16-isic2017/card.json ]] || "$PY" -m quantize "$cut16" --checkpoint calibrated \
-    --name dermnet-mnv2-cut16-isic2017 --zoom 0.86 --data "$HAM" --out "$OUT"
-
-trio=$(latest trio-isic2017-all)
-if [[ -z $trio ]]; then
-    "$PY" -m train.ensemble "$OUT"/dermnet-mnv2-cut16-isic2017 "$OUT"/dermnet-mnv2-cut13-s2-isic2017 \
-        "$OUT"/dermnet-mnv2-cut9-isic2017 --data "$HAM" --name trio-isic2017-all
-    trio=$(latest trio-isic2017-all)
-fi
-[[ -f $OUT/dermnet-mnv2-trio-isic2017/card.json ]] || "$PY" -m quantize "$trio" --checkpoint calibrated --name dermnet-mnv2-trio-isic2017 \
-    --zoom 0.86 --data "$HAM" --out "$OUT"
-for m in cut16 cut13-s2 cut9 trio; do
-    "$PY" -m benchmarks.operating --model-dir "$OUT/dermnet-mnv2-$m-isic2017" --data "$HAM" --biases 0 \
-        --extra "$ISIC" > "$OUT/operating-$m.md"
-done
+# the block-16 member's runs exist already (ISIC2017-PROTOCOL.md): only its calibration and gate are new
+member cut16-isic2017 experiments/dermnet-mnv2-cut16/training/stage1-float/config.yaml 1 "$OUT"
+trio trio-isic2017-all dermnet-mnv2-trio-isic2017 "$OUT" "$OUT"/dermnet-mnv2-{cut16,cut13-s2,cut9}-isic2017
+operating "$OUT" isic2017 cut16 cut13-s2 cut9 trio
 echo "isic2017-trio: done"
