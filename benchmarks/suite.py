@@ -207,7 +207,7 @@ def _describe(model_dir: Path, card: ModelCard) -> dict:
         "params": arch.get("params"),
         "macs": arch.get("macs") and arch["macs"] * card.inferences_per_frame,  # per frame, all TTA views
         "tta": card.preprocessing.tta,
-        "view": card.preprocessing.view,
+        "view": card.view,
         "int8_size_bytes": card.model_file.size_bytes,
         "float_size_bytes": card.float_file.size_bytes if card.float_file else None,
         "memory": {},

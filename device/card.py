@@ -93,13 +93,6 @@ class Preprocessing:
     # network learned them (device.preprocess.centre_zoom).
     zoom: float = 1.0
 
-    @property
-    def view(self) -> str:
-        """What the model is shown beyond the fit to its input, in words (tables and reports)."""
-        parts = [f"centre {100 * self.zoom:.0f}%"] if self.zoom != 1.0 else []
-        parts += [f"{TTA_VIEWS[self.tta]} {self.tta}"] if self.tta != "none" else []
-        return ", ".join(parts) or "none"
-
 
 @dataclass(frozen=True)
 class ModelFile:
@@ -158,6 +151,15 @@ class ModelCard:
     description: str = ""
     disclaimer: str = DISCLAIMER
     schema_version: int = SCHEMA_VERSION
+
+    @property
+    def view(self) -> str:
+        """What the model is shown beyond the fit to its input, in words (tables and reports)."""
+        pre, colour = self.preprocessing, self.normalization.colour
+        parts = [f"centre {100 * pre.zoom:.0f}%"] if pre.zoom != 1.0 else []
+        parts += [f"{TTA_VIEWS[pre.tta]} {pre.tta}"] if pre.tta != "none" else []
+        parts += [colour.replace("_", " ")] if colour != "none" else []
+        return ", ".join(parts) or "none"
 
     @property
     def codes(self) -> tuple[str, ...]:

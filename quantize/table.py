@@ -85,7 +85,7 @@ def model_rows(models_dir: Path, shelf: Shelf | None = None) -> tuple[list[str],
         arch = card.architecture
         rows.append(
             f"| [{card.name}]({card_path.parent.name}/REPORT.md) | {shelf.role(card.name)} | {arch.get('arch')} | "
-            f"{card.input.height}x{card.input.width} | {card.preprocessing.view} | {_pct(m8['accuracy'])} | {_pct(m8['balanced_accuracy'])} | "
+            f"{card.input.height}x{card.input.width} | {card.view} | {_pct(m8['accuracy'])} | {_pct(m8['balanced_accuracy'])} | "
             f"{m8['macro_f1']:.3f} | {m8['macro_auc']:.3f} | {_pct(m8['per_class']['mel']['recall'])} | "
             f"{arch.get('params', 0) / 1e6:.2f} M | {arch.get('macs', 0) / 1e6:.0f} M | "
             f"{card.model_file.size_bytes / 1024:.0f} KiB | {_pct(mf['accuracy'])} | "

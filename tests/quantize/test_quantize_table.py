@@ -23,6 +23,7 @@ def test_table_says_what_view_the_card_asks_for(tiny_model_dir, tmp_path):
     shutil.copytree(tiny_model_dir, models / "tiny")
     card = json.loads((models / "tiny" / "card.json").read_text())
     card["preprocessing"].update(zoom=0.86, tta="flips")
+    card["normalization"]["colour"] = "shades_of_grey"
     (models / "tiny" / "card.json").write_text(json.dumps(card))
     row = next(line for line in render(models).splitlines() if line.startswith("| [tiny]"))
-    assert "| centre 86%, 4 flips |" in row
+    assert "| centre 86%, 4 flips, shades of grey |" in row
