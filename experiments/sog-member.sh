@@ -8,6 +8,5 @@ OUT=runs/sog
 mkdir -p "$OUT"
 
 member cut9-isic2017-sog models/dermnet-mnv2-cut9/training/stage1-float/config.yaml 1 "$OUT" --colour shades_of_grey
-"$PY" -m benchmarks.operating --model-dir "$OUT/dermnet-mnv2-cut9-isic2017-sog" --data "$HAM" --biases 0 \
-    --extra "$ISIC" > "$OUT/operating-cut9.md"
+operating "$OUT" isic2017-sog cut9
 echo "sog-member: done"
