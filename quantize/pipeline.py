@@ -153,7 +153,8 @@ def gate_card(card: ModelCard, int8_path: Path, float_path: Path, records: list,
                       pixels, y_true, options.thresholds)
     pre = card.preprocessing
     report = markdown_report(result, name=card.name, facts={
-        **facts, "centre zoom": f"{pre.zoom:.2f}", "test-time augmentation": pre.tta})
+        **facts, "centre zoom": f"{pre.zoom:.2f}", "test-time augmentation": pre.tta,
+        **({"colour constancy": card.normalization.colour} if card.normalization.colour != "none" else {})})
     if not result.passed:
         rejected = Path(rejected_dir) / f"quantize-{card.name}-REJECTED.md"
         rejected.write_text(report)
