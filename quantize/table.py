@@ -32,8 +32,9 @@ _FOOTER = """
 - MACs are multiply-accumulates per inference at the model's input size; a model with
   *4 flips* test-time augmentation runs four inferences per frame and averages them (card field
   `preprocessing.tta`); *centre 86%* shows the model the centred 86% of each side of its fitted
-  input, enlarged back (card field `preprocessing.zoom`, no extra inference). Metrics are
-  measured that way.
+  input, enlarged back (card field `preprocessing.zoom`, no extra inference); *shades of grey*
+  balances each view's colours first (card field `normalization.colour`). Metrics are measured
+  that way.
 - HAM10000 is CC BY-NC-SA 4.0: these models are for non-commercial use.
   Tschandl, P., Rosendahl, C. & Kittler, H. Sci. Data 5, 180161 (2018). https://doi.org/10.1038/sdata.2018.161
 """
