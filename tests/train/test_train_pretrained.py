@@ -30,7 +30,7 @@ def test_two_phases_train_what_they_should(tmp_path, fixture_dir):
     start = keras.models.load_model(head_only / "last.keras", compile=False)
     meta = json.loads((head_only / "meta.json").read_text())
     assert meta["backbone"]["kind"] == "random" and meta["backbone"]["bn_mode"] == "reestimate"
-    assert meta["normalization"] == {"mean": [127.5] * 3, "std": [127.5] * 3}
+    assert meta["normalization"] == {"mean": [127.5] * 3, "std": [127.5] * 3, "colour": "none"}
     assert not start.get_layer("block_16_project").trainable and start.get_layer("head").trainable
 
     both = main(["--resume", str(head_only), "--epochs", "3", "--data", str(fixture_dir)])
