@@ -30,10 +30,10 @@ from device.card import CardError, ModelCard, read_model_file
 from device.native_stderr import native_stderr_to_log
 from device.preprocess import (
     centre_zoom,
+    colour_levels,
     dequantize,
     fit_to_input,
     input_table,
-    shades_of_grey_levels,
     tta_views,
 )
 from device.types import Inference, Prepared
@@ -219,10 +219,11 @@ class Engine:
         pre = self.card.preprocessing
         view = centre_zoom(pixels, pre.zoom)
         table = self._table
-        if self.card.normalization.colour == "shades_of_grey":
+        levels = colour_levels(view, self.card.normalization.colour)
+        if levels is not None:
             # The colour constancy maps each level of each channel, so it folds into the lookup table;
             # the flipped views share the view's histogram and so its table.
-            table = np.take_along_axis(table[0], shades_of_grey_levels(view).astype(np.intp), axis=0)[np.newaxis]
+            table = np.take_along_axis(table[0], levels.astype(np.intp), axis=0)[np.newaxis]
         return tuple(self._to_input(v, table) for v in tta_views(view, pre.tta))
 
     def _run_all(self, tensors: tuple[np.ndarray, ...]) -> tuple[np.ndarray, float | None]:

@@ -181,17 +181,27 @@ def shades_of_grey_levels(rgb: np.ndarray) -> np.ndarray:
     return np.minimum(levels, 255).astype(np.uint8)
 
 
+def colour_levels(rgb: np.ndarray, mode: str) -> np.ndarray | None:
+    """(256, 3) uint8: what each level of each channel of ``rgb`` (H, W, 3) becomes under the
+    colour constancy ``mode`` (the card's ``normalization.colour``); None for "none". The one place
+    a mode is dispatched: :func:`colour_constancy` applies the levels, the device engine folds them
+    into its input table."""
+    if mode == "none":
+        return None
+    if mode == "shades_of_grey":
+        return shades_of_grey_levels(rgb)
+    raise ValueError(f"colour: expected one of {COLOUR_MODES}, got {mode!r}")
+
+
 def colour_constancy(pixels: np.ndarray, mode: str) -> np.ndarray:
     """uint8 ``pixels`` (one image (H, W, 3) or a batch) with each image's colours balanced by
-    ``mode`` (the card's ``normalization.colour``); "none" returns ``pixels``."""
+    ``mode`` (:func:`colour_levels`); "none" returns ``pixels``."""
     if mode == "none":
         return pixels
-    if mode != "shades_of_grey":
-        raise ValueError(f"colour: expected one of {COLOUR_MODES}, got {mode!r}")
     images = np.ascontiguousarray(pixels).reshape(-1, *pixels.shape[-3:])
     out = np.empty_like(images)
     for i, image in enumerate(images):
-        out[i] = cv2.LUT(image, shades_of_grey_levels(image)[np.newaxis])
+        out[i] = cv2.LUT(image, colour_levels(image, mode)[np.newaxis])
     return out.reshape(pixels.shape)
 
 

@@ -27,8 +27,7 @@ INPUT_DTYPES = {"int8": tf.int8, "uint8": tf.uint8}
 
 
 def representative_set(records: list[Record], height: int, width: int, mean, std, colour: str = "none", *,
-                       count: int = 300,
-                       seed: int = 0, cache_dir: Path | None = None) -> np.ndarray:
+                       count: int = 300, seed: int = 0, cache_dir: Path | None = None) -> np.ndarray:
     """``count`` images drawn at random (seeded) from ``records``, fitted and normalized -> float32 NHWC."""
     if not records:
         raise ValueError("representative set: no training images to draw from")
