@@ -1,8 +1,10 @@
-# The member chain of the ISIC 2017 protocols, sourced by their scripts: stage 1 with ISIC 2017, QAT,
-# calibration and the quantize gate, each step resumed or skipped when it is already done.
+# The member chain of the ISIC 2017 and REPLICATE protocols, sourced by their scripts: stage 1 and QAT
+# (with ISIC 2017 unless TRAIN_EXTRA is empty), calibration and the quantize gate, each step resumed or
+# skipped when it is already done.
 PY=${PY:-.venv/bin/python}
 HAM=${HAM:-../shared/data/ham10000}
 ISIC=${ISIC:-../shared/data/isic2017}
+TRAIN_EXTRA=${TRAIN_EXTRA-$ISIC}  # the extra training data; empty: HAM10000 only (ISIC is still scored)
 
 latest() { ls -d runs/*-"$1" 2>/dev/null | tail -1 || true; }
 
@@ -13,7 +15,7 @@ train() {
     if [[ -n $run && -f $run/last.keras ]]; then
         "$PY" -m train --resume "$run" --no-evaluate
     else
-        "$PY" -m train "$@" --extra-data "$ISIC" --name "$name" --no-evaluate
+        "$PY" -m train "$@" ${TRAIN_EXTRA:+--extra-data "$TRAIN_EXTRA"} --name "$name" --no-evaluate
     fi
 }
 
