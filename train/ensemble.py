@@ -33,7 +33,7 @@ from device.card import ModelCard, verify_model_file
 from device.engine import Engine
 from device.preprocess import centre_zoom
 from train import data as ds
-from train.backbones import BACKBONES, classifier_from_int8
+from train.backbones import BACKBONES, classifier_from_int8, pretraining
 from train.calibrate import fit_temperature, fold_into_head, nll, operating_point, softmax
 from train.config import TrainConfig
 from train.dataset import engine_probs, predict_probs
@@ -62,6 +62,18 @@ def load_member(model_dir: Path, index: int) -> Member:
                          f"{sorted(BACKBONES)} members can be rebuilt from their int8 file")
     model = classifier_from_int8(card, verify_model_file(card, model_dir))
     return Member(card, keras.Model(model.input, model.get_layer("logits").output, name=f"member{index}"))
+
+
+def member_record(card: ModelCard) -> dict:
+    """A member as the ensemble's card names it: its file, its run and what its backbone was
+    pretrained on (cards from before the provenance fields get that by the backbone's name)."""
+    record = {"name": card.name, "sha256": card.model_file.sha256, "run": card.training.get("run", ""),
+              "seed": card.training.get("seed")}
+    backbone = card.training.get("backbone")
+    if backbone:
+        record["backbone"] = {**pretraining(backbone["name"], backbone.get("kind", "")),
+                              "weights": backbone.get("weights", ""), "weights_sha256": backbone.get("sha256", "")}
+    return record
 
 
 def int8_probs(model_dir: Path, pixels: np.ndarray) -> np.ndarray:
@@ -166,8 +178,7 @@ def build(model_dirs: list[Path], *, data: Path, name: str = "ensemble", favour:
     run_dir = new_run_dir(cfg)
     ds.write_split(records, run_dir / "split.csv")
     ensemble = {
-        "members": [{"name": m.card.name, "sha256": m.card.model_file.sha256,
-                     "run": m.card.training.get("run", ""), "seed": m.card.training.get("seed")} for m in members],
+        "members": [member_record(m.card) for m in members],
         "combine": "mean of the members' logits",
         "favour": {"class": favour, "bias": bias, "max_val_accuracy_cost_points": max_accuracy_cost},
         "temperature": temperature,

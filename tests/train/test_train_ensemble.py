@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -197,3 +198,19 @@ def test_refitted_members_take_the_given_bias_and_temperature_and_never_score_va
     logits[:, run.labels.index("mel")] += 0.5
     expected = keras.ops.convert_to_numpy(keras.ops.softmax(logits / 2.0))
     np.testing.assert_allclose(run.load_model("calibrated").predict(x, verbose=0), expected, atol=1e-5)
+
+
+def test_a_member_is_recorded_with_what_its_backbone_was_pretrained_on():
+    # a shipped member quantized before cards carried the provenance fields: they come by the backbone's name
+    card = ModelCard.load(Path("models/dermnet-mnv2-cut9-refit/card.json"))
+    assert "pretrained_on" not in card.training["backbone"]
+    record = ensemble.member_record(card)
+    assert record["name"] == "dermnet-mnv2-cut9-refit" and record["sha256"] == card.model_file.sha256
+    assert record["backbone"]["pretrained_on"].startswith("ImageNet")
+    assert record["backbone"]["weights_license"] == "Apache-2.0"
+    assert record["backbone"]["weights_sha256"] == card.training["backbone"]["sha256"]
+
+
+def test_a_member_trained_from_scratch_names_no_pretraining(members, ensemble_run):
+    meta = json.loads((ensemble_run / "meta.json").read_text())
+    assert all("backbone" not in m or "pretrained_on" not in m["backbone"] for m in meta["ensemble"]["members"])
