@@ -1,10 +1,11 @@
 """Two models on the same images: each one's figures and the difference, with a paired bootstrap.
 
     python -m benchmarks.paired --model-dir models/A --model-dir runs/B --data ../shared/data/ham10000 \
-        [--subset val] [--class mel] [--resamples 2000] [--extra ../shared/data/isic2017]
+        [--subset val] [--class mel] [--bias 0] [--resamples 2000] [--extra ../shared/data/isic2017]
 
 Both models score the same split (int8, through ``Engine.infer_pixels``, at the operating point
-their cards carry). Each resample draws the split's lesions again with replacement and scores both
+their cards carry; ``--bias`` adds to model B's log-probability of the class, as
+``benchmarks.operating`` does, to compare the two at a matched recall). Each resample draws the split's lesions again with replacement and scores both
 models on that same draw, so what the two share (the hard lesions, the easy ones) cancels out of the
 difference: its interval is far narrower than either model's own, and it is the one to read when a
 protocol asks whether B is worse than A or only unlucky. With ``--extra`` the extra set's split of
@@ -89,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--subset", choices=("val", "test"), default="val")
     parser.add_argument("--cache-dir", type=Path, default=Path("cache"))
     parser.add_argument("--class", dest="code", default="mel", help="the class whose recall and AUC are compared")
+    parser.add_argument("--bias", type=float, default=0.0,
+                        help="added to model B's log-probability of the class (B at another operating point)")
     parser.add_argument("--resamples", type=int, default=2000)
     parser.add_argument("--extra", type=Path, default=None, help="ISIC 2017 root: compare its split too")
     args = parser.parse_args(argv)
@@ -99,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     # train imports Keras: only after the TF log level is set above
     from benchmarks.accuracy import evaluation_records, true_labels
     from device.engine import Engine
+    from train.calibrate import adjust
     from train.data import learned_from_val, load_extra_records, load_pixels, select
     from train.dataset import engine_probs
 
@@ -111,10 +115,12 @@ def main(argv: list[str] | None = None) -> int:
     k = card.codes.index(args.code)
 
     def scored(records) -> list[np.ndarray]:
-        return [engine_probs(e, load_pixels(records, e.card.input.height, e.card.input.width, args.cache_dir),
-                             desc=f"{e.card.name} int8") for e in engines]
+        a, b = (engine_probs(e, load_pixels(records, e.card.input.height, e.card.input.width, args.cache_dir),
+                             desc=f"{e.card.name} int8") for e in engines)
+        one_hot = np.eye(len(card.codes))[k]
+        return [adjust(a, one_hot, 0.0), adjust(b, one_hot, args.bias)]  # both renormalized alike
 
-    print(f"A: {args.model_dir[0]}\nB: {args.model_dir[1]}")
+    print(f"A: {args.model_dir[0]}\nB: {args.model_dir[1]}" + (f", {args.code} bias {args.bias:g}" if args.bias else ""))
     records = evaluation_records(card, args.data, args.subset)
     rows = paired(*scored(records), true_labels(card, records), [r.lesion_id for r in records], k,
                   resamples=args.resamples)

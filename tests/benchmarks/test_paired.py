@@ -84,3 +84,19 @@ def test_the_command_wants_exactly_two_models(tiny_model_dir, fixture_dir, tmp_p
     with pytest.raises(SystemExit) as exit_info:
         main(["--model-dir", str(tiny_model_dir), "--data", str(fixture_dir), "--cache-dir", str(tmp_path)])
     assert exit_info.value.code == 2
+
+
+def test_a_bias_moves_model_b_only_towards_the_class(tiny_model_dir, fixture_dir, tmp_path, capsys):
+    args = ["--model-dir", str(tiny_model_dir), "--model-dir", str(tiny_model_dir), "--data", str(fixture_dir),
+            "--cache-dir", str(tmp_path), "--class", "nv", "--resamples", "20"]
+
+    def recalls(out: str) -> tuple[float, float]:
+        row = next(line for line in out.splitlines() if line.startswith("| nv recall"))
+        return tuple(float(c) for c in row.split("|")[2:4])
+
+    assert main([*args, "--bias", "0"]) == 0
+    a, b = recalls(capsys.readouterr().out)
+    assert a == b
+    assert main([*args, "--bias", "20"]) == 0
+    out = capsys.readouterr().out
+    assert recalls(out) == (a, 100.0) and "nv bias 20" in out
