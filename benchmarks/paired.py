@@ -5,8 +5,8 @@
 
 Both models score the same split (int8, through ``Engine.infer_pixels``, at the operating point
 their cards carry; ``--bias`` adds to model B's log-probability of the class, as
-``benchmarks.operating`` does, to compare the two at a matched recall). Each resample draws the split's lesions again with replacement and scores both
-models on that same draw, so what the two share (the hard lesions, the easy ones) cancels out of the
+``benchmarks.operating`` does, to compare the two at a matched recall). Each resample draws the
+split's lesions again with replacement and scores both models on that same draw, so what the two share (the hard lesions, the easy ones) cancels out of the
 difference: its interval is far narrower than either model's own, and it is the one to read when a
 protocol asks whether B is worse than A or only unlucky. With ``--extra`` the extra set's split of
 the same name (ISIC 2017: other clinics) is compared too, image by image, on accuracy and the class's
@@ -38,10 +38,9 @@ class Difference:
 
 def _figures(probs: np.ndarray, labels: np.ndarray, k: int, num_classes: int) -> np.ndarray:
     """Accuracy, balanced accuracy and their sum (points), class ``k``'s recall (points) and AUC."""
-    from train.metrics import accuracy_of, balanced_accuracy_of, recall_of, roc_auc
+    from train.metrics import accuracy_of, balanced_accuracy_of, confusion_matrix, recall_of, roc_auc
 
-    cm = np.bincount(labels * num_classes + probs.argmax(axis=1), minlength=num_classes**2)
-    cm = cm.reshape(num_classes, num_classes)
+    cm = confusion_matrix(labels, probs.argmax(axis=1), num_classes)
     acc, bal = 100 * accuracy_of(cm), 100 * balanced_accuracy_of(cm)
     return np.array([acc, bal, acc + bal, 100 * recall_of(cm, k), roc_auc(labels == k, probs[:, k])])
 
@@ -66,9 +65,12 @@ def paired(probs_a: np.ndarray, probs_b: np.ndarray, labels: np.ndarray, groups,
                      - _figures(probs_a[idx], labels[idx], k, num_classes))
     diffs = np.array(diffs)
     a, b = _figures(probs_a, labels, k, num_classes), _figures(probs_b, labels, k, num_classes)
-    low, high = np.nanpercentile(diffs, 2.5, axis=0), np.nanpercentile(diffs, 97.5, axis=0)
+    from train.metrics import percentile_interval
+
+    intervals = [percentile_interval(column) for column in diffs.T]
     se = np.nanstd(diffs, axis=0)
-    return [Difference(name, *map(float, v)) for name, *v in zip(FIGURES, a, b, se, low, high, strict=True)]
+    return [Difference(name, float(va), float(vb), float(s), lo, hi)
+            for name, va, vb, s, (lo, hi) in zip(FIGURES, a, b, se, intervals, strict=True)]
 
 
 def _table(title: str, rows: list[Difference], code: str) -> str:
